@@ -1,0 +1,34 @@
+"""guard: few-shot content-safety moderation with Sparse Attention Vectors (SAV)."""
+
+from guard.errors import GuardError, ModelError, PolicyError, StoreError
+from guard.policy import Policy, load_policy
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The runtime and compiler import torch and transformers; load them only when asked for,
+    # so `import guard` and policy validation stay fast.
+    if name in ("Guard", "Verdict", "HeadVote"):
+        from guard import runtime
+
+        return getattr(runtime, name)
+    if name == "compile_policy":
+        from guard.compiler import compile_policy
+
+        return compile_policy
+    raise AttributeError(name)
+
+
+__all__ = [
+    "Guard",
+    "GuardError",
+    "HeadVote",
+    "ModelError",
+    "Policy",
+    "PolicyError",
+    "StoreError",
+    "Verdict",
+    "compile_policy",
+    "load_policy",
+]

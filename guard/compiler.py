@@ -1,0 +1,117 @@
+"""Policy -> artifact: render exemplars, get every head's activations (cache first), fit SAV, store.
+
+One forward per exemplar, ever: activations are cached per (model fingerprint, dtype, rendered
+input), so recompiling after adding an exemplar runs the model on that exemplar only. The
+artifact replaces the previous one of the same name in a single transaction at the very end, so
+a compile that fails or is interrupted leaves the old artifact as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from guard import sav
+from guard.artifact import Artifact
+from guard.capture import extract
+from guard.models import LoadedModel, load_model
+from guard.policy import Policy, load_policy
+from guard.store import Store, input_hash
+
+
+@dataclass
+class CompileReport:
+    artifact: Artifact
+    exemplars: int
+    computed: int  # forwards run now
+    cached: int  # exemplars whose activations came from the cache
+    seconds: float
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def exemplar_activations(
+    loaded: LoadedModel, store: Store | None, rendered: list[str], batch_size: int, progress: bool
+) -> tuple[torch.Tensor, int]:
+    """All heads' last-token outputs `[N, layers, heads, head_dim]` and how many were computed."""
+    keys = [input_hash(text) for text in rendered]
+    dtype = dtype_name(loaded.dtype)
+    found = store.cached_activations(loaded.fingerprint, dtype, sorted(set(keys))) if store else {}
+    first = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    todo_keys = [key for key in first if key not in found]  # unique, in exemplar order
+    todo = [rendered[first[key]] for key in todo_keys]
+    if todo:
+        def keep(batch: list[int], outputs: torch.Tensor) -> None:
+            fresh = {todo_keys[i]: outputs[j] for j, i in enumerate(batch)}
+            found.update(fresh)
+            if store:
+                store.put_activations(loaded.fingerprint, dtype, fresh)
+
+        extract(
+            loaded, todo, range(loaded.layout.num_layers), batch_size,
+            progress="exemplars" if progress else None, on_batch=keep,
+        )
+    return torch.stack([found[key] for key in keys]), len(todo)
+
+
+def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
+    """SAV on exemplar activations: score heads, keep the top k, centroids and metrics."""
+    names = policy.label_names
+    labels = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
+    scores = sav.score_heads(acts, labels, len(names), policy.scoring)
+    heads = sav.select_heads(scores, policy.heads)
+    selected = acts[:, [h[0] for h in heads], [h[1] for h in heads]]  # [N, k, D]
+    cents = sav.centroids(selected, labels, len(names))
+    in_sample = sav.vote(sav.head_similarities(selected, cents))[0]
+    loo = sav.vote(sav.exemplar_similarities(selected, labels, len(names), "loo").permute(0, 2, 1))[0]
+    metrics = {
+        "exemplars": len(labels),
+        "exemplars_per_label": {n: int((labels == i).sum()) for i, n in enumerate(names)},
+        "train_accuracy": float((in_sample == labels).float().mean()),
+        "loo_accuracy": float((loo == labels).float().mean()),
+        "best_head_accuracy": float(scores.accuracy.max()),
+        "selected_head_accuracy_mean": float(torch.stack([scores.accuracy[h] for h in heads]).mean()),
+    }
+    return Artifact(
+        name=policy.name, version=policy.version, prompt=policy.prompt, labels=policy.labels,
+        model_reference=loaded.source.reference, model_fingerprint=loaded.fingerprint,
+        model_info=loaded.info, scoring=policy.scoring, heads=heads,
+        head_accuracy=scores.accuracy, head_margin=scores.margin, centroids=cents,
+        exemplar_vectors=selected, exemplar_texts=[ex.text for ex in policy.exemplars],
+        exemplar_labels=labels.tolist(), metrics=metrics, description=policy.description,
+        policy_text=policy.source_text,
+    )
+
+
+def compile_policy(
+    policy: Policy | str | Path,
+    db: str | None = None,
+    *,
+    store: Store | None = None,
+    loaded: LoadedModel | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> CompileReport:
+    """Compile a policy (object or YAML path) into the database and return what was done."""
+    started = time.perf_counter()
+    if not isinstance(policy, Policy):
+        policy = load_policy(policy)
+    store = store or Store.open(db, create=True)
+    loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
+    rendered = [loaded.chat(policy.render(ex.prompt_fields())) for ex in policy.exemplars]
+    acts, computed = exemplar_activations(loaded, store, rendered, batch_size, progress)
+    artifact = fit(policy, acts, loaded)
+    store.save_artifact(artifact)
+    return CompileReport(
+        artifact=artifact, exemplars=len(rendered), computed=computed,
+        cached=len(set(rendered)) - computed, seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,17 @@
+"""User-facing errors: each carries a one-line message that the CLI prints without a traceback."""
+
+
+class GuardError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class PolicyError(GuardError):
+    """A policy file (or a file it points to) is invalid; the message starts with 'file:line:'."""
+
+
+class ModelError(GuardError):
+    """A model reference cannot be resolved or loaded."""
+
+
+class StoreError(GuardError):
+    """The database is missing, not a guard database, or lacks the requested policy."""
