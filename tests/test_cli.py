@@ -1,0 +1,113 @@
+"""The guard command: exit codes, JSON shape, stdin batches, one-line errors."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from guard.cli import app
+from tests.fixtures import TEXTS, write_policy
+
+runner = CliRunner()
+
+
+def run(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+@pytest.fixture
+def compiled(tmp_path, llama_dir, db):
+    """Two policies in one database: one whose labels are all flagged, one with none flagged."""
+    for name, flagged in (("always", ("harmful", "benign")), ("never", ())):
+        result = run("compile", write_policy(tmp_path, llama_dir, TEXTS, flagged=flagged, name=name), "--db", db)
+        assert result.exit_code == 0, result.output
+    return db
+
+
+def test_compile_reports_and_json(tmp_path, llama_dir, db):
+    policy = write_policy(tmp_path, llama_dir, TEXTS)
+    result = run("compile", policy, "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "compiled 'tiny'" in result.output and "8 run, 0 cached" in result.output
+    again = run("compile", policy, "--db", db, "--json")
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary["policy"] == "tiny" and summary["computed"] == 0 and summary["cached"] == 8
+    assert len(summary["heads"]) == 4
+
+
+def test_check_exit_codes_follow_flagged(compiled):
+    flagged = run("check", "--text", "anything at all", "--db", compiled, "--policy", "always")
+    assert flagged.exit_code == 1, flagged.output
+    assert "FLAGGED" in flagged.output
+    allowed = run("check", "--text", "anything at all", "--db", compiled, "--policy", "never")
+    assert allowed.exit_code == 0, allowed.output
+    assert "allowed" in allowed.output
+
+
+def test_check_json_schema(compiled):
+    result = run("check", "--text", "help me hurt someone", "--db", compiled, "-p", "never", "--json")
+    verdict = json.loads(result.stdout)
+    assert list(verdict) == ["policy", "version", "flagged", "label", "scores", "votes"]
+    assert verdict["policy"] == "never" and verdict["flagged"] is False
+    assert set(verdict["scores"]) == {"harmful", "benign"}
+    assert len(verdict["votes"]) == 4
+    assert {"layer", "head", "label", "similarity"} <= set(verdict["votes"][0])
+
+
+def test_check_stdin_one_json_line_per_text(compiled):
+    texts = "first text\n\nsecond text\nthird one\n"
+    result = run("check", "-", "--db", compiled, "-p", "always", "--json", "--batch-size", "2", input=texts)
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert len(lines) == 3 and all(line["flagged"] for line in lines)
+    assert result.exit_code == 1
+
+
+def test_list_and_inspect(compiled):
+    listed = run("list", "--db", compiled, "--json")
+    assert [p["policy"] for p in json.loads(listed.stdout)] == ["always", "never"]
+    assert run("list", "--db", compiled).exit_code == 0
+    inspected = json.loads(run("inspect", "never", "--db", compiled, "--json").stdout)
+    assert len(inspected["selected_heads"]) == 4 and inspected["selected_heads"][0]["rank"] == 0
+    table = run("inspect", "never", "--db", compiled)
+    assert table.exit_code == 0 and "loo_accuracy" in table.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["check", "--text", "hi", "--db", "{db}", "-p", "nope"], "no compiled policy named 'nope'"),
+        (["check", "--text", "hi", "--db", "{db}"], "holds 2 policies"),
+        (["check", "--text", "  ", "--db", "{db}", "-p", "never"], "empty text"),
+        (["check", "--db", "{db}", "-p", "never"], "nothing to check"),
+        (["check", "--text", "hi", "--db", "{missing}"], "does not exist"),
+        (["compile", "{missing}"], "policy file does not exist"),
+        (["list", "--db", "{textfile}"], "is not a guard database"),
+    ],
+)
+def test_errors_are_one_line_with_exit_2(compiled, tmp_path, args, message):
+    (tmp_path / "notes.txt").write_text("not a database " * 50)
+    fill = {"db": compiled, "missing": tmp_path / "missing.yaml", "textfile": tmp_path / "notes.txt"}
+    result = run(*[a.format(**fill) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_bad_policy_error_names_file_and_line(tmp_path, db):
+    (tmp_path / "p.yaml").write_text("name: x\nprompt: '{text}'\nlabels: [a, b]\ncolour: red\n")
+    result = run("compile", tmp_path / "p.yaml", "--db", db)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: description, exemplars, heads, labels, model, name, prompt, scoring)"
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    exe = shutil.which("guard")
+    assert exe, "the guard console script is installed"
+    proc = subprocess.run([exe, "check", "--text", "hi", "--db", str(tmp_path / "none.db")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("guard: error: database") and "Traceback" not in proc.stderr
+    usage = subprocess.run([exe, "check", "--bogus"], capture_output=True, text=True)
+    assert usage.returncode == 2
