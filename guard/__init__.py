@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # The runtime and compiler import torch and transformers; load them only when asked for,
     # so `import guard` and policy validation stay fast.
-    if name in ("Guard", "Verdict", "HeadVote"):
+    if name in ("Guard", "GuardSet", "Verdict", "HeadVote"):
         from guard import runtime
 
         return getattr(runtime, name)
@@ -23,6 +23,7 @@ def __getattr__(name):
 __all__ = [
     "Guard",
     "GuardError",
+    "GuardSet",
     "HeadVote",
     "ModelError",
     "Policy",

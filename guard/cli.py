@@ -23,7 +23,6 @@ app = typer.Typer(
 )
 
 DbOption = Annotated[Optional[str], typer.Option("--db", help="Database path or SQLAlchemy URL [env GUARD_DB, default ./guard.db]")]
-PolicyOption = Annotated[Optional[str], typer.Option("--policy", "-p", help="Compiled policy name (optional if the database holds one)")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output")]
 DeviceOption = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto")]
 DtypeOption = Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 or float16 [default: float32 on CPU, bfloat16 on GPU]")]
@@ -110,13 +109,16 @@ def check_command(
     inputs: Annotated[Optional[list[str]], typer.Argument(help="'-' reads one text per line from stdin")] = None,
     text: Annotated[Optional[str], typer.Option("--text", "-t", help="Text to check")] = None,
     db: DbOption = None,
-    policy: PolicyOption = None,
+    policy: Annotated[
+        Optional[list[str]],
+        typer.Option("--policy", "-p", help="Compiled policy name; repeat to check several policies in one pass"),
+    ] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
     batch_size: BatchOption = 16,
     as_json: JsonOption = False,
 ):
-    """Check texts against a compiled policy. Exit 0 if all allowed, 1 if any flagged."""
+    """Check texts against compiled policies. Exit 0 if all allowed, 1 if any flagged."""
     inputs = inputs or []
     texts: list[str] = []
     if text is not None:
@@ -128,23 +130,30 @@ def check_command(
     if not texts:
         _fail("nothing to check: give --text TEXT, or '-' to read lines from stdin")
     _quiet_transformers()
-    from guard.runtime import Guard
+    from guard.runtime import GuardSet
+    from guard.store import Store
 
-    guard = Guard.load(db, policy, device=device, dtype=dtype)
-    verdicts = guard.check_batch(texts, batch_size=batch_size, progress=len(texts) > batch_size)
-    for text_item, verdict in zip(texts, verdicts):
-        if as_json:
-            typer.echo(json.dumps(verdict.to_dict()))
+    names = policy or [Store.open(db).load_artifact().name]  # no name: the database's only policy
+    guards = GuardSet.load(db, names, device=device, dtype=dtype)
+    results = guards.check_batch(texts, batch_size=batch_size, progress=len(texts) > batch_size)
+    for text_item, by_policy in zip(texts, results):
+        if as_json and len(by_policy) == 1:
+            typer.echo(json.dumps(next(iter(by_policy.values())).to_dict()))
+        elif as_json:
+            flagged = any(v.flagged for v in by_policy.values())
+            typer.echo(json.dumps({"flagged": flagged, "policies": {n: v.to_dict() for n, v in by_policy.items()}}))
         else:
-            _print_verdict(text_item, verdict)
-    raise typer.Exit(1 if any(v.flagged for v in verdicts) else 0)
+            for verdict in by_policy.values():
+                _print_verdict(text_item, verdict, show_policy=len(by_policy) > 1)
+    raise typer.Exit(1 if any(v.flagged for r in results for v in r.values()) else 0)
 
 
-def _print_verdict(text: str, verdict) -> None:
+def _print_verdict(text: str, verdict, show_policy: bool = False) -> None:
     mark = "FLAGGED" if verdict.flagged else "allowed"
     shares = ", ".join(f"{name} {share:.0%}" for name, share in verdict.scores.items())
     short = text if len(text) <= 70 else text[:67] + "..."
-    typer.echo(f"{mark:8} {verdict.label:12} [{shares}]  {short}")
+    where = f"{verdict.policy}: " if show_policy else ""
+    typer.echo(f"{mark:8} {where}{verdict.label:12} [{shares}]  {short}")
 
 
 @app.command("list")

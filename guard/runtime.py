@@ -52,23 +52,128 @@ class Verdict:
         }
 
 
+class PolicyHeads:
+    """One compiled policy's selected heads and centroids, turning head outputs into verdicts."""
+
+    def __init__(self, artifact: Artifact):
+        self.artifact = artifact
+        self.layers = sorted({layer for layer, _ in artifact.heads})
+        self.flagged = {label.name for label in artifact.labels if label.flagged}
+
+    def verdicts(self, selected: torch.Tensor) -> list[Verdict]:
+        """Verdicts from the selected heads' outputs `[B, k, head_dim]` (heads in rank order)."""
+        art = self.artifact
+        names = art.label_names
+        sims = sav.head_similarities(selected, art.centroids)  # [B, k, C]
+        winners, votes, counts = sav.vote(sims)
+        shares = (counts.float() / len(art.heads)).tolist()
+        sims_list, votes_list = sims.tolist(), votes.tolist()
+        results = []
+        for b, winner in enumerate(winners.tolist()):
+            head_votes = [
+                HeadVote(layer, head, names[votes_list[b][r]], dict(zip(names, sims_list[b][r])))
+                for r, (layer, head) in enumerate(art.heads)
+            ]
+            label = names[winner]
+            results.append(
+                Verdict(art.name, art.version, label, label in self.flagged, dict(zip(names, shares[b])), head_votes)
+            )
+        return results
+
+
+class GuardSet:
+    """Several compiled policies on one model, checked together.
+
+    Policies with the same prompt template share one forward pass per input: it captures the
+    union of their layers and stops after the deepest, and each policy reads its own heads from
+    that. N categories sharing a prompt cost one forward, not N.
+    """
+
+    def __init__(self, artifacts: Sequence[Artifact], loaded: LoadedModel):
+        if not artifacts:
+            raise GuardError("no policies to check")
+        for art in artifacts:
+            if loaded.fingerprint != art.model_fingerprint:
+                raise ModelError(
+                    f"policy '{art.name}' was compiled on a different model "
+                    f"(compiled: {art.model_fingerprint[:23]}, now: {loaded.fingerprint[:23]} "
+                    f"from '{loaded.source.reference}'); recompile it with 'guard compile'"
+                )
+        self.loaded = loaded
+        self.policies = [PolicyHeads(art) for art in artifacts]
+        self.groups: dict[str, list[PolicyHeads]] = {}  # prompt template -> policies
+        for policy in self.policies:
+            self.groups.setdefault(policy.artifact.prompt, []).append(policy)
+
+    @classmethod
+    def load(
+        cls,
+        db: str | None = None,
+        policies: Sequence[str] | None = None,
+        *,
+        model: str | LoadedModel | None = None,
+        device: str = "auto",
+        dtype: str | None = None,
+    ) -> "GuardSet":
+        """Load the named policies (all in the database if None); they must share one model."""
+        store = Store.open(db)
+        names = list(policies) if policies else store.policy_names()
+        artifacts = [store.load_artifact(name) for name in names]
+        if not artifacts:
+            raise GuardError("the database holds no compiled policy; run 'guard compile POLICY.yaml' first")
+        references = {art.model_fingerprint for art in artifacts}
+        if len(references) > 1:
+            raise GuardError(f"policies {', '.join(names)} were compiled on different models; check them separately")
+        if not isinstance(model, LoadedModel):
+            model = load_model(model or artifacts[0].model_reference, device=device, dtype=dtype)
+        return cls(artifacts, model)
+
+    @property
+    def names(self) -> list[str]:
+        return [p.artifact.name for p in self.policies]
+
+    def render(self, prompt_template: str, text: str | None = None, **fields: str) -> str:
+        if text is not None:
+            fields["text"] = text
+        if "text" in fields and not str(fields["text"]).strip():
+            raise GuardError("empty text: nothing to check")
+        try:
+            prompt = prompt_template.format_map(fields)
+        except KeyError as exc:
+            raise GuardError(f"the policy prompt needs a value for {{{exc.args[0]}}}") from None
+        return self.loaded.chat(prompt)
+
+    def check(self, text: str | None = None, **fields: str) -> dict[str, Verdict]:
+        return self.check_batch([{"text": text, **fields} if text is not None else fields])[0]
+
+    def check_batch(
+        self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False
+    ) -> list[dict[str, Verdict]]:
+        """Verdicts of every policy for each input, in input order: `[{policy name: Verdict}]`."""
+        items = [item if isinstance(item, dict) else {"text": item} for item in inputs]
+        results: list[dict[str, Verdict]] = [{} for _ in items]
+        if not items:
+            return results
+        for template, group in self.groups.items():
+            rendered = [self.render(template, **item) for item in items]
+            layers = sorted({layer for policy in group for layer in policy.layers})
+            acts = extract(self.loaded, rendered, layers, batch_size, progress="checking" if progress else None)
+            for policy in group:
+                positions = [layers.index(layer) for layer, _ in policy.artifact.heads]
+                heads = [head for _, head in policy.artifact.heads]
+                for result, verdict in zip(results, policy.verdicts(acts[:, positions, heads])):
+                    result[policy.artifact.name] = verdict
+        # keep the caller's policy order in each result
+        return [{name: result[name] for name in self.names} for result in results]
+
+
 class Guard:
     """A compiled policy bound to its model, ready to check inputs."""
 
     def __init__(self, artifact: Artifact, loaded: LoadedModel):
-        if loaded.fingerprint != artifact.model_fingerprint:
-            raise ModelError(
-                f"policy '{artifact.name}' was compiled on a different model "
-                f"(compiled: {artifact.model_fingerprint[:23]}, now: {loaded.fingerprint[:23]} "
-                f"from '{loaded.source.reference}'); recompile it with 'guard compile'"
-            )
+        self._set = GuardSet([artifact], loaded)
         self.artifact = artifact
         self.loaded = loaded
-        heads = artifact.heads
-        # Capture only the layers that hold a selected head; the forward stops after the deepest.
-        self.layers = sorted({layer for layer, _ in heads})
-        self._layer_pos = torch.tensor([self.layers.index(layer) for layer, _ in heads])
-        self._head_idx = torch.tensor([head for _, head in heads])
 
     @classmethod
     def load(
@@ -95,43 +200,13 @@ class Guard:
         return self.artifact.name
 
     def render(self, text: str | None = None, **fields: str) -> str:
-        if text is not None:
-            fields["text"] = text
-        if "text" in fields and not str(fields["text"]).strip():
-            raise GuardError("empty text: nothing to check")
-        try:
-            prompt = self.artifact.prompt.format_map(fields)
-        except KeyError as exc:
-            raise GuardError(f"policy '{self.name}' needs a value for {{{exc.args[0]}}}") from None
-        return self.loaded.chat(prompt)
+        """The exact model input (chat-rendered prompt) for these values."""
+        return self._set.render(self.artifact.prompt, text, **fields)
 
     def check(self, text: str | None = None, **fields: str) -> Verdict:
         """Check one input; `text` fills the policy prompt's {text}, other fields their {name}."""
-        return self.check_batch([{"text": text, **fields} if text is not None else fields])[0]
+        return self._set.check(text, **fields)[self.name]
 
     def check_batch(self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False) -> list[Verdict]:
         """Check many inputs in length-bucketed batches; verdicts come back in input order."""
-        rendered = [self.render(**item) if isinstance(item, dict) else self.render(item) for item in inputs]
-        if not rendered:
-            return []
-        acts = extract(self.loaded, rendered, self.layers, batch_size, progress="checking" if progress else None)
-        return self.verdicts(acts[:, self._layer_pos, self._head_idx])
-
-    def verdicts(self, selected: torch.Tensor) -> list[Verdict]:
-        """Verdicts from the selected heads' outputs `[B, k, head_dim]`."""
-        art = self.artifact
-        names = art.label_names
-        sims = sav.head_similarities(selected, art.centroids)  # [B, k, C]
-        winners, votes, counts = sav.vote(sims)
-        k = len(art.heads)
-        flagged = {label.name for label in art.labels if label.flagged}
-        results = []
-        for b in range(len(selected)):
-            label = names[int(winners[b])]
-            head_votes = [
-                HeadVote(layer, head, names[int(votes[b, r])], dict(zip(names, sims[b, r].tolist())))
-                for r, (layer, head) in enumerate(art.heads)
-            ]
-            scores = {name: counts[b, i].item() / k for i, name in enumerate(names)}
-            results.append(Verdict(art.name, art.version, label, label in flagged, scores, head_votes))
-        return results
+        return [result[self.name] for result in self._set.check_batch(inputs, batch_size, progress)]

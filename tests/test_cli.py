@@ -1,8 +1,9 @@
 """The guard command: exit codes, JSON shape, stdin batches, one-line errors."""
 
 import json
-import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -104,10 +105,21 @@ def test_bad_policy_error_names_file_and_line(tmp_path, db):
 
 
 def test_console_script_prints_no_traceback(tmp_path):
-    exe = shutil.which("guard")
-    assert exe, "the guard console script is installed"
+    exe = Path(sys.executable).parent / "guard"  # installed beside the interpreter running the tests
+    assert exe.exists(), "the guard console script is installed"
     proc = subprocess.run([exe, "check", "--text", "hi", "--db", str(tmp_path / "none.db")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("guard: error: database") and "Traceback" not in proc.stderr
     usage = subprocess.run([exe, "check", "--bogus"], capture_output=True, text=True)
     assert usage.returncode == 2
+
+
+def test_check_several_policies_in_one_pass(compiled):
+    result = run("check", "--text", "some text", "--db", compiled, "-p", "never", "-p", "always", "--json")
+    assert result.exit_code == 1
+    line = json.loads(result.stdout)
+    assert line["flagged"] is True
+    assert list(line["policies"]) == ["never", "always"]
+    assert line["policies"]["never"]["flagged"] is False and line["policies"]["always"]["flagged"] is True
+    human = run("check", "--text", "some text", "--db", compiled, "-p", "never", "-p", "always")
+    assert "never:" in human.output and "always:" in human.output

@@ -75,3 +75,45 @@ def test_exemplar_checks_reproduce_training_votes(guard, tiny_policy):
     accuracy = sum(v.label == policy.exemplars[i].label for i, v in enumerate(verdicts)) / len(verdicts)
     assert accuracy == pytest.approx(guard.artifact.metrics["train_accuracy"])
     assert len(labels) == len(verdicts)
+
+
+def test_policies_sharing_a_prompt_share_one_forward(tmp_path, db, llama, llama_dir):
+    """Several policies checked together give each policy's own verdicts, from one forward per batch."""
+    from guard.runtime import GuardSet
+    from tests.fixtures import TEXTS, write_policy
+
+    compile_policy(write_policy(tmp_path, llama_dir, TEXTS, name="a", heads=3), db, loaded=llama)
+    compile_policy(write_policy(tmp_path, llama_dir, TEXTS, name="b", heads=6, scoring="in_sample"), db, loaded=llama)
+    other = write_policy(tmp_path, llama_dir, TEXTS, name="c", heads=2)
+    other.write_text(other.read_text().replace("Request:", "Message:"))
+    compile_policy(other, db, loaded=llama)
+
+    forwards = []
+    hook = llama.model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        together = GuardSet.load(db, ["a", "b", "c"], model=llama).check_batch(INPUTS, batch_size=16)
+        assert len(forwards) == 2  # one for the shared prompt (a, b), one for c's prompt
+        forwards.clear()
+        alone = {name: Guard.load(db, name, model=llama).check_batch(INPUTS, batch_size=16) for name in "abc"}
+        assert len(forwards) == 3
+    finally:
+        hook.remove()
+    for i, result in enumerate(together):
+        assert list(result) == ["a", "b", "c"]
+        for name in "abc":
+            assert result[name].label == alone[name][i].label
+            assert result[name].scores == alone[name][i].scores
+            for v1, v2 in zip(result[name].votes, alone[name][i].votes):
+                assert (v1.layer, v1.head, v1.label) == (v2.layer, v2.head, v2.label)
+                assert v1.similarity == pytest.approx(v2.similarity, abs=1e-6)
+
+
+def test_guard_set_refuses_policies_from_different_models(tmp_path, db, llama, llama_dir):
+    from guard.runtime import GuardSet
+    from tests.fixtures import TEXTS, make_text_model, write_policy
+
+    compile_policy(write_policy(tmp_path, llama_dir, TEXTS, name="a"), db, loaded=llama)
+    other = make_text_model(tmp_path / "other", seed=3)
+    compile_policy(write_policy(tmp_path, other, TEXTS, name="b"), db, device="cpu")
+    with pytest.raises(GuardError, match="compiled on different models"):
+        GuardSet.load(db, ["a", "b"])
