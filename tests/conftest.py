@@ -39,3 +39,27 @@ def tiny_policy(tmp_path, llama_dir):
 @pytest.fixture
 def db(tmp_path):
     return str(tmp_path / "guard.db")
+
+
+@pytest.fixture(scope="session")
+def vlm_dirs(tmp_path_factory):
+    """`vlm_dirs(family)`: the directory of a tiny saved vision-language model, made once per session."""
+    from tests.vlm_fixtures import make_vlm
+
+    made = {}
+
+    def get(family: str):
+        if family not in made:
+            made[family] = make_vlm(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+        return made[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory):
+    """Solid reddish and bluish images of random shades and sizes: train/{red,blue}/ (6 each, a
+    `format: folder` layout) and heldout/{red,blue}/ (10 each)."""
+    from tests.vlm_fixtures import write_colour_images
+
+    return write_colour_images(tmp_path_factory.mktemp("colours"))

@@ -5,6 +5,12 @@ heads' outputs, concatenated, `[batch, tokens, heads * head_dim]` (TransformerLe
 A row says where the decoder layers are, what to call inside a layer, and which Auto class loads
 the family. Head count and size are read from the model's (text) config, never assumed.
 Adding a family = adding a row here and a tiny-model fixture in the tests.
+
+Vision-language rows also name the family's processor class (built images-only, see
+`guard.models.processors`) and where images go in the prompt: `before` / `after` the text in
+the user turn's content (the chat template turns each image part into the family's image
+placeholder, which the processor expands into the image's tokens), or `prefix`: the family has no
+chat template and guard writes one image token per image before the prompt (PaliGemma).
 """
 
 from __future__ import annotations
@@ -23,6 +29,23 @@ class Architecture:
     o_proj: str = "self_attn.o_proj"  # dotted path inside one decoder layer
     auto_class: str = "AutoModelForCausalLM"  # transformers class that loads the whole model
     multimodal: bool = False
+    processor: str | None = None  # transformers processor class (vision-language models)
+    images: str = "before"  # where images go: "before" / "after" the text in the user turn, or "prefix"
+    needs_image: bool = False  # the model cannot run without at least one image per input
+
+    def __post_init__(self):
+        if self.multimodal and not self.processor:
+            raise ValueError(f"{self.family}: a multimodal row needs its processor class")
+        if self.images not in IMAGE_PLACEMENTS:
+            raise ValueError(f"{self.family}: images must be one of {IMAGE_PLACEMENTS}")
+
+
+IMAGE_PLACEMENTS = ("before", "after", "prefix")
+
+
+def _vlm(family: str, processor: str, layers: str = "model.language_model.layers", **kw) -> Architecture:
+    """A vision-language row: loaded with AutoModelForImageTextToText, decoder layers of the language model."""
+    return Architecture(family, layers, auto_class="AutoModelForImageTextToText", multimodal=True, processor=processor, **kw)
 
 
 _TEXT = "model.layers"
@@ -40,6 +63,16 @@ ARCHITECTURES: dict[str, Architecture] = {
     "smollm3": Architecture("smollm3", _TEXT),
     "olmo2": Architecture("olmo2", _TEXT),
     "granite": Architecture("granite", _TEXT),
+    # vision-language models: images before the text, as in each family's own examples and in SAV
+    "llava": _vlm("llava", "LlavaProcessor"),  # LLaVA-1.5
+    "llava_next": _vlm("llava_next", "LlavaNextProcessor"),  # LLaVA-NeXT (1.6)
+    "llava_onevision": _vlm("llava_onevision", "LlavaOnevisionProcessor"),
+    "qwen2_vl": _vlm("qwen2_vl", "Qwen2VLProcessor"),
+    "qwen2_5_vl": _vlm("qwen2_5_vl", "Qwen2_5_VLProcessor"),
+    "idefics3": _vlm("idefics3", "Idefics3Processor", layers="model.text_model.layers"),
+    "smolvlm": _vlm("smolvlm", "SmolVLMProcessor", layers="model.text_model.layers"),
+    "gemma3": _vlm("gemma3", "Gemma3Processor"),  # Gemma 3 4B and larger (1B is text-only: gemma3_text)
+    "paligemma": _vlm("paligemma", "PaliGemmaProcessor", images="prefix", needs_image=True),
 }
 
 

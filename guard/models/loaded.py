@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-from guard.errors import ModelError
+from guard.errors import GuardError, ModelError
+from guard.images import GuardImage
+from guard.models import inputs
 from guard.models.architectures import Architecture, HeadLayout, architecture_for, head_layout, o_proj_modules
+from guard.models.inputs import ModelInput
 from guard.models.loading import ModelSource, fingerprint, gguf_as_directory, hub_snapshot, resolve
+from guard.models.processors import load_processor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,9 +52,16 @@ class LoadedModel:
     dtype: torch.dtype
     info: dict = field(default_factory=dict)
 
-    def chat(self, prompt: str) -> str:
+    def chat(self, prompt: str, num_images: int = 0) -> str:
         """The full prompt text the model sees: chat template with the generation prompt added,
-        so the last token is where the answer would begin."""
+        so the last token is where the answer would begin; vision-language models get one image
+        placeholder per image where their family puts it (see guard.models.inputs)."""
+        if self.arch.multimodal:
+            return inputs.render(self, prompt, num_images)
+        if num_images:
+            raise GuardError(
+                f"model '{self.source.reference}' ({self.arch.family}) is a text model; it cannot take images"
+            )
         template = getattr(self.tokenizer, "chat_template", None)
         if not template:
             return prompt
@@ -57,9 +69,17 @@ class LoadedModel:
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
 
-    def encode(self, rendered: list[str]) -> dict[str, torch.Tensor]:
+    def prepare(self, prompt: str, images: Sequence[GuardImage] = ()) -> str | ModelInput:
+        """What `encode` takes for one filled-in prompt: the chat-rendered string for text models
+        (as before images existed), a ModelInput with the images for vision-language models."""
+        rendered = self.chat(prompt, len(images))
+        return ModelInput(rendered, tuple(images)) if self.arch.multimodal else rendered
+
+    def encode(self, rendered: list[str | ModelInput]) -> dict[str, torch.Tensor]:
         """Tokenise chat-rendered prompts, right-padded (positions of real tokens do not move,
         so a padded row computes exactly what it would alone)."""
+        if self.arch.multimodal:
+            return inputs.encode(self, rendered)
         batch = self.tokenizer(
             rendered,
             add_special_tokens=not getattr(self.tokenizer, "chat_template", None),
@@ -68,7 +88,9 @@ class LoadedModel:
         )
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def token_count(self, rendered: str) -> int:
+    def token_count(self, rendered: str | ModelInput) -> int:
+        if self.arch.multimodal:
+            return inputs.token_count(self, rendered)
         return len(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
 
@@ -102,7 +124,7 @@ def _load_directory(source: ModelSource, directory: Path, fp: str, device: torch
     try:
         model = auto.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa")
         if arch.multimodal:
-            tokenizer = transformers.AutoProcessor.from_pretrained(directory)
+            tokenizer = load_processor(directory, arch.processor)
         else:
             tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
     except ModelError:
