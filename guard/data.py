@@ -1,15 +1,23 @@
-"""Exemplar readers: inline items and files (JSONL, CSV).
+"""Exemplar readers: inline items, files (JSONL, CSV), image folders and benchmark files.
 
-Every reader returns `Exemplar`s that remember where they came from ("file:line"), so a bad
-label or a missing field is reported at its source. Readers know nothing about models.
+Every reader returns `Exemplar`s that remember where they came from ("file:line", "file[17]" or
+an image path), so a bad label or a missing field is reported at its source. Image paths are
+relative to the data root (never absolute; a leading "/" is read as the data root's top, see
+`relative_image_path`). The benchmark and folder readers skip what they cannot use (a missing
+image file, an item without an instruction, an unknown claim label) and say so in
+`Source.skipped`; a hand-written file (JSONL, CSV, inline) with a missing image is an error
+instead. `shots` / `seed` sample that many exemplars per label from any source, reproducibly.
+Readers know nothing about models.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import random
+from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from guard.errors import PolicyError
@@ -22,25 +30,111 @@ class Exemplar:
     text: str
     label: str
     origin: str  # "file:line", for error messages
-    images: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()  # paths relative to `root`, as written in the data
     fields: dict[str, str] = field(default_factory=dict)
+    root: Path | None = field(default=None, compare=False, repr=False)  # where `images` start
 
     def prompt_fields(self) -> dict[str, str]:
-        """Values available to the policy's prompt template ({text} and any other column)."""
+        """Values available to the policy's prompt template ({text} and any other column);
+        an image exemplar without text has no {text}."""
+        if not self.text and self.images:
+            return dict(self.fields)
         return {**self.fields, "text": self.text}
 
+    def image_paths(self) -> list[Path]:
+        root = self.root or Path.cwd()
+        return [root / image for image in self.images]
 
-def _exemplar_from_record(record: dict, origin: str) -> Exemplar:
+    def load_images(self):
+        """The exemplar's images, decoded (guard.images.GuardImage); errors name the file."""
+        from guard.images import load_image
+
+        return [load_image(path, name=image) for path, image in zip(self.image_paths(), self.images)]
+
+    def describe(self) -> str:
+        """Text plus image names, for listings and explanations."""
+        if not self.images:
+            return self.text
+        return " ".join([*(f"[image: {image}]" for image in self.images), self.text]).strip()
+
+
+@dataclass
+class Source:
+    """One exemplar source of a policy, as the reader sees it."""
+
+    path: Path  # the data file (or folder, for `folder`)
+    display: str  # as written in the policy, for messages
+    root: Path  # the data root: image paths in the data start here unless `images` says otherwise
+    images: Path | None = None  # the folder that the data's image paths start from (default: root)
+    text: str | None = None  # `folder`: the text of every exemplar
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (reason, which item) per item left out
+
+    @property
+    def image_root(self) -> Path:
+        return self.images or self.root
+
+    def skip(self, reason: str, what: str) -> None:
+        self.skipped.append((reason, what))
+
+
+def relative_image_path(value, source: Source, what: str) -> str | None:
+    """An image path from a data file, relative to the image folder, or None (skipped) if unusable.
+
+    A leading "/" means the image folder's top (MHaluBench writes "/TextVQA/train_images/x.jpg");
+    a path that climbs out of the folder with ".." is refused.
+    """
+    if not isinstance(value, str) or not value.strip():
+        source.skip("no image path", what)
+        return None
+    parts = PurePosixPath(value.strip().replace("\\", "/")).parts
+    parts = [p for p in parts if p not in ("/", ".")]
+    if not parts or ".." in parts:
+        source.skip("image path outside the data root", what)
+        return None
+    return "/".join(parts)
+
+
+def _image_exists(source: Source, rel: str, what: str) -> bool:
+    if (source.image_root / rel).is_file():
+        return True
+    source.skip("missing image file", f"{what}: {rel}")
+    return False
+
+
+# --- hand-written files: JSONL and CSV ----------------------------------------------------------
+
+
+def _images_of(record: dict, origin: str) -> tuple[str, ...]:
+    value = record.get("images", record.get("image"))
+    if value in (None, ""):
+        return ()
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str) and v.strip() for v in values):
+        raise PolicyError(f"{origin}: 'image' / 'images' must be a path or a list of paths")
+    return tuple(v.strip() for v in values)
+
+
+def _exemplar_from_record(record: dict, origin: str, source: Source | None = None) -> Exemplar:
     if not isinstance(record, dict):
         raise PolicyError(f"{origin}: expected an object with 'text' and 'label'")
-    missing = [k for k in ("text", "label") if k not in record or record[k] in (None, "")]
+    images = _images_of(record, origin)
+    required = ("label",) if images else ("text", "label")
+    missing = [k for k in required if k not in record or record[k] in (None, "")]
     if missing:
         raise PolicyError(f"{origin}: missing field {', '.join(repr(m) for m in missing)}")
+    root = source.image_root if source else None
+    for image in images:
+        rel = PurePosixPath(image)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise PolicyError(f"{origin}: image path '{image}' must be relative to the data root, without '..'")
+        if root is not None and not (root / image).is_file():
+            raise PolicyError(f"{origin}: image '{image}' not found in {root}")
     fields = {str(k): str(v) for k, v in record.items() if k not in ("text", "label", "images", "image")}
-    return Exemplar(text=str(record["text"]), label=str(record["label"]), origin=origin, fields=fields)
+    text = "" if record.get("text") is None else str(record["text"])
+    return Exemplar(text=text, label=str(record["label"]), origin=origin, images=images, fields=fields, root=root)
 
 
-def read_jsonl(path: Path, display: str) -> list[Exemplar]:
+def read_jsonl(path: Path, display: str, source: Source | None = None) -> list[Exemplar]:
     items = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -50,42 +144,243 @@ def read_jsonl(path: Path, display: str) -> list[Exemplar]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise PolicyError(f"{origin}: invalid JSON ({exc.msg})") from None
-        items.append(_exemplar_from_record(record, origin))
+        items.append(_exemplar_from_record(record, origin, source))
     return items
 
 
-def read_csv(path: Path, display: str) -> list[Exemplar]:
+def read_csv(path: Path, display: str, source: Source | None = None) -> list[Exemplar]:
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
-            raise PolicyError(f"{display}:1: CSV header must have 'text' and 'label' columns")
+        names = set(reader.fieldnames or ())
+        if "label" not in names or not ({"text", "image", "images"} & names):
+            raise PolicyError(f"{display}:1: CSV header must have a 'label' column and 'text' and/or 'image' columns")
         # Data rows start on line 2 (after the header); multi-line cells are counted by the reader.
-        return [_exemplar_from_record(row, f"{display}:{reader.line_num}") for row in reader]
+        return [_exemplar_from_record(row, f"{display}:{reader.line_num}", source) for row in reader]
 
 
-# format name -> reader(path, display_name). Image and benchmark formats register here too.
-READERS: dict[str, Callable[[Path, str], list[Exemplar]]] = {
-    "jsonl": read_jsonl,
-    "csv": read_csv,
+# --- benchmark files -----------------------------------------------------------------------------
+
+
+def _load_json_items(source: Source) -> list:
+    """A JSON array of items, or one JSON object per line."""
+    text = source.path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PolicyError(f"{source.display}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        return items
+    items = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise PolicyError(f"{source.display}:{lineno}: invalid JSON ({exc.msg})") from None
+    return items
+
+
+VLGUARD_LABELS = ("harmful", "unharmful")
+_VLGUARD_KEYS = ("safe_instruction", "unsafe_instruction", "instruction")
+
+
+def read_vlguard(source: Source) -> list[Exemplar]:
+    """VLGuard's train.json / test.json: one exemplar per (image, instruction).
+
+    Each item: `id`, `image` (path under the image folder, e.g. the unzipped train/), `safe`
+    (the image's own verdict) and `instr-resp`, a list of {`safe_instruction` | `unsafe_instruction`
+    | `instruction`, `response`}. A pair is `harmful` when the image is unsafe or the instruction
+    is an unsafe one, `unharmful` otherwise (a safe image comes with one safe and one unsafe
+    instruction, an unsafe image with plain `instruction`s). The instruction becomes {text}.
+    """
+    out = []
+    for index, item in enumerate(_load_json_items(source)):
+        what = f"{source.display}[{index}]"
+        if not isinstance(item, dict):
+            source.skip("not an object", what)
+            continue
+        if item.get("id") is not None:
+            what += f" ({item['id']})"
+        safe = item.get("safe")
+        if not isinstance(safe, bool):
+            source.skip("no true/false 'safe'", what)
+            continue
+        rel = relative_image_path(item.get("image"), source, what)
+        if rel is None or not _image_exists(source, rel, what):
+            continue
+        pairs = item.get("instr-resp")
+        found = 0
+        for pair in pairs if isinstance(pairs, list) else []:
+            key = next((k for k in _VLGUARD_KEYS if isinstance(pair, dict) and pair.get(k)), None)
+            if key is None:
+                continue
+            found += 1
+            harmful = not safe or key == "unsafe_instruction"
+            out.append(Exemplar(
+                text=str(pair[key]).strip(), label=VLGUARD_LABELS[0] if harmful else VLGUARD_LABELS[1],
+                origin=what, images=(rel,), root=source.image_root,
+                fields={"response": str(pair.get("response", ""))},
+            ))
+        if not found:
+            source.skip("no instruction", what)
+    return out
+
+
+MHALUBENCH_LABELS = ("hallucination", "non-hallucination")
+
+
+def read_mhalubench(source: Source) -> list[Exemplar]:
+    """MHaluBench (UniHD / EasyDetect) claim-level items: one exemplar per (image, claim).
+
+    Each item: `image_path` (or `image`), `claim_list` (the claims extracted from a response) and
+    `claim_label` (one of `hallucination` / `non-hallucination` per claim, same order); `id` and
+    `type` ("image-to-text" / "text-to-image") are kept as fields when present. The claim becomes
+    {text}. MHaluBench writes image paths like "/TextVQA/train_images/x.jpg": read relative to the
+    image folder.
+    """
+    out = []
+    for index, item in enumerate(_load_json_items(source)):
+        what = f"{source.display}[{index}]"
+        if not isinstance(item, dict):
+            source.skip("not an object", what)
+            continue
+        if item.get("id") is not None:
+            what += f" ({item['id']})"
+        claims, labels = item.get("claim_list"), item.get("claim_label")
+        if not isinstance(claims, list) or not isinstance(labels, list) or len(claims) != len(labels):
+            source.skip("no claim_list / claim_label of equal length", what)
+            continue
+        rel = relative_image_path(item.get("image_path", item.get("image")), source, what)
+        if rel is None or not _image_exists(source, rel, what):
+            continue
+        extra = {k: str(item[k]) for k in ("id", "type") if item.get(k) is not None}
+        for number, (claim, label) in enumerate(zip(claims, labels)):
+            label = str(label).strip().lower()
+            if label not in MHALUBENCH_LABELS:
+                source.skip(f"claim label not {' / '.join(MHALUBENCH_LABELS)}", f"{what} claim {number}: {label!r}")
+                continue
+            if not isinstance(claim, str) or not claim.strip():
+                source.skip("empty claim", f"{what} claim {number}")
+                continue
+            out.append(Exemplar(text=claim.strip(), label=label, origin=f"{what} claim {number}", images=(rel,),
+                                root=source.image_root, fields=extra))
+    return out
+
+
+# --- image folders --------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".webp", ".gif")
+
+
+def read_folder(source: Source) -> list[Exemplar]:
+    """One sub-folder per label (its name is the label), images anywhere inside it; `text`
+    (optional) fills {text} for all. Files that are not images by name are skipped."""
+    if not source.path.is_dir():
+        raise PolicyError(f"{source.display}: 'format: folder' needs a folder, not a file")
+    out = []
+    labels = sorted(p for p in source.path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not labels:
+        raise PolicyError(f"{source.display}: no label sub-folders (expected {source.display}/LABEL/image.png)")
+    for folder in labels:
+        for path in sorted(folder.rglob("*")):
+            rel_parts = path.relative_to(source.path).parts
+            if not path.is_file() or any(part.startswith(".") for part in rel_parts):
+                continue
+            rel = path.relative_to(source.root).as_posix()
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                source.skip("not an image file name", rel)
+                continue
+            out.append(Exemplar(text=source.text or "", label=folder.name, origin=rel, images=(rel,), root=source.root))
+    return out
+
+
+# --- registry -------------------------------------------------------------------------------------
+
+# format name -> reader(source). A reader may append to source.skipped; it raises PolicyError
+# for a file it cannot read at all.
+READERS: dict[str, Callable[[Source], list[Exemplar]]] = {
+    "jsonl": lambda source: read_jsonl(source.path, source.display, source),
+    "csv": lambda source: read_csv(source.path, source.display, source),
+    "vlguard": read_vlguard,
+    "mhalubench": read_mhalubench,
+    "folder": read_folder,
 }
+# formats whose `from:` is a folder; formats that take an `images:` folder; formats that take `text:`
+FOLDER_FORMATS = {"folder"}
+TEXT_OPTION_FORMATS = {"folder"}
 
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
 
 def guess_format(path: Path) -> str | None:
+    if path.is_dir():
+        return "folder"
     return _EXTENSIONS.get(path.suffix.lower())
 
 
-def read_exemplar_file(path: Path, fmt: str | None, display: str, where: str) -> list[Exemplar]:
-    """Read one exemplar file; `where` ("policy.yaml:12") locates the reference for errors."""
+def sample_per_label(exemplars: list[Exemplar], shots: int, seed: int) -> tuple[list[Exemplar], dict[str, int]]:
+    """At most `shots` exemplars per label, drawn reproducibly with `seed`, kept in source order.
+    Also returns how many each label had before sampling."""
+    counts = Counter(ex.label for ex in exemplars)
+    rng = random.Random(seed)
+    keep: set[int] = set()
+    for label in sorted(counts):  # fixed order: the draw does not depend on dict ordering
+        indices = [i for i, ex in enumerate(exemplars) if ex.label == label]
+        keep.update(indices if len(indices) <= shots else rng.sample(indices, shots))
+    return [ex for i, ex in enumerate(exemplars) if i in keep], dict(counts)
+
+
+def summarise_skipped(display: str, skipped: list[tuple[str, str]]) -> list[str]:
+    """One line per reason: how many items, and the first few of them."""
+    by_reason: dict[str, list[str]] = {}
+    for reason, what in skipped:
+        by_reason.setdefault(reason, []).append(what)
+    lines = []
+    for reason, items in by_reason.items():
+        shown = "; ".join(items[:3]) + (f"; and {len(items) - 3} more" if len(items) > 3 else "")
+        lines.append(f"{display}: skipped {len(items)} item(s), {reason}: {shown}")
+    return lines
+
+
+def read_exemplar_file(
+    path: Path,
+    fmt: str | None,
+    display: str,
+    where: str,
+    *,
+    root: Path | None = None,
+    images: Path | None = None,
+    text: str | None = None,
+    shots: int | None = None,
+    seed: int = 0,
+    notes: list[str] | None = None,
+) -> list[Exemplar]:
+    """Read one exemplar source; `where` ("policy.yaml:12") locates the reference for errors.
+
+    `root` is the data root (image paths start there, or at `images`); `shots` samples that many
+    per label with `seed`. Lines about skipped items and sampling are appended to `notes`.
+    """
     fmt = fmt or guess_format(path)
     if fmt is None:
-        raise PolicyError(f"{where}: cannot tell the format of '{display}'; add 'format: jsonl' or 'format: csv'")
+        raise PolicyError(f"{where}: cannot tell the format of '{display}'; add 'format: {' | '.join(sorted(READERS))}'")
     if fmt not in READERS:
         raise PolicyError(f"{where}: unknown format '{fmt}' (known: {', '.join(sorted(READERS))})")
     if not path.exists():
-        raise PolicyError(f"{where}: exemplar file '{display}' does not exist")
+        kind = "folder" if fmt in FOLDER_FORMATS else "file"
+        raise PolicyError(f"{where}: exemplar {kind} '{display}' does not exist")
+    if images is not None and not images.is_dir():
+        raise PolicyError(f"{where}: image folder '{images}' does not exist")
+    source = Source(path=path, display=display, root=root or path.parent, images=images, text=text)
     try:
-        return READERS[fmt](path, display)
+        exemplars = READERS[fmt](source)
     except UnicodeDecodeError:
         raise PolicyError(f"{where}: '{display}' is not UTF-8 text") from None
+    if notes is not None:
+        notes.extend(summarise_skipped(display, source.skipped))
+    if shots is not None:
+        exemplars, before = sample_per_label(exemplars, shots, seed)
+        if notes is not None:
+            counts = Counter(ex.label for ex in exemplars)
+            drawn = ", ".join(f"{counts[label]} of {n} '{label}'" for label, n in sorted(before.items()))
+            notes.append(f"{display}: sampled {drawn} (shots {shots}, seed {seed})")
+    return exemplars

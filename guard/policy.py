@@ -2,20 +2,30 @@
 
 A policy says which model to use, how to phrase the prompt, which labels exist (and which are
 flagged), and which labelled exemplars define them. Nothing here imports torch or SQL.
+
+Exemplar files and images are found under the policy's *data root*: the policy file's folder,
+or, when the policy says `data_root: DIR`, that folder; a relative DIR starts at the folder
+given by `--data-root` / `GUARD_DATA_ROOT` (where your datasets live) or else at the policy's
+folder. So `data_root: VLGuard` with `GUARD_DATA_ROOT=~/datasets` reads `~/datasets/VLGuard`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import string
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import yaml
 
-from guard.data import Exemplar, read_exemplar_file
+from guard.data import FOLDER_FORMATS, TEXT_OPTION_FORMATS, Exemplar, read_exemplar_file
 from guard.errors import PolicyError
+from guard.images import file_hash
+
+DATA_ROOT_ENV = "GUARD_DATA_ROOT"
 
 SCORINGS = ("loo", "in_sample")
 DEFAULT_MODEL = "smollm2-135m"
@@ -41,7 +51,9 @@ class Policy:
     description: str = ""
     source_text: str = ""  # the YAML as written, stored with the artifact
     path: Path | None = None
-    base_dir: Path = field(default_factory=Path.cwd)  # relative model and data paths start here
+    base_dir: Path = field(default_factory=Path.cwd)  # relative model paths start here
+    data_root: Path | None = None  # exemplar files and images are read from here (default: base_dir)
+    notes: list[str] = field(default_factory=list)  # what the readers skipped and sampled
 
     @property
     def label_names(self) -> list[str]:
@@ -59,9 +71,10 @@ class Policy:
         """Fill the prompt template; `values` must hold every {field} the template names."""
         return self.prompt.format_map(values)
 
-    @property
+    @cached_property
     def version(self) -> str:
-        """Content hash of everything that changes the compiled result (not comments or order of keys)."""
+        """Content hash of everything that changes the compiled result (not comments or order of
+        keys; images count by their content, not their paths)."""
         canonical = {
             "name": self.name,
             "model": self.model,
@@ -69,7 +82,10 @@ class Policy:
             "labels": [[lab.name, lab.flagged] for lab in self.labels],
             "heads": self.heads,
             "scoring": self.scoring,
-            "exemplars": [[e.text, e.label, list(e.images), sorted(e.fields.items())] for e in self.exemplars],
+            "exemplars": [
+                [e.text, e.label, [file_hash(p) for p in e.image_paths()], sorted(e.fields.items())]
+                for e in self.exemplars
+            ],
         }
         blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
@@ -128,10 +144,10 @@ def _parse_yaml(text: str, display: str):
 
 # --- validation -------------------------------------------------------------------------------
 
-_TOP_KEYS = {"name", "description", "model", "prompt", "labels", "exemplars", "heads", "scoring"}
+_TOP_KEYS = {"name", "description", "model", "prompt", "labels", "exemplars", "heads", "scoring", "data_root"}
 _LABEL_KEYS = {"name", "description", "flagged"}
-_INLINE_KEYS = {"text", "label"}
-_SOURCE_KEYS = {"from", "format"}
+_INLINE_KEYS = {"text", "label", "image", "images"}
+_SOURCE_KEYS = {"from", "format", "shots", "seed", "images", "text"}
 
 
 class _Checker:
@@ -162,12 +178,16 @@ class _Checker:
         return str(value)
 
 
-def parse_policy(text: str, display: str = "<policy>", base_dir: Path | None = None) -> Policy:
-    """Validate policy YAML text; file references resolve against `base_dir`."""
+def parse_policy(
+    text: str, display: str = "<policy>", base_dir: Path | None = None, data_root: str | Path | None = None
+) -> Policy:
+    """Validate policy YAML text; the model path resolves against `base_dir`, exemplar files and
+    images against the data root (see the module docstring; `data_root` is --data-root)."""
     base_dir = base_dir or Path.cwd()
     check = _Checker(display)
     doc = check.mapping(_parse_yaml(text, display), 1, "the policy")
     check.known_keys(doc, _TOP_KEYS, "the policy")
+    root = _data_root(doc, check, base_dir, data_root)
 
     name = check.string(doc, "name")
     model = check.string(doc, "model", required=False, default=DEFAULT_MODEL)
@@ -190,7 +210,8 @@ def parse_policy(text: str, display: str = "<policy>", base_dir: Path | None = N
     if scoring not in SCORINGS:
         check.fail(doc.key_lines.get("scoring", doc.line), f"'scoring' must be one of: {', '.join(SCORINGS)}")
 
-    exemplars = _parse_exemplars(doc, check, base_dir)
+    notes: list[str] = []
+    exemplars = _parse_exemplars(doc, check, root, notes)
     for ex in exemplars:
         if ex.label not in label_names:
             raise PolicyError(f"{ex.origin}: label '{ex.label}' is not one of: {', '.join(label_names)}")
@@ -216,7 +237,26 @@ def parse_policy(text: str, display: str = "<policy>", base_dir: Path | None = N
         description=description,
         source_text=text,
         base_dir=base_dir,
+        data_root=root,
+        notes=notes,
     )
+
+
+def _data_root(doc: _Map, check: _Checker, base_dir: Path, override: str | Path | None) -> Path:
+    if "data_root" not in doc:
+        return base_dir
+    declared = Path(check.string(doc, "data_root")).expanduser()
+    origin = override or os.environ.get(DATA_ROOT_ENV) or None
+    start = Path(origin).expanduser() if origin else base_dir
+    root = declared if declared.is_absolute() else start / declared
+    if not root.is_dir():
+        how = f"--data-root / {DATA_ROOT_ENV} is {origin}" if origin else f"{DATA_ROOT_ENV} is not set"
+        check.fail(
+            doc.key_lines["data_root"],
+            f"data root '{root}' does not exist ({how}); put the dataset there or point "
+            f"--data-root or {DATA_ROOT_ENV} at the folder that holds '{declared}'",
+        )
+    return root.resolve()
 
 
 def _parse_labels(doc: _Map, check: _Checker) -> list[Label]:
@@ -244,7 +284,7 @@ def _parse_labels(doc: _Map, check: _Checker) -> list[Label]:
     return labels
 
 
-def _parse_exemplars(doc: _Map, check: _Checker, base_dir: Path) -> list[Exemplar]:
+def _parse_exemplars(doc: _Map, check: _Checker, root: Path, notes: list[str]) -> list[Exemplar]:
     if "exemplars" not in doc:
         check.fail(doc.line, "missing required key 'exemplars'")
     raw = doc["exemplars"]
@@ -255,19 +295,64 @@ def _parse_exemplars(doc: _Map, check: _Checker, base_dir: Path) -> list[Exempla
         item = check.mapping(item, line, "an exemplar")
         where = f"{check.display}:{item.line}"
         if "from" in item:
-            check.known_keys(item, _SOURCE_KEYS, "an exemplar source")
-            rel = check.string(item, "from")
-            fmt = item.get("format")
-            exemplars.extend(read_exemplar_file(base_dir / rel, fmt, rel, where))
+            exemplars.extend(_read_source(item, check, root, where, notes))
         else:
             check.known_keys(item, _INLINE_KEYS, "an inline exemplar (or use 'from: FILE')")
-            text, label = check.string(item, "text"), check.string(item, "label")
-            exemplars.append(Exemplar(text=text, label=label, origin=where))
+            images = _image_list(item, check, root)
+            text = check.string(item, "text", required=not images)
+            label = check.string(item, "label")
+            exemplars.append(Exemplar(text=text, label=label, origin=where, images=images, root=root))
     return exemplars
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file; exemplar files are resolved relative to it."""
+def _read_source(item: _Map, check: _Checker, root: Path, where: str, notes: list[str]) -> list[Exemplar]:
+    check.known_keys(item, _SOURCE_KEYS, "an exemplar source")
+    rel = check.string(item, "from")
+    fmt = check.string(item, "format", required=False) or None
+    options: dict = {"root": root, "notes": notes}
+    for key in ("shots", "seed"):
+        if key in item:
+            value = item[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "shots" else 0):
+                what = "a positive integer (exemplars per label)" if key == "shots" else "a non-negative integer"
+                check.fail(item.key_lines[key], f"'{key}' must be {what}")
+            options[key] = value
+    if "seed" in item and "shots" not in item:
+        check.fail(item.key_lines["seed"], "'seed' chooses which exemplars 'shots' samples; add 'shots: N'")
+    if "images" in item:
+        options["images"] = root / check.string(item, "images")
+    if "text" in item:
+        if fmt not in TEXT_OPTION_FORMATS:
+            check.fail(item.key_lines["text"], f"'text' applies to 'format: {' | '.join(sorted(TEXT_OPTION_FORMATS))}' sources only")
+        options["text"] = check.string(item, "text")
+    path = root / rel
+    if fmt in FOLDER_FORMATS and "images" in item:
+        check.fail(item.key_lines["images"], f"'images' is for data files; 'format: {fmt}' reads images from its folder")
+    return read_exemplar_file(path, fmt, rel, where, **options)
+
+
+def _image_list(item: _Map, check: _Checker, root: Path) -> tuple[str, ...]:
+    if "image" in item and "images" in item:
+        check.fail(item.key_lines["images"], "give 'image' or 'images', not both")
+    key = "image" if "image" in item else "images" if "images" in item else None
+    if key is None:
+        return ()
+    value = item[key]
+    values = value if isinstance(value, _Seq) else [value]
+    line = item.key_lines[key]
+    if not values or not all(isinstance(v, str) and v.strip() for v in values):
+        check.fail(line, f"'{key}' must be an image path or a list of image paths")
+    for image in values:
+        if Path(image).is_absolute() or ".." in Path(image).parts:
+            check.fail(line, f"image path '{image}' must be relative to the data root, without '..'")
+        if not (root / image).is_file():
+            check.fail(line, f"image '{image}' not found in {root}")
+    return tuple(values)
+
+
+def load_policy(path: str | Path, data_root: str | Path | None = None) -> Policy:
+    """Read and validate a policy file; exemplar files are resolved relative to it, or to its
+    data root (`data_root` is --data-root: where a relative `data_root:` key starts)."""
     path = Path(path)
     display = str(path)
     if not path.exists():
@@ -278,6 +363,6 @@ def load_policy(path: str | Path) -> Policy:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise PolicyError(f"{display}: policy file is not UTF-8 text") from None
-    policy = parse_policy(text, display, base_dir=path.resolve().parent)
+    policy = parse_policy(text, display, base_dir=path.resolve().parent, data_root=data_root)
     policy.path = path
     return policy

@@ -101,7 +101,7 @@ def test_bad_policy_error_names_file_and_line(tmp_path, db):
     (tmp_path / "p.yaml").write_text("name: x\nprompt: '{text}'\nlabels: [a, b]\ncolour: red\n")
     result = run("compile", tmp_path / "p.yaml", "--db", db)
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: description, exemplars, heads, labels, model, name, prompt, scoring)"
+    assert result.stderr.strip() == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: data_root, description, exemplars, heads, labels, model, name, prompt, scoring)"
 
 
 def test_console_script_prints_no_traceback(tmp_path):
