@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import string
 import sys
 from typing import Annotated, Optional
 
@@ -67,11 +68,14 @@ def compile_command(
     dtype: DtypeOption = None,
     batch_size: BatchOption = 8,
     as_json: JsonOption = False,
+    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Folder holding the datasets a policy's 'data_root:' names [env GUARD_DATA_ROOT]")] = None,
 ):
     """Run the model over the policy's exemplars, fit SAV and store the artifact."""
     from guard.policy import load_policy
 
-    policy = load_policy(policy_file)  # validate before loading any model
+    policy = load_policy(policy_file, data_root=data_root)  # validate before loading any model
+    for note in policy.notes:  # what the exemplar readers skipped or sampled
+        typer.echo(f"guard: {note}", err=True)
     _quiet_transformers()
     from guard.compiler import compile_policy
     from guard.store import Store
@@ -106,8 +110,9 @@ def compile_command(
 @app.command("check")
 @friendly
 def check_command(
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="'-' reads one text per line from stdin")] = None,
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, or '-' to read one text per line from stdin")] = None,
     text: Annotated[Optional[str], typer.Option("--text", "-t", help="Text to check")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text that goes with each image (fills the policy prompt's {text})")] = None,
     db: DbOption = None,
     policy: Annotated[
         Optional[list[str]],
@@ -118,33 +123,43 @@ def check_command(
     batch_size: BatchOption = 16,
     as_json: JsonOption = False,
 ):
-    """Check texts against compiled policies. Exit 0 if all allowed, 1 if any flagged."""
-    inputs = inputs or []
-    texts: list[str] = []
+    """Check texts or images against compiled policies. Exit 0 if all allowed, 1 if any flagged."""
+    items: list[tuple[str, dict]] = []  # (what to call it in the output, the input)
     if text is not None:
-        texts.append(text)
-    for item in inputs:
-        if item != "-":
-            _fail(f"'{item}': image inputs are not supported yet; use --text TEXT or '-' for stdin")
-        texts.extend(line for line in sys.stdin.read().splitlines() if line.strip())
-    if not texts:
-        _fail("nothing to check: give --text TEXT, or '-' to read lines from stdin")
+        items.append((text, {"text": text}))
+    image_paths = [item for item in inputs or [] if item != "-"]
+    if "-" in (inputs or []):
+        items.extend((line, {"text": line}) for line in sys.stdin.read().splitlines() if line.strip())
+    if image_paths:
+        from guard.images import load_image
+
+        fields = {} if prompt is None else {"text": prompt}
+        items.extend((path, {**fields, "images": [load_image(path)]}) for path in image_paths)  # bad files stop here
+    elif prompt is not None:
+        _fail("--prompt goes with images: guard check IMAGE... --prompt TEXT (use --text TEXT for a text alone)")
+    if not items:
+        _fail("nothing to check: give --text TEXT, image files, or '-' to read lines from stdin")
     _quiet_transformers()
     from guard.runtime import GuardSet
     from guard.store import Store
 
     names = policy or [Store.open(db).load_artifact().name]  # no name: the database's only policy
     guards = GuardSet.load(db, names, device=device, dtype=dtype)
-    results = guards.check_batch(texts, batch_size=batch_size, progress=len(texts) > batch_size)
-    for text_item, by_policy in zip(texts, results):
-        if as_json and len(by_policy) == 1:
-            typer.echo(json.dumps(next(iter(by_policy.values())).to_dict()))
-        elif as_json:
-            flagged = any(v.flagged for v in by_policy.values())
-            typer.echo(json.dumps({"flagged": flagged, "policies": {n: v.to_dict() for n, v in by_policy.items()}}))
+    for art in (p.artifact for p in guards.policies):
+        if image_paths and prompt is None and "text" in {f for _, f, _, _ in string.Formatter().parse(art.prompt) if f}:
+            _fail(f"policy '{art.name}' puts text with each image ({{text}} in its prompt): add --prompt TEXT")
+    results = guards.check_batch([item for _, item in items], batch_size=batch_size, progress=len(items) > batch_size)
+    for (name, item), by_policy in zip(items, results):
+        if as_json:
+            if len(by_policy) == 1:
+                record = next(iter(by_policy.values())).to_dict()
+            else:
+                flagged = any(v.flagged for v in by_policy.values())
+                record = {"flagged": flagged, "policies": {n: v.to_dict() for n, v in by_policy.items()}}
+            typer.echo(json.dumps({"image": name, **record} if "images" in item else record))
         else:
             for verdict in by_policy.values():
-                _print_verdict(text_item, verdict, show_policy=len(by_policy) > 1)
+                _print_verdict(name, verdict, show_policy=len(by_policy) > 1)
     raise typer.Exit(1 if any(v.flagged for r in results for v in r.values()) else 0)
 
 

@@ -18,6 +18,7 @@ from guard import sav
 from guard.artifact import Artifact
 from guard.capture import extract
 from guard.models import LoadedModel, load_model
+from guard.models.inputs import ModelInput
 from guard.policy import Policy, load_policy
 from guard.store import Store, input_hash
 
@@ -35,11 +36,18 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def cache_key(item: str | ModelInput) -> str:
+    """Activation cache key of one model input: its rendered prompt and its images' content."""
+    if isinstance(item, ModelInput):
+        return input_hash(item.text, item.image_hashes)
+    return input_hash(item)
+
+
 def exemplar_activations(
-    loaded: LoadedModel, store: Store | None, rendered: list[str], batch_size: int, progress: bool
+    loaded: LoadedModel, store: Store | None, rendered: list[str | ModelInput], batch_size: int, progress: bool
 ) -> tuple[torch.Tensor, int]:
     """All heads' last-token outputs `[N, layers, heads, head_dim]` and how many were computed."""
-    keys = [input_hash(text) for text in rendered]
+    keys = [cache_key(item) for item in rendered]
     dtype = dtype_name(loaded.dtype)
     found = store.cached_activations(loaded.fingerprint, dtype, sorted(set(keys))) if store else {}
     first = {}
@@ -84,7 +92,7 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
         model_reference=loaded.source.reference, model_fingerprint=loaded.fingerprint,
         model_info=loaded.info, scoring=policy.scoring, heads=heads,
         head_accuracy=scores.accuracy, head_margin=scores.margin, centroids=cents,
-        exemplar_vectors=selected, exemplar_texts=[ex.text for ex in policy.exemplars],
+        exemplar_vectors=selected, exemplar_texts=[ex.describe() for ex in policy.exemplars],
         exemplar_labels=labels.tolist(), metrics=metrics, description=policy.description,
         policy_text=policy.source_text,
     )
@@ -107,7 +115,7 @@ def compile_policy(
         policy = load_policy(policy)
     store = store or Store.open(db, create=True)
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
-    rendered = [loaded.chat(policy.render(ex.prompt_fields())) for ex in policy.exemplars]
+    rendered = [loaded.prepare(policy.render(ex.prompt_fields()), ex.load_images()) for ex in policy.exemplars]
     acts, computed = exemplar_activations(loaded, store, rendered, batch_size, progress)
     artifact = fit(policy, acts, loaded)
     store.save_artifact(artifact)

@@ -11,6 +11,7 @@ from guard import sav
 from guard.artifact import Artifact
 from guard.capture import extract
 from guard.errors import GuardError, ModelError
+from guard.images import as_image
 from guard.models import LoadedModel, load_model
 from guard.store import Store
 
@@ -132,25 +133,31 @@ class GuardSet:
     def names(self) -> list[str]:
         return [p.artifact.name for p in self.policies]
 
-    def render(self, prompt_template: str, text: str | None = None, **fields: str) -> str:
+    def render(self, prompt_template: str, text: str | None = None, images: Sequence = (), **fields: str):
+        """The model input: the filled-in prompt, chat-rendered (a string for text models, a
+        ModelInput with the images for vision-language models)."""
         if text is not None:
             fields["text"] = text
-        if "text" in fields and not str(fields["text"]).strip():
+        if "text" in fields and not str(fields["text"]).strip() and not images:
             raise GuardError("empty text: nothing to check")
         try:
             prompt = prompt_template.format_map(fields)
         except KeyError as exc:
             raise GuardError(f"the policy prompt needs a value for {{{exc.args[0]}}}") from None
-        return self.loaded.chat(prompt)
+        return self.loaded.prepare(prompt, [as_image(image) for image in images])
 
-    def check(self, text: str | None = None, **fields: str) -> dict[str, Verdict]:
-        return self.check_batch([{"text": text, **fields} if text is not None else fields])[0]
+    def check(self, text: str | None = None, *, images: Sequence = (), **fields: str) -> dict[str, Verdict]:
+        item = {"text": text, **fields} if text is not None else fields
+        return self.check_batch([{**item, "images": images} if images else item])[0]
 
     def check_batch(
         self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False
     ) -> list[dict[str, Verdict]]:
-        """Verdicts of every policy for each input, in input order: `[{policy name: Verdict}]`."""
+        """Verdicts of every policy for each input, in input order: `[{policy name: Verdict}]`.
+        An input is a text, or a dict of prompt fields with an optional "images" list."""
         items = [item if isinstance(item, dict) else {"text": item} for item in inputs]
+        # read each image once, however many prompt templates the policies have
+        items = [{**item, "images": [as_image(i) for i in item["images"]]} if item.get("images") else item for item in items]
         results: list[dict[str, Verdict]] = [{} for _ in items]
         if not items:
             return results
@@ -199,14 +206,17 @@ class Guard:
     def name(self) -> str:
         return self.artifact.name
 
-    def render(self, text: str | None = None, **fields: str) -> str:
-        """The exact model input (chat-rendered prompt) for these values."""
-        return self._set.render(self.artifact.prompt, text, **fields)
+    def render(self, text: str | None = None, images: Sequence = (), **fields: str):
+        """The exact model input for these values: the chat-rendered prompt (a string for text
+        models, a ModelInput with the images for vision-language models)."""
+        return self._set.render(self.artifact.prompt, text, images, **fields)
 
-    def check(self, text: str | None = None, **fields: str) -> Verdict:
-        """Check one input; `text` fills the policy prompt's {text}, other fields their {name}."""
-        return self._set.check(text, **fields)[self.name]
+    def check(self, text: str | None = None, *, images: Sequence = (), **fields: str) -> Verdict:
+        """Check one input; `text` fills the policy prompt's {text}, other fields their {name};
+        `images` (paths, PIL images or GuardImages) go with it, in prompt order."""
+        return self._set.check(text, images=images, **fields)[self.name]
 
     def check_batch(self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False) -> list[Verdict]:
-        """Check many inputs in length-bucketed batches; verdicts come back in input order."""
+        """Check many inputs in length-bucketed batches; verdicts come back in input order.
+        An input is a text, or a dict of prompt fields with an optional "images" list."""
         return [result[self.name] for result in self._set.check_batch(inputs, batch_size, progress)]
