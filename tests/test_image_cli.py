@@ -111,3 +111,13 @@ def test_text_model_policy_refuses_images(tmp_path, llama_dir, colour_data, db):
     result = run("check", images(colour_data, "red", 1)[0], "--prompt", "hi", "--db", db)
     assert result.exit_code == 2
     assert "is a text model; it cannot take images" in result.stderr
+
+
+def test_several_policies_share_each_image(compiled, colour_data):
+    """Two policies with the same prompt read one forward per image (GuardSet); one JSON line each."""
+    paths = images(colour_data, "blue", 2)
+    result = run("check", *paths, "--db", compiled, "-p", "plain", "-p", "always", "--json")
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [line["image"] for line in lines] == [str(p) for p in paths]
+    assert all(set(line["policies"]) == {"plain", "always"} and line["flagged"] for line in lines)
+    assert result.exit_code == 1
