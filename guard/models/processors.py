@@ -80,4 +80,6 @@ def load_processor(directory: Path, processor_class_name: str):
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
     image_processor = transformers.AutoImageProcessor.from_pretrained(directory, backend="pil")
     settings, _ = processor_class.get_processor_dict(str(directory))
+    if not settings.get("chat_template") and getattr(tokenizer, "chat_template", None):
+        settings["chat_template"] = tokenizer.chat_template  # older snapshots keep it with the tokenizer
     return build_processor(processor_class, image_processor, tokenizer, settings)
