@@ -11,7 +11,20 @@ import sys
 
 def load(path: str) -> dict[str, dict]:
     data = json.loads(open(path).read())
-    return {b["name"].removeprefix("test_"): b for b in data["benchmarks"]}
+    return {b["fullname"].split("::")[-1].removeprefix("test_"): b for b in data["benchmarks"]}
+
+
+def paired_rows(b: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """Groups holding a `..._reference` and a `..._guard` benchmark (the tiny-VLM ones)."""
+    rows = []
+    for name, ref in b.items():
+        if not name.startswith("vlm_") or "_reference" not in name:
+            continue
+        ours = b.get(name.replace("_reference", "_guard"))
+        if ours is not None and ours["group"] == ref["group"]:
+            g, r = ours["stats"]["mean"], ref["stats"]["mean"]
+            rows.append((f"{ref['group']}: time guard/reference", f"{g / r:.3f}", f"{g:.3f}s vs {r:.3f}s"))
+    return rows
 
 
 def ratio_rows(b: dict[str, dict]) -> list[tuple[str, str, str]]:
@@ -60,7 +73,8 @@ def ratio_rows(b: dict[str, dict]) -> list[tuple[str, str, str]]:
 
 
 def main(path: str) -> None:
-    rows = ratio_rows(load(path))
+    benchmarks = load(path)
+    rows = ratio_rows(benchmarks) + paired_rows(benchmarks)
     print("| measure | ratio | detail |\n|---|---|---|")
     for name, ratio, detail in rows:
         print(f"| {name} | {ratio} | {detail} |")

@@ -13,7 +13,6 @@ from guard.capture import extract
 from guard.errors import GuardError, ModelError
 from guard.images import as_image
 from guard.models import LoadedModel, load_model
-from guard.store import Store
 
 
 @dataclass
@@ -117,6 +116,8 @@ class GuardSet:
         dtype: str | None = None,
     ) -> "GuardSet":
         """Load the named policies (all in the database if None); they must share one model."""
+        from guard.store import Store  # imported here: checking from an Artifact needs no SQL
+
         store = Store.open(db)
         names = list(policies) if policies else store.policy_names()
         artifacts = [store.load_artifact(name) for name in names]
@@ -197,6 +198,8 @@ class Guard:
         `model` overrides the stored model reference (a moved directory, say); it is refused
         unless its weights have the fingerprint the policy was compiled with.
         """
+        from guard.store import Store
+
         artifact = Store.open(db).load_artifact(policy)
         if not isinstance(model, LoadedModel):
             model = load_model(model or artifact.model_reference, device=device, dtype=dtype)
