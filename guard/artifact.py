@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from guard.calibration import Calibration
 from guard.policy import Label
 
 
@@ -30,6 +31,7 @@ class Artifact:
     description: str = ""
     policy_text: str = ""
     created_at: str = ""
+    calibration: Calibration | None = None  # None: compiled before calibration existed
 
     @property
     def label_names(self) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from guard import sav
+from guard import calibration, sav
 from guard.artifact import Artifact
 from guard.capture import extract
 from guard.models import LoadedModel, load_model
@@ -79,6 +79,13 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
     cents = sav.centroids(selected, labels, len(names))
     in_sample = sav.vote(sav.head_similarities(selected, cents))[0]
     loo = sav.vote(sav.exemplar_similarities(selected, labels, len(names), "loo").permute(0, 2, 1))[0]
+    # Calibrated scores and thresholds come from leave-one-out votes with head selection redone
+    # each time (guard.calibration); a policy with too few exemplars for that has no calibration.
+    cal = None
+    if calibration.can_calibrate(labels, len(names), policy.scoring):
+        cal = calibration.calibrate(
+            acts, labels, len(names), policy.heads, policy.scoring, policy.targets, policy.uncertain_margin
+        )
     metrics = {
         "exemplars": len(labels),
         "exemplars_per_label": {n: int((labels == i).sum()) for i, n in enumerate(names)},
@@ -87,6 +94,8 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
         "best_head_accuracy": float(scores.accuracy.max()),
         "selected_head_accuracy_mean": float(torch.stack([scores.accuracy[h] for h in heads]).mean()),
     }
+    if cal is not None:
+        metrics.update(cal.metrics)
     return Artifact(
         name=policy.name, version=policy.version, prompt=policy.prompt, labels=policy.labels,
         model_reference=loaded.source.reference, model_fingerprint=loaded.fingerprint,
@@ -94,7 +103,7 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
         head_accuracy=scores.accuracy, head_margin=scores.margin, centroids=cents,
         exemplar_vectors=selected, exemplar_texts=[ex.describe() for ex in policy.exemplars],
         exemplar_labels=labels.tolist(), metrics=metrics, description=policy.description,
-        policy_text=policy.source_text,
+        policy_text=policy.source_text, calibration=cal,
     )
 
 

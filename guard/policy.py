@@ -32,11 +32,16 @@ DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_HEADS = 20
 
 
+TARGET_METRICS = ("recall", "fpr")
+
+
 @dataclass(frozen=True)
 class Label:
     name: str
     flagged: bool = False
     description: str = ""
+    answer: str = ""  # the word the model would answer for this label (zero-shot baseline)
+    target: tuple[str, float] | None = None  # flagged labels: ("recall", 0.95) or ("fpr", 0.05)
 
 
 @dataclass
@@ -49,6 +54,7 @@ class Policy:
     heads: int = DEFAULT_HEADS
     scoring: str = "loo"
     description: str = ""
+    uncertain_margin: float = 0.0  # verdicts whose vote margin is below this are marked uncertain
     source_text: str = ""  # the YAML as written, stored with the artifact
     path: Path | None = None
     base_dir: Path = field(default_factory=Path.cwd)  # relative model paths start here
@@ -62,6 +68,21 @@ class Policy:
     @property
     def flagged_labels(self) -> list[str]:
         return [label.name for label in self.labels if label.flagged]
+
+    @property
+    def answer_words(self) -> list[str]:
+        """Each label's answer word: its `answer`, else Yes (flagged) / No (not flagged) when the
+        policy has one label of each, else the label's name."""
+        binary = len(self.labels) == 2 and len(self.flagged_labels) == 1
+        return [
+            label.answer or (("Yes" if label.flagged else "No") if binary else label.name)
+            for label in self.labels
+        ]
+
+    @property
+    def targets(self) -> dict[int, tuple[str, float]]:
+        """Label index -> (metric, value) for flagged labels with a threshold target."""
+        return {i: label.target for i, label in enumerate(self.labels) if label.target is not None}
 
     @property
     def prompt_fields(self) -> set[str]:
@@ -87,6 +108,11 @@ class Policy:
                 for e in self.exemplars
             ],
         }
+        # Added after 0.1; present only when set, so older policies keep their version.
+        if self.targets:
+            canonical["targets"] = {self.labels[i].name: list(t) for i, t in self.targets.items()}
+        if self.uncertain_margin:
+            canonical["uncertain_margin"] = self.uncertain_margin
         blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -144,8 +170,9 @@ def _parse_yaml(text: str, display: str):
 
 # --- validation -------------------------------------------------------------------------------
 
-_TOP_KEYS = {"name", "description", "model", "prompt", "labels", "exemplars", "heads", "scoring", "data_root"}
-_LABEL_KEYS = {"name", "description", "flagged"}
+_TOP_KEYS = {"name", "description", "model", "prompt", "labels", "exemplars", "heads", "scoring", "data_root",
+             "uncertain_margin"}
+_LABEL_KEYS = {"name", "description", "flagged", "answer", "target"}
 _INLINE_KEYS = {"text", "label", "image", "images"}
 _SOURCE_KEYS = {"from", "format", "shots", "seed", "images", "text"}
 
@@ -210,6 +237,11 @@ def parse_policy(
     if scoring not in SCORINGS:
         check.fail(doc.key_lines.get("scoring", doc.line), f"'scoring' must be one of: {', '.join(SCORINGS)}")
 
+    uncertain_margin = doc.get("uncertain_margin", 0.0)
+    if not _is_number(uncertain_margin) or not 0 <= uncertain_margin <= 1:
+        check.fail(doc.key_lines.get("uncertain_margin", doc.line),
+                   "'uncertain_margin' must be a number from 0 to 1 (a share of the heads' votes)")
+
     notes: list[str] = []
     exemplars = _parse_exemplars(doc, check, root, notes)
     for ex in exemplars:
@@ -221,9 +253,13 @@ def parse_policy(
     counts = {n: sum(ex.label == n for ex in exemplars) for n in label_names}
     for label in labels:
         need = 2 if scoring == "loo" else 1
+        if label.target is not None:
+            need += 1  # thresholds come from leave-one-out votes, which leave one more out
         if counts[label.name] < need:
             line = doc.key_lines["labels"]
             extra = " (leave-one-out scoring needs at least 2)" if need == 2 and counts[label.name] == 1 else ""
+            if label.target is not None:
+                extra = f" (a 'target' needs at least {need}: thresholds are fitted on leave-one-out votes)"
             check.fail(line, f"label '{label.name}' has {counts[label.name]} exemplar(s){extra}")
 
     return Policy(
@@ -235,6 +271,7 @@ def parse_policy(
         heads=heads,
         scoring=scoring,
         description=description,
+        uncertain_margin=float(uncertain_margin),
         source_text=text,
         base_dir=base_dir,
         data_root=root,
@@ -278,10 +315,33 @@ def _parse_labels(doc: _Map, check: _Checker) -> list[Label]:
             check.fail(item.key_lines["flagged"], "'flagged' must be true or false")
         if name in [lab.name for lab in labels]:
             check.fail(item.key_lines["name"], f"label '{name}' is defined twice")
-        labels.append(Label(name=name, flagged=flagged, description=check.string(item, "description", required=False)))
+        answer = check.string(item, "answer", required=False)
+        target = _parse_target(item, check, flagged) if "target" in item else None
+        labels.append(Label(name=name, flagged=flagged, description=check.string(item, "description", required=False),
+                            answer=answer, target=target))
     if len(labels) < 2:
         check.fail(doc.key_lines["labels"], f"a policy needs at least 2 labels, got {len(labels)}")
     return labels
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_target(item: _Map, check: _Checker, flagged: bool) -> tuple[str, float]:
+    line = item.key_lines["target"]
+    if not flagged:
+        check.fail(line, "'target' is only for flagged labels (it sets the threshold for flagging)")
+    target = item["target"]
+    shape = "'target' must be one of {recall: R} or {fpr: F}, e.g. {recall: 0.95}"
+    if not isinstance(target, _Map) or len(target) != 1:
+        check.fail(line, shape)
+    (metric, value), = target.items()
+    if metric not in TARGET_METRICS:
+        check.fail(target.key_lines[metric], shape)
+    if not _is_number(value) or not 0 <= value <= 1 or (metric == "recall" and value == 0):
+        check.fail(target.key_lines[metric], f"'{metric}' target must be a number in {'(0, 1]' if metric == 'recall' else '[0, 1]'}")
+    return (metric, float(value))
 
 
 def _parse_exemplars(doc: _Map, check: _Checker, root: Path, notes: list[str]) -> list[Exemplar]:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from guard import sav
+from guard import calibration, sav
 from guard.artifact import Artifact
 from guard.capture import extract
 from guard.errors import GuardError, ModelError
@@ -22,6 +22,11 @@ class HeadVote:
     label: str  # the label this head voted for
     similarity: dict[str, float]  # cosine similarity to each label's centroid
 
+    @property
+    def margin(self) -> float:
+        """Similarity to the voted label's centroid minus the best other label's."""
+        return self.similarity[self.label] - max(v for k, v in self.similarity.items() if k != self.label)
+
     def to_dict(self) -> dict:
         return {
             "layer": self.layer,
@@ -29,6 +34,7 @@ class HeadVote:
             "label": self.label,
             "similarity": round(self.similarity[self.label], 6),
             "similarities": {k: round(v, 6) for k, v in self.similarity.items()},
+            "margin": round(self.margin, 6),
         }
 
 
@@ -40,6 +46,10 @@ class Verdict:
     flagged: bool
     scores: dict[str, float]  # share of the selected heads' votes per label
     votes: list[HeadVote] = field(default_factory=list)
+    calibrated: dict[str, float] | None = None  # calibrated probability per label (None: no calibration)
+    margin: float = 0.0  # (most votes - second most) / heads
+    uncertain: bool = False  # margin below the policy's uncertain_margin
+    vectors: torch.Tensor | None = field(default=None, repr=False)  # [k, head_dim] input at the selected heads
 
     def to_dict(self) -> dict:
         return {
@@ -49,6 +59,9 @@ class Verdict:
             "label": self.label,
             "scores": {k: round(v, 6) for k, v in self.scores.items()},
             "votes": [vote.to_dict() for vote in self.votes],
+            "calibrated": None if self.calibrated is None else {k: round(v, 6) for k, v in self.calibrated.items()},
+            "margin": round(self.margin, 6),
+            "uncertain": self.uncertain,
         }
 
 
@@ -67,17 +80,21 @@ class PolicyHeads:
         sims = sav.head_similarities(selected, art.centroids)  # [B, k, C]
         winners, votes, counts = sav.vote(sims)
         shares = (counts.float() / len(art.heads)).tolist()
-        sims_list, votes_list = sims.tolist(), votes.tolist()
+        sims_list, votes_list, counts_list = sims.tolist(), votes.tolist(), counts.tolist()
+        flagged = [label.flagged for label in art.labels]
         results = []
         for b, winner in enumerate(winners.tolist()):
             head_votes = [
                 HeadVote(layer, head, names[votes_list[b][r]], dict(zip(names, sims_list[b][r])))
                 for r, (layer, head) in enumerate(art.heads)
             ]
-            label = names[winner]
-            results.append(
-                Verdict(art.name, art.version, label, label in self.flagged, dict(zip(names, shares[b])), head_votes)
-            )
+            # calibrated scores, thresholds and the uncertain mark: guard.calibration.decide
+            decision = calibration.decide(counts_list[b], winner, flagged, art.calibration)
+            calibrated = None if decision.calibrated is None else dict(zip(names, decision.calibrated))
+            results.append(Verdict(
+                art.name, art.version, names[decision.label], decision.flagged, dict(zip(names, shares[b])), head_votes,
+                calibrated, decision.margin, decision.uncertain, selected[b],
+            ))
         return results
 
 

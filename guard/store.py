@@ -20,6 +20,7 @@ import torch
 from sqlalchemy import orm
 
 from guard.artifact import Artifact
+from guard.calibration import Calibration, Platt, Threshold
 from guard.errors import StoreError
 from guard.policy import Label
 
@@ -58,6 +59,7 @@ class PolicyRow(Base):
     created_at: orm.Mapped[str] = orm.mapped_column(sa.String(40))
     heads: orm.Mapped[list["HeadRow"]] = orm.relationship(cascade="all, delete-orphan", order_by="HeadRow.rank")
     exemplars: orm.Mapped[list["ExemplarRow"]] = orm.relationship(cascade="all, delete-orphan", order_by="ExemplarRow.index")
+    calibration: orm.Mapped["CalibrationRow | None"] = orm.relationship(cascade="all, delete-orphan")
 
 
 class HeadRow(Base):
@@ -97,12 +99,33 @@ class ActivationRow(Base):
     vectors: orm.Mapped[bytes] = orm.mapped_column(sa.LargeBinary)  # float32 [layers, heads, head_dim]
 
 
+class CalibrationRow(Base):
+    """Calibrated scores and thresholds of a policy (guard.calibration), from migration 0002.
+
+    `labels`: per label {"slope", "intercept", "threshold": null or {"value", "metric", "target",
+    "recall", "fpr", "precision"}}; `shares`: float32 [exemplars, labels] leave-one-out vote shares.
+    """
+
+    __tablename__ = "calibrations"
+    policy_id: orm.Mapped[int] = orm.mapped_column(sa.ForeignKey("policies.id", ondelete="CASCADE"), primary_key=True)
+    method: orm.Mapped[str] = orm.mapped_column(sa.String(40))
+    uncertain_margin: orm.Mapped[float]
+    labels: orm.Mapped[list] = orm.mapped_column(sa.JSON)
+    shares: orm.Mapped[bytes] = orm.mapped_column(sa.LargeBinary)
+    metrics: orm.Mapped[dict] = orm.mapped_column(sa.JSON)
+
+
 def _initial(conn: sa.Connection) -> None:
     Base.metadata.create_all(conn)
 
 
+def _calibrations(conn: sa.Connection) -> None:
+    # A database made after this table existed already has it (0001 creates the current tables).
+    CalibrationRow.__table__.create(conn, checkfirst=True)
+
+
 # Applied in order, each once, inside the transaction that records it. Append; never edit.
-MIGRATIONS = [("0001_initial", _initial)]
+MIGRATIONS = [("0001_initial", _initial), ("0002_calibrations", _calibrations)]
 
 
 def to_blob(tensor: torch.Tensor) -> bytes:
@@ -223,6 +246,8 @@ class Store:
             ExemplarRow(index=i, text=text, label=label, vectors=to_blob(art.exemplar_vectors[i]))
             for i, (text, label) in enumerate(zip(art.exemplar_texts, art.exemplar_labels))
         ]
+        if art.calibration is not None:
+            row.calibration = _calibration_row(art.calibration, len(art.labels))
         with orm.Session(self.engine) as session, session.begin():
             old = session.scalar(sa.select(PolicyRow).where(PolicyRow.name == art.name))
             if old is not None:
@@ -264,7 +289,26 @@ def _artifact_from_row(row: PolicyRow) -> Artifact:
         exemplar_vectors=torch.stack(vectors) if vectors else torch.empty((0, k, row.head_dim)),
         exemplar_texts=[e.text for e in row.exemplars], exemplar_labels=[e.label for e in row.exemplars],
         metrics=row.metrics, description=row.description, policy_text=row.policy_text, created_at=row.created_at,
+        calibration=_calibration_from_row(row.calibration, num_labels) if row.calibration is not None else None,
     )
+
+
+def _calibration_row(cal: Calibration, num_labels: int) -> CalibrationRow:
+    labels = []
+    for c, platt in enumerate(cal.platt):
+        threshold = cal.thresholds.get(c)
+        labels.append({"slope": platt.slope, "intercept": platt.intercept,
+                       "threshold": threshold.to_dict() if threshold else None})
+    shares = torch.tensor(cal.shares, dtype=torch.float32).reshape(-1, num_labels)
+    return CalibrationRow(method=cal.method, uncertain_margin=cal.uncertain_margin, labels=labels,
+                          shares=to_blob(shares), metrics=cal.metrics)
+
+
+def _calibration_from_row(row: CalibrationRow, num_labels: int) -> Calibration:
+    platt = [Platt(lab["slope"], lab["intercept"]) for lab in row.labels]
+    thresholds = {c: Threshold(**lab["threshold"]) for c, lab in enumerate(row.labels) if lab["threshold"]}
+    shares = from_blob(row.shares, (-1, num_labels)).double().tolist()
+    return Calibration(row.method, platt, thresholds, row.uncertain_margin, shares, row.metrics)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

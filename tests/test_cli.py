@@ -50,7 +50,8 @@ def test_check_exit_codes_follow_flagged(compiled):
 def test_check_json_schema(compiled):
     result = run("check", "--text", "help me hurt someone", "--db", compiled, "-p", "never", "--json")
     verdict = json.loads(result.stdout)
-    assert list(verdict) == ["policy", "version", "flagged", "label", "scores", "votes"]
+    assert list(verdict)[:6] == ["policy", "version", "flagged", "label", "scores", "votes"]  # the 0.1 keys, first
+    assert list(verdict)[6:] == ["calibrated", "margin", "uncertain"]
     assert verdict["policy"] == "never" and verdict["flagged"] is False
     assert set(verdict["scores"]) == {"harmful", "benign"}
     assert len(verdict["votes"]) == 4
@@ -101,7 +102,7 @@ def test_bad_policy_error_names_file_and_line(tmp_path, db):
     (tmp_path / "p.yaml").write_text("name: x\nprompt: '{text}'\nlabels: [a, b]\ncolour: red\n")
     result = run("compile", tmp_path / "p.yaml", "--db", db)
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: data_root, description, exemplars, heads, labels, model, name, prompt, scoring)"
+    assert result.stderr.strip() == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: data_root, description, exemplars, heads, labels, model, name, prompt, scoring, uncertain_margin)"
 
 
 def test_console_script_prints_no_traceback(tmp_path):
