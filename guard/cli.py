@@ -122,6 +122,7 @@ def check_command(
     dtype: DtypeOption = None,
     batch_size: BatchOption = 16,
     as_json: JsonOption = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each selected head's vote and the closest exemplars")] = False,
 ):
     """Check texts or images against compiled policies. Exit 0 if all allowed, 1 if any flagged."""
     items: list[tuple[str, dict]] = []  # (what to call it in the output, the input)
@@ -149,17 +150,27 @@ def check_command(
         if image_paths and prompt is None and "text" in {f for _, f, _, _ in string.Formatter().parse(art.prompt) if f}:
             _fail(f"policy '{art.name}' puts text with each image ({{text}} in its prompt): add --prompt TEXT")
     results = guards.check_batch([item for _, item in items], batch_size=batch_size, progress=len(items) > batch_size)
+    from guard.explain import explain as explain_verdict
+
+    artifacts = {p.artifact.name: p.artifact for p in guards.policies}
+
+    def record_of(verdict) -> dict:
+        why = {"explanation": explain_verdict(artifacts[verdict.policy], verdict)} if explain else {}
+        return {**verdict.to_dict(), **why}
+
     for (name, item), by_policy in zip(items, results):
         if as_json:
             if len(by_policy) == 1:
-                record = next(iter(by_policy.values())).to_dict()
+                record = record_of(next(iter(by_policy.values())))
             else:
                 flagged = any(v.flagged for v in by_policy.values())
-                record = {"flagged": flagged, "policies": {n: v.to_dict() for n, v in by_policy.items()}}
+                record = {"flagged": flagged, "policies": {n: record_of(v) for n, v in by_policy.items()}}
             typer.echo(json.dumps({"image": name, **record} if "images" in item else record))
         else:
             for verdict in by_policy.values():
                 _print_verdict(name, verdict, show_policy=len(by_policy) > 1)
+                if explain:
+                    _print_explanation(explain_verdict(artifacts[verdict.policy], verdict))
     raise typer.Exit(1 if any(v.flagged for r in results for v in r.values()) else 0)
 
 
@@ -168,7 +179,20 @@ def _print_verdict(text: str, verdict, show_policy: bool = False) -> None:
     shares = ", ".join(f"{name} {share:.0%}" for name, share in verdict.scores.items())
     short = text if len(text) <= 70 else text[:67] + "..."
     where = f"{verdict.policy}: " if show_policy else ""
-    typer.echo(f"{mark:8} {where}{verdict.label:12} [{shares}]  {short}")
+    calibrated = f" p={verdict.calibrated[verdict.label]:.2f}" if verdict.calibrated else ""
+    unsure = " uncertain" if verdict.uncertain else ""
+    typer.echo(f"{mark:8} {where}{verdict.label:12} [{shares}]{calibrated}{unsure}  {short}")
+
+
+def _print_explanation(why: dict) -> None:
+    typer.echo(f"  {'rank':>4} {'layer':>5} {'head':>4}  {'vote':12} {'similarity':>10} {'margin':>8}")
+    for v in why["votes"]:
+        typer.echo(f"  {v['rank'] + 1:>4} {v['layer']:>5} {v['head']:>4}  {v['label']:12} {v['similarity']:>10.4f} {v['margin']:>+8.4f}")
+    for h in why["nearest_exemplars"]:
+        typer.echo(f"  closest exemplars at layer {h['layer']} head {h['head']} (rank {h['rank'] + 1}, voted {h['voted']}):")
+        for e in h["exemplars"]:
+            text = e["text"] if len(e["text"]) <= 80 else e["text"][:77] + "..."
+            typer.echo(f"    {e['similarity']:.3f}  {e['label']:12} {text}")
 
 
 @app.command("list")
@@ -212,11 +236,18 @@ def inspect_command(
     name: Annotated[Optional[str], typer.Argument(help="Policy name (optional if the database holds one)")] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
+    plot: Annotated[Optional[str], typer.Option("--plot", help="Write a PNG: head accuracy map and exemplars at the best head")] = None,
+    size: Annotated[Optional[str], typer.Option("--size", help="Plot size in pixels, WIDTHxHEIGHT [default 1400x600]")] = None,
 ):
-    """Show a compiled policy's selected heads and metrics."""
+    """Show a compiled policy's selected heads, metrics and calibration; optionally plot them."""
     from guard.store import Store
 
     art = Store.open(db).load_artifact(name)
+    if plot:
+        from guard.plots import POLICY_SIZE, parse_size, policy_figure
+
+        policy_figure(art, plot, parse_size(size, POLICY_SIZE))
+        typer.echo(f"wrote {plot}", err=as_json)
     heads = [
         {"rank": rank, "layer": layer, "head": head,
          "accuracy": float(art.head_accuracy[layer, head]), "margin": float(art.head_margin[layer, head])}
@@ -224,7 +255,8 @@ def inspect_command(
     ]
     if as_json:
         typer.echo(json.dumps({**_summary(art), "metrics": art.metrics, "selected_heads": heads,
-                               "model_fingerprint": art.model_fingerprint, "scoring": art.scoring}))
+                               "model_fingerprint": art.model_fingerprint, "scoring": art.scoring,
+                               "calibration": _calibration_summary(art)}))
         return
     from rich.console import Console
     from rich.table import Table
@@ -237,6 +269,82 @@ def inspect_command(
     for h in heads:
         table.add_row(str(h["rank"]), str(h["layer"]), str(h["head"]), f"{h['accuracy']:.3f}", f"{h['margin']:.4f}")
     console.print(table)
+    cal = _calibration_summary(art)
+    if cal:
+        console.print(f"calibration: {cal['method']}; uncertain below a vote margin of {cal['uncertain_margin']:.2f}")
+        for label, c in cal["labels"].items():
+            line = f"  {label}: p = sigmoid({c['slope']:.3f} x vote share {c['intercept']:+.3f})"
+            t = c["threshold"]
+            if t:
+                line += (f"; flag at p >= {t['value']:.3f} for {t['metric']} {t['target']:g} "
+                         f"(leave-one-out: recall {t['recall']:.1%}, FPR {t['fpr']:.1%})")
+            console.print(line)
+    else:
+        console.print("calibration: none (compiled before calibration, or too few exemplars per label)")
+
+
+def _calibration_summary(art) -> dict | None:
+    cal = art.calibration
+    if cal is None:
+        return None
+    return {
+        "method": cal.method,
+        "uncertain_margin": cal.uncertain_margin,
+        "labels": {
+            name: {"slope": p.slope, "intercept": p.intercept,
+                   "threshold": cal.thresholds[c].to_dict() if c in cal.thresholds else None}
+            for c, (name, p) in enumerate(zip(art.label_names, cal.platt))
+        },
+    }
+
+
+@app.command("eval")
+@friendly
+def eval_command(
+    policy_file: Annotated[str, typer.Argument(help="Policy YAML file")],
+    test_file: Annotated[str, typer.Argument(help="Labelled file (JSONL or CSV with text and label, or any exemplar format)")],
+    db: DbOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = None,
+    batch_size: BatchOption = 8,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="Format of the test file if its extension does not say")] = None,
+    baselines: Annotated[bool, typer.Option("--baselines", help="Also zero-shot, linear probe (all heads), nearest centroid (last hidden state)")] = False,
+    shots: Annotated[Optional[str], typer.Option("--shots", help="Re-fit with n exemplars per label, e.g. 5,10,20,40")] = None,
+    heads: Annotated[Optional[str], typer.Option("--heads", help="Re-fit with k heads, e.g. 1,5,10,20,40")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Random draws per --shots value")] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots draws")] = 0,
+    plot: Annotated[Optional[str], typer.Option("--plot", help="Write the sweep curves to this PNG")] = None,
+    size: Annotated[Optional[str], typer.Option("--size", help="Plot size in pixels, WIDTHxHEIGHT [default 1200x500]")] = None,
+    as_json: JsonOption = False,
+):
+    """Measure a policy on a labelled file: SAV (as 'guard check' decides) next to baselines, same model, same split."""
+    from guard.evaluate import parse_int_list
+    from guard.plots import SWEEP_SIZE, parse_size
+    from guard.policy import load_policy
+
+    policy = load_policy(policy_file)
+    shot_list, head_list = parse_int_list(shots, "--shots"), parse_int_list(heads, "--heads")
+    plot_size = parse_size(size, SWEEP_SIZE)
+    if plot and not (shot_list or head_list):
+        _fail("--plot draws the sweeps: give --shots and/or --heads")
+    _quiet_transformers()
+    from guard.evaluate import evaluate, print_evaluation
+    from guard.store import Store
+
+    ev = evaluate(
+        policy, test_file, store=Store.open(db, create=True), device=device, dtype=dtype, batch_size=batch_size,
+        fmt=fmt, with_baselines=baselines, shots=shot_list, heads=head_list, repeats=repeats, seed=seed, progress=True,
+    )
+    if plot:
+        from guard.plots import sweep_figure
+
+        sweep_figure(ev, plot, plot_size)
+    if as_json:
+        typer.echo(json.dumps(ev.to_dict()))
+    else:
+        print_evaluation(ev)
+        if plot:
+            typer.echo(f"wrote {plot}")
 
 
 def main() -> None:

@@ -44,7 +44,8 @@ def cache_key(item: str | ModelInput) -> str:
 
 
 def exemplar_activations(
-    loaded: LoadedModel, store: Store | None, rendered: list[str | ModelInput], batch_size: int, progress: bool
+    loaded: LoadedModel, store: Store | None, rendered: list[str | ModelInput], batch_size: int, progress: bool,
+    title: str = "exemplars",
 ) -> tuple[torch.Tensor, int]:
     """All heads' last-token outputs `[N, layers, heads, head_dim]` and how many were computed."""
     keys = [cache_key(item) for item in rendered]
@@ -64,7 +65,7 @@ def exemplar_activations(
 
         extract(
             loaded, todo, range(loaded.layout.num_layers), batch_size,
-            progress="exemplars" if progress else None, on_batch=keep,
+            progress=title if progress else None, on_batch=keep,
         )
     return torch.stack([found[key] for key in keys]), len(todo)
 

@@ -1,0 +1,393 @@
+"""`guard eval`: a policy against a labelled file, SAV next to baselines, and sweeps.
+
+One run, one model, one split. Every input is run through the model at most once:
+
+- without baselines, head outputs come from the activation cache (compile put the exemplars
+  there) and only inputs never seen are run, early-exit, and cached;
+- with baselines, each input gets one full forward (`guard.baselines.readout`) that yields the
+  head outputs (cached inputs keep their cached ones), the last hidden state and the answer
+  words' log-probabilities together.
+
+SAV is fitted exactly as `guard compile` fits it (`guard.compiler.fit`, calibration included)
+and judged with the runtime's own verdict code, so the SAV row is what `guard check` would say.
+Sweeps re-fit from the activations in memory: `shots` draws `repeats` random subsets of n
+exemplars per label (seeded), `heads` keeps the top k of the full head ranking.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from guard import baselines, metrics, sav
+from guard.compiler import dtype_name, exemplar_activations, fit
+from guard.data import Exemplar, read_exemplar_file
+from guard.errors import GuardError, PolicyError
+from guard.models import LoadedModel, load_model
+from guard.policy import Policy, load_policy
+from guard.runtime import Guard
+from guard.store import Store, input_hash
+
+METHOD_TITLES = {
+    "sav": "SAV",
+    "sav_vote": "SAV, plain vote",  # majority vote, thresholds not applied
+    "zero_shot": "zero-shot",  # log-likelihood of each label's answer word
+    "linear_probe": "linear probe, all heads",
+    "hidden_centroid": "centroid, last hidden",
+}
+
+
+@dataclass
+class MethodResult:
+    key: str
+    title: str
+    predictions: list[int]
+    report: metrics.Report
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"title": self.title, **self.report.to_dict(), **self.extra}
+
+
+@dataclass
+class SweepPoint:
+    sweep: str  # "shots" or "heads"
+    value: int
+    method: str
+    accuracies: list[float]  # one per draw
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        return {self.sweep: self.value, "method": self.method, "accuracy_mean": round(self.mean, 6),
+                "accuracy_std": round(self.std, 6), "draws": len(self.accuracies)}
+
+
+@dataclass
+class Evaluation:
+    policy: str
+    version: str
+    model: str
+    test_file: str
+    labels: list[str]
+    flagged: list[str]
+    heads: int  # k
+    exemplars: int
+    total_items: int
+    excluded: list[Exemplar]  # test items that are also exemplars
+    methods: dict[str, MethodResult]
+    sweeps: list[SweepPoint] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    forwards: int = 0  # inputs run through the model in this evaluation
+    cached: int = 0  # inputs whose head outputs came from the cache
+    answers: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def evaluated(self) -> int:
+        return self.total_items - len(self.excluded)
+
+    def to_dict(self) -> dict:
+        return {
+            "policy": self.policy,
+            "version": self.version,
+            "model": self.model,
+            "test_file": self.test_file,
+            "labels": self.labels,
+            "flagged": self.flagged,
+            "heads": self.heads,
+            "exemplars": self.exemplars,
+            "items": {
+                "total": self.total_items,
+                "evaluated": self.evaluated,
+                "excluded": [{"origin": e.origin, "text": e.text, "label": e.label} for e in self.excluded],
+            },
+            "forwards": {"run": self.forwards, "cached": self.cached},
+            "answers": self.answers,
+            "methods": {key: m.to_dict() for key, m in self.methods.items()},
+            "sweeps": {
+                kind: [p.to_dict() for p in self.sweeps if p.sweep == kind]
+                for kind in ("shots", "heads") if any(p.sweep == kind for p in self.sweeps)
+            },
+            "notes": self.notes,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _normalised(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def item_key(policy: Policy, item: Exemplar) -> str:
+    """What makes two items the same model input: the filled prompt (case and spacing ignored)
+    and the images."""
+    return json.dumps([_normalised(policy.render(item.prompt_fields())), list(item.images)])
+
+
+def read_test_items(policy: Policy, path: str | Path, fmt: str | None = None) -> list[Exemplar]:
+    """A labelled file in any exemplar format, checked against the policy's labels and prompt."""
+    display = str(path)
+    items = read_exemplar_file(Path(path), fmt, display, display)
+    if not items:
+        raise PolicyError(f"{display}: no labelled items")
+    names, fields = policy.label_names, policy.prompt_fields
+    for item in items:
+        if item.label not in names:
+            raise PolicyError(f"{item.origin}: label '{item.label}' is not one of: {', '.join(names)}")
+        missing = fields - set(item.prompt_fields())
+        if missing:
+            raise PolicyError(f"{item.origin}: no value for prompt field {', '.join('{' + m + '}' for m in sorted(missing))}")
+    return items
+
+
+def parse_int_list(text: str | None, what: str) -> list[int]:
+    """'5,10,20' -> [5, 10, 20]; positive integers only."""
+    if not text:
+        return []
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise GuardError(f"{what} must be comma-separated whole numbers, like 5,10,20 (got '{text}')") from None
+    if not values or any(v < 1 for v in values):
+        raise GuardError(f"{what} must be positive whole numbers (got '{text}')")
+    return sorted(set(values))
+
+
+# --- activations: each input through the model at most once ---------------------------------------
+
+
+@dataclass
+class Features:
+    heads: torch.Tensor  # [N, L, H, D]
+    hidden: torch.Tensor | None = None  # [N, hidden]
+    answer_logprobs: torch.Tensor | None = None  # [N, C]
+
+
+def _features(
+    loaded: LoadedModel, store: Store, rendered: list[str], answer_ids: list[int] | None, batch_size: int, progress: bool
+) -> tuple[Features, int, int]:
+    """Features of each rendered input, plus (forwards run, inputs with cached head outputs)."""
+    if answer_ids is None:
+        heads, computed = exemplar_activations(loaded, store, rendered, batch_size, progress, title="model inputs")
+        return Features(heads), computed, len(set(rendered)) - computed
+    unique = list(dict.fromkeys(rendered))
+    keys = [input_hash(r) for r in unique]
+    dtype = dtype_name(loaded.dtype)
+    cached = store.cached_activations(loaded.fingerprint, dtype, keys)
+
+    def keep(batch: list[int], outputs: torch.Tensor) -> None:
+        fresh = {keys[i]: outputs[j] for j, i in enumerate(batch) if keys[i] not in cached}
+        if fresh:
+            store.put_activations(loaded.fingerprint, dtype, fresh)
+
+    out = baselines.readout(loaded, unique, answer_ids, batch_size, "model inputs" if progress else None, keep)
+    heads = torch.stack([cached[key] if key in cached else out.heads[i] for i, key in enumerate(keys)])
+    where = {r: i for i, r in enumerate(unique)}
+    order = torch.tensor([where[r] for r in rendered], dtype=torch.long)
+    return Features(heads[order], out.hidden[order], out.answer_logprobs[order]), len(unique), len(cached)
+
+
+# --- the evaluation ------------------------------------------------------------------------------
+
+
+def evaluate(
+    policy: Policy | str | Path,
+    test_file: str | Path,
+    *,
+    db: str | None = None,
+    store: Store | None = None,
+    loaded: LoadedModel | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
+    batch_size: int = 8,
+    fmt: str | None = None,
+    with_baselines: bool = False,
+    shots: Sequence[int] = (),
+    heads: Sequence[int] = (),
+    repeats: int = 5,
+    seed: int = 0,
+    progress: bool = False,
+) -> Evaluation:
+    started = time.perf_counter()
+    if not isinstance(policy, Policy):
+        policy = load_policy(policy)
+    items = read_test_items(policy, test_file, fmt)
+    exemplar_keys = {item_key(policy, ex) for ex in policy.exemplars}
+    excluded = [item for item in items if item_key(policy, item) in exemplar_keys]
+    tests = [item for item in items if item_key(policy, item) not in exemplar_keys]
+    if not tests:
+        raise GuardError(f"{test_file}: every item is also an exemplar of '{policy.name}'; nothing left to evaluate")
+
+    store = store or Store.open(db, create=True)
+    loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
+    names, num_labels = policy.label_names, len(policy.labels)
+    answers = policy.answer_words
+    answer_ids = baselines.answer_token_ids(loaded, answers) if with_baselines else None
+
+    n_ex = len(policy.exemplars)
+    rendered = [loaded.chat(policy.render(item.prompt_fields())) for item in [*policy.exemplars, *tests]]
+    feats, forwards, cached = _features(loaded, store, rendered, answer_ids, batch_size, progress)
+    ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
+    y = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
+    truth = [names.index(item.label) for item in tests]
+
+    artifact = fit(policy, ex_acts, loaded)
+    guard = Guard(artifact, loaded)
+    layer_idx = [h[0] for h in artifact.heads]
+    head_idx = [h[1] for h in artifact.heads]
+    verdicts = guard.verdicts(test_acts[:, layer_idx, head_idx])
+    flagged = policy.flagged_labels
+
+    def result(key: str, pred: Sequence[int], extra: dict | None = None) -> MethodResult:
+        title = METHOD_TITLES[key]
+        if key == "sav":
+            title += f", k={len(artifact.heads)}"
+        if key == "zero_shot":
+            title += f" {'/'.join(answers)}"
+        pred = [int(p) for p in pred]
+        return MethodResult(key, title, pred, metrics.report(truth, pred, names, flagged), extra or {})
+
+    methods = {"sav": result("sav", [names.index(v.label) for v in verdicts], _calibration_quality(verdicts, truth, names))}
+    vote_pred = sav.predict(test_acts, artifact.heads, artifact.centroids)
+    if artifact.calibration is not None and artifact.calibration.thresholds:
+        methods["sav_vote"] = result("sav_vote", vote_pred.tolist())
+    if with_baselines:
+        methods["zero_shot"] = result("zero_shot", baselines.zero_shot(feats.answer_logprobs[n_ex:]).tolist())
+        methods["linear_probe"] = result("linear_probe", baselines.linear_probe(ex_acts, y, test_acts).tolist())
+        hidden = feats.hidden
+        methods["hidden_centroid"] = result(
+            "hidden_centroid", baselines.nearest_centroid(hidden[:n_ex], y, num_labels, hidden[n_ex:]).tolist()
+        )
+
+    ev = Evaluation(
+        policy=policy.name, version=policy.version, model=loaded.source.reference, test_file=str(test_file),
+        labels=names, flagged=flagged, heads=len(artifact.heads), exemplars=n_ex, total_items=len(items),
+        excluded=excluded, methods=methods, forwards=forwards, cached=cached,
+        answers=answers if with_baselines else [],
+    )
+    if shots:
+        _shots_sweep(ev, policy, feats, y, truth, shots, repeats, seed, with_baselines)
+    if heads:
+        _heads_sweep(ev, policy, ex_acts, y, test_acts, truth, heads)
+    ev.seconds = time.perf_counter() - started
+    return ev
+
+
+def _calibration_quality(verdicts, truth: list[int], names: list[str]) -> dict:
+    """Brier score per label of the calibrated scores and of the raw vote shares, on the test items."""
+    if not verdicts or verdicts[0].calibrated is None:
+        return {}
+    out = {}
+    for source in ("calibrated", "scores"):
+        out[f"brier_{'calibrated' if source == 'calibrated' else 'vote_share'}"] = {
+            name: round(statistics.fmean((getattr(v, source)[name] - (t == c)) ** 2 for v, t in zip(verdicts, truth)), 6)
+            for c, name in enumerate(names)
+        }
+    out["uncertain"] = sum(v.uncertain for v in verdicts)
+    return out
+
+
+def _fit_heads(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, k: int, scoring: str):
+    """SAV fit as compile does it: the top-k heads and their centroids `[C, k, D]`."""
+    chosen = sav.select_heads(sav.score_heads(acts, labels, num_labels, scoring), k)
+    return chosen, sav.centroids(acts[:, [h[0] for h in chosen], [h[1] for h in chosen]], labels, num_labels)
+
+
+def _shots_sweep(ev, policy, feats: Features, y, truth, shots, repeats, seed, with_baselines) -> None:
+    n_ex = len(y)
+    ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
+    num_labels = len(policy.labels)
+    members = [(y == c).nonzero().flatten() for c in range(num_labels)]
+    fewest = min(len(m) for m in members)
+    need = 2 if policy.scoring == "loo" else 1
+    generator = torch.Generator().manual_seed(seed)
+    for n in shots:
+        if n > fewest:
+            ev.notes.append(f"shots {n}: skipped, a label has only {fewest} exemplars")
+            continue
+        if n < need:
+            ev.notes.append(f"shots {n}: skipped, {policy.scoring} head scoring needs at least {need} per label")
+            continue
+        draws = 1 if all(len(m) == n for m in members) else repeats
+        found: dict[str, list[float]] = {}
+        for _ in range(draws):
+            idx = torch.cat([m[torch.randperm(len(m), generator=generator)[:n]] for m in members])
+            sub_y = y[idx]
+            chosen, cents = _fit_heads(ex_acts[idx], sub_y, num_labels, policy.heads, policy.scoring)
+            found.setdefault("sav_vote", []).append(metrics.accuracy(truth, sav.predict(test_acts, chosen, cents).tolist()))
+            if with_baselines:
+                probe = baselines.linear_probe(ex_acts[idx], sub_y, test_acts)
+                found.setdefault("linear_probe", []).append(metrics.accuracy(truth, probe.tolist()))
+                near = baselines.nearest_centroid(feats.hidden[idx], sub_y, num_labels, feats.hidden[n_ex:])
+                found.setdefault("hidden_centroid", []).append(metrics.accuracy(truth, near.tolist()))
+        ev.sweeps.extend(SweepPoint("shots", n, method, accs) for method, accs in found.items())
+
+
+def _heads_sweep(ev, policy, ex_acts, y, test_acts, truth, heads) -> None:
+    num_labels = len(policy.labels)
+    ranking = sav.rank_heads(sav.score_heads(ex_acts, y, num_labels, policy.scoring))
+    for k in heads:
+        if k > len(ranking):
+            ev.notes.append(f"heads {k}: skipped, the model has {len(ranking)} heads")
+            continue
+        chosen = ranking[:k]
+        cents = sav.centroids(ex_acts[:, [h[0] for h in chosen], [h[1] for h in chosen]], y, num_labels)
+        ev.sweeps.append(SweepPoint("heads", k, "sav_vote", [metrics.accuracy(truth, sav.predict(test_acts, chosen, cents).tolist())]))
+
+
+# --- a table for people --------------------------------------------------------------------------
+
+
+def print_evaluation(ev: Evaluation, console=None) -> None:
+    """Rich tables: methods side by side, SAV's confusion matrix, the sweeps."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(
+        f"[bold]{ev.policy}[/] (version {ev.version}) on {ev.model}: {ev.evaluated} test items from {ev.test_file}, "
+        f"{ev.exemplars} exemplars, k = {ev.heads} heads; {ev.forwards} inputs run, {ev.cached} from the cache"
+    )
+    if ev.excluded:
+        console.print(f"excluded {len(ev.excluded)} test item(s) that are also exemplars: "
+                      + ", ".join(e.origin for e in ev.excluded[:5]) + (" ..." if len(ev.excluded) > 5 else ""))
+    table = Table("method", "accuracy", "macro-F1", *[f"{n} P / R / F1" for n in ev.labels], *[f"FPR {n}" for n in ev.flagged])
+    for m in ev.methods.values():
+        r = m.report
+        per = [f"{r.per_label[n].precision:.2f} / {r.per_label[n].recall:.2f} / {r.per_label[n].f1:.2f}" for n in ev.labels]
+        table.add_row(m.title, f"{r.accuracy:.1%}", f"{r.macro_f1:.3f}", *per, *[f"{r.per_label[n].fpr:.1%}" for n in ev.flagged])
+    console.print(table)
+    sav_report = ev.methods["sav"].report
+    confusion = Table("SAV: true \\ predicted", *ev.labels)
+    for name, row in zip(ev.labels, sav_report.confusion):
+        confusion.add_row(name, *[str(v) for v in row])
+    console.print(confusion)
+    for kind in ("shots", "heads"):
+        points = [p for p in ev.sweeps if p.sweep == kind]
+        if not points:
+            continue
+        methods = list(dict.fromkeys(p.method for p in points))
+        sweep = Table(f"{kind} {'per label' if kind == 'shots' else '(k)'}", *[METHOD_TITLES[m] for m in methods],
+                      title=f"accuracy vs {kind}" + (" (mean ± std over draws)" if kind == "shots" else ""))
+        for value in sorted({p.value for p in points}):
+            cells = []
+            for method in methods:
+                p = next((p for p in points if p.value == value and p.method == method), None)
+                cells.append("" if p is None else f"{p.mean:.1%}" + (f" ± {p.std:.1%} ({len(p.accuracies)})" if len(p.accuracies) > 1 else ""))
+            sweep.add_row(str(value), *cells)
+        console.print(sweep)
+    for note in ev.notes:
+        console.print(f"note: {note}")

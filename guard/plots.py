@@ -1,0 +1,155 @@
+"""Figures as PNG files of a stated pixel size: a policy's heads, and eval sweeps.
+
+Matplotlib's object API on the Agg canvas (no pyplot, no global state, no display needed).
+Sizes are exact: figure inches x dpi, saved without tight cropping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from guard.errors import GuardError
+
+DPI = 100
+POLICY_SIZE = (1400, 600)
+SWEEP_SIZE = (1200, 500)
+
+
+def parse_size(text: str | None, default: tuple[int, int]) -> tuple[int, int]:
+    """'1200x500' -> (1200, 500)."""
+    if not text:
+        return default
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise GuardError(f"size must be WIDTHxHEIGHT in pixels, like 1200x500 (got '{text}')") from None
+    if not (200 <= width <= 10000 and 200 <= height <= 10000):
+        raise GuardError(f"size {width}x{height}: each side must be 200 to 10000 pixels")
+    return width, height
+
+
+def _figure(size: tuple[int, int]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise GuardError(f"'{path}': plots are written as PNG; use a .png file name")
+    if not path.parent.exists():
+        raise GuardError(f"'{path}': folder '{path.parent}' does not exist")
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of `x` [N, D] projected on their first two principal components, and the share of
+    variance each explains. Signs fixed so the largest loading of each component is positive."""
+    x = x.double()
+    centred = x - x.mean(0, keepdim=True)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    comps = vh[:2]
+    if comps.shape[0] < 2:  # one feature: pad with a zero component
+        comps = torch.cat([comps, torch.zeros_like(comps)])
+    largest = comps.gather(1, comps.abs().argmax(1, keepdim=True))
+    comps = comps * torch.where(largest >= 0, 1.0, -1.0).to(comps.dtype)
+    var = s**2
+    share = (var[:2] / var.sum().clamp(min=1e-12)) if len(var) else torch.zeros(2)
+    if len(share) < 2:
+        share = torch.cat([share, torch.zeros(2 - len(share))])
+    return centred @ comps.T, share
+
+
+def policy_figure(art, path: str | Path, size: tuple[int, int] = POLICY_SIZE) -> Path:
+    """Left: every head's score (layers x heads) with the selected heads marked by rank.
+    Right: the exemplars at the best head projected by PCA, coloured by label, centroids as X."""
+    fig = _figure(size)
+    left, right = fig.subplots(1, 2, width_ratios=[1.25, 1])
+    acc = art.head_accuracy.float()
+    num_layers, num_heads = acc.shape
+    image = left.imshow(acc.numpy(), aspect="auto", origin="lower", cmap="viridis", vmin=float(acc.min()), vmax=1.0,
+                        interpolation="nearest")
+    fig.colorbar(image, ax=left, label=f"head accuracy ({art.scoring})")
+    for rank, (layer, head) in reversed(list(enumerate(art.heads))):  # rank 1 drawn last, on top
+        left.add_patch(_rectangle(head - 0.5, layer - 0.5, "red" if rank == 0 else "white", 2.4 if rank == 0 else 1.4))
+        if num_heads <= 40 and num_layers <= 80:
+            left.text(head, layer, str(rank + 1), ha="center", va="center", fontsize=7, color="black",
+                      bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+    from matplotlib.ticker import MaxNLocator
+
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_xlabel("head")
+    left.set_ylabel("layer")
+    left.set_title(f"{art.name}: accuracy of every head; the {len(art.heads)} selected numbered by rank (1 in red)",
+                   fontsize=10)
+
+    layer, head = art.heads[0]
+    # SAV compares directions (cosine), so project unit vectors: exemplars and centroids at head 1
+    unit = torch.nn.functional.normalize(torch.cat([art.exemplar_vectors[:, 0], art.centroids[:, 0]]).double(), dim=1)
+    vectors = art.exemplar_vectors[:, 0]
+    labels = torch.tensor(art.exemplar_labels)
+    points, share = pca_2d(unit)
+    n = len(vectors)
+    colours = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
+    for c, name in enumerate(art.label_names):
+        mine = (labels == c).nonzero().flatten()
+        colour = colours[c % len(colours)]
+        flag = " (flagged)" if art.labels[c].flagged else ""
+        right.scatter(points[mine, 0], points[mine, 1], s=28, color=colour, alpha=0.75, label=f"{name}{flag}: {len(mine)}")
+        right.scatter(points[n + c, 0], points[n + c, 1], s=180, color=colour, marker="X", edgecolors="black", linewidths=1)
+    right.legend(loc="best", fontsize=8, title="exemplars (X: centroid)")
+    right.set_xlabel(f"PC1 ({share[0]:.0%} of variance)")
+    right.set_ylabel(f"PC2 ({share[1]:.0%} of variance)")
+    right.set_title(f"exemplars at the rank-1 head (layer {layer}, head {head}, "
+                    f"{float(art.head_accuracy[layer, head]):.0%}), PCA of unit vectors", fontsize=10)
+    return _save(fig, path)
+
+
+def _rectangle(x: float, y: float, colour: str, width: float):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), 1, 1, fill=False, edgecolor=colour, linewidth=width)
+
+
+def sweep_figure(ev, path: str | Path, size: tuple[int, int] = SWEEP_SIZE) -> Path:
+    """Accuracy against shots per label (mean ± std over draws) and against the number of heads,
+    with baselines fitted on all exemplars as horizontal lines."""
+    from guard.evaluate import METHOD_TITLES
+
+    kinds = [kind for kind in ("shots", "heads") if any(p.sweep == kind for p in ev.sweeps)]
+    if not kinds:
+        raise GuardError("nothing to plot: give --shots and/or --heads")
+    fig = _figure(size)
+    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+    styles = {"sav_vote": ("tab:red", "o"), "linear_probe": ("tab:blue", "s"), "hidden_centroid": ("tab:green", "^")}
+    flat = {key: m.report.accuracy for key, m in ev.methods.items() if key in ("zero_shot", "linear_probe", "hidden_centroid")}
+    for ax, kind in zip(axes, kinds):
+        points = [p for p in ev.sweeps if p.sweep == kind]
+        for method in dict.fromkeys(p.method for p in points):
+            mine = sorted((p for p in points if p.method == method), key=lambda p: p.value)
+            colour, marker = styles.get(method, ("black", "o"))
+            label = "SAV" if method == "sav_vote" else METHOD_TITLES[method]
+            ax.errorbar([p.value for p in mine], [100 * p.mean for p in mine], yerr=[100 * p.std for p in mine],
+                        color=colour, marker=marker, capsize=3, label=label)
+        for key, value in flat.items():
+            if kind == "shots" and key != "zero_shot":
+                continue  # the fitted baselines have their own curves in the shots panel
+            colour = "gray" if key == "zero_shot" else styles[key][0]
+            ax.axhline(100 * value, color=colour, linestyle="--", linewidth=1,
+                       label=f"{METHOD_TITLES[key]}{'' if key == 'zero_shot' else ', all shots'}: {value:.1%}")
+        ax.set_xlabel("exemplars per label" if kind == "shots" else "heads voting (k)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_xticks(sorted({p.value for p in points}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        what = f"k = {ev.heads} heads" if kind == "shots" else f"all {ev.exemplars} exemplars"
+        ax.set_title(f"{ev.policy}: accuracy vs {kind} ({what}, {ev.evaluated} test items)")
+    return _save(fig, path)
