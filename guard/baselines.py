@@ -135,17 +135,32 @@ def nearest_centroid(train: torch.Tensor, labels: torch.Tensor, num_labels: int,
 
 
 PROBE_C = 1.0  # inverse L2 strength on standardised features (scikit-learn's default)
+PROBE_TOL = 1e-8  # scikit-learn's default 1e-4 stops lbfgs early enough to change predictions
 
 
 def linear_probe(train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, c: float = PROBE_C) -> torch.Tensor:
-    """L2 logistic regression on standardised, flattened features (all heads: `[N, L*H*D]`)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    """L2 logistic regression (scikit-learn, lbfgs) on standardised, flattened features (all heads:
+    `[N, L*H*D]`), solved to tight tolerance.
 
-    x_train = train.reshape(len(train), -1).double().numpy()
-    x_test = test.reshape(len(test), -1).double().numpy()
-    y = labels.numpy()
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-    model.fit(x_train, y)
-    return torch.from_numpy(model.predict(x_test)).long()
+    With far fewer exemplars than features, the L2-penalised weights lie in the span of the
+    standardised training rows (representer theorem), so the fit runs on coordinates in that span
+    (at most N of them, from the N x N Gram matrix) and has the same optimum as a fit on every
+    feature, in a fraction of the time. The tests check the two against each other.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x_train = train.reshape(len(train), -1).double()
+    x_test = test.reshape(len(test), -1).double()
+    mean = x_train.mean(0)
+    std = x_train.std(0, correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # constant features: as StandardScaler does
+    z_train, z_test = (x_train - mean) / std, (x_test - mean) / std
+    if z_train.shape[1] > z_train.shape[0]:
+        evals, evecs = torch.linalg.eigh(z_train @ z_train.T)  # Gram matrix [N, N]
+        keep = evals > evals.max() * 1e-12
+        root = evals[keep].sqrt()
+        basis = evecs[:, keep]
+        z_train, z_test = basis * root, (z_test @ z_train.T) @ basis / root
+    model = LogisticRegression(C=c, tol=PROBE_TOL, max_iter=100_000)
+    model.fit(z_train.numpy(), labels.numpy())
+    return torch.from_numpy(model.predict(z_test.numpy())).long()

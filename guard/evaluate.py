@@ -140,6 +140,8 @@ def item_key(policy: Policy, item: Exemplar) -> str:
 def read_test_items(policy: Policy, path: str | Path, fmt: str | None = None) -> list[Exemplar]:
     """A labelled file in any exemplar format, checked against the policy's labels and prompt."""
     display = str(path)
+    if not Path(path).is_file():
+        raise PolicyError(f"{display}: test file does not exist")
     items = read_exemplar_file(Path(path), fmt, display, display)
     if not items:
         raise PolicyError(f"{display}: no labelled items")
