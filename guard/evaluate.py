@@ -94,6 +94,7 @@ class Evaluation:
     forwards: int = 0  # inputs run through the model in this evaluation
     cached: int = 0  # inputs whose head outputs came from the cache
     answers: list[str] = field(default_factory=list)
+    fit_metrics: dict = field(default_factory=dict)  # what compile reports for this fit (LOO accuracies...)
     seconds: float = 0.0
 
     @property
@@ -117,6 +118,7 @@ class Evaluation:
             },
             "forwards": {"run": self.forwards, "cached": self.cached},
             "answers": self.answers,
+            "fit": self.fit_metrics,
             "methods": {key: m.to_dict() for key, m in self.methods.items()},
             "sweeps": {
                 kind: [p.to_dict() for p in self.sweeps if p.sweep == kind]
@@ -262,7 +264,8 @@ def evaluate(
         pred = [int(p) for p in pred]
         return MethodResult(key, title, pred, metrics.report(truth, pred, names, flagged), extra or {})
 
-    methods = {"sav": result("sav", [names.index(v.label) for v in verdicts], _calibration_quality(verdicts, truth, names))}
+    quality = _calibration_quality(verdicts, truth, names, flagged)
+    methods = {"sav": result("sav", [names.index(v.label) for v in verdicts], quality)}
     vote_pred = sav.predict(test_acts, artifact.heads, artifact.centroids)
     if artifact.calibration is not None and artifact.calibration.thresholds:
         methods["sav_vote"] = result("sav_vote", vote_pred.tolist())
@@ -278,7 +281,7 @@ def evaluate(
         policy=policy.name, version=policy.version, model=loaded.source.reference, test_file=str(test_file),
         labels=names, flagged=flagged, heads=len(artifact.heads), exemplars=n_ex, total_items=len(items),
         excluded=excluded, methods=methods, forwards=forwards, cached=cached,
-        answers=answers if with_baselines else [],
+        answers=answers if with_baselines else [], fit_metrics=artifact.metrics,
     )
     if shots:
         _shots_sweep(ev, policy, feats, y, truth, shots, repeats, seed, with_baselines)
@@ -288,16 +291,35 @@ def evaluate(
     return ev
 
 
-def _calibration_quality(verdicts, truth: list[int], names: list[str]) -> dict:
-    """Brier score per label of the calibrated scores and of the raw vote shares, on the test items."""
+RELIABILITY_BINS = 5
+
+
+def _calibration_quality(verdicts, truth: list[int], names: list[str], flagged: list[str]) -> dict:
+    """On the test items: Brier score per label of the calibrated scores and of the raw vote
+    shares, and for each flagged label a reliability table (calibrated score in 5 equal bins:
+    items, mean score, observed share of the label)."""
     if not verdicts or verdicts[0].calibrated is None:
         return {}
-    out = {}
+    out: dict = {}
+    reliability = {}
+    for name in flagged:
+        c = names.index(name)
+        bins = [[0, 0.0, 0] for _ in range(RELIABILITY_BINS)]
+        for v, t in zip(verdicts, truth):
+            p = v.calibrated[name]
+            b = bins[min(int(p * RELIABILITY_BINS), RELIABILITY_BINS - 1)]
+            b[0], b[1], b[2] = b[0] + 1, b[1] + p, b[2] + (t == c)
+        reliability[name] = [
+            {"low": i / RELIABILITY_BINS, "high": (i + 1) / RELIABILITY_BINS, "items": n,
+             "mean_score": round(total / n, 6) if n else None, "observed": round(hits / n, 6) if n else None}
+            for i, (n, total, hits) in enumerate(bins)
+        ]
     for source in ("calibrated", "scores"):
         out[f"brier_{'calibrated' if source == 'calibrated' else 'vote_share'}"] = {
             name: round(statistics.fmean((getattr(v, source)[name] - (t == c)) ** 2 for v, t in zip(verdicts, truth)), 6)
             for c, name in enumerate(names)
         }
+    out["reliability"] = reliability
     out["uncertain"] = sum(v.uncertain for v in verdicts)
     return out
 
@@ -361,8 +383,13 @@ def print_evaluation(ev: Evaluation, console=None) -> None:
     console = console or Console()
     console.print(
         f"[bold]{ev.policy}[/] (version {ev.version}) on {ev.model}: {ev.evaluated} test items from {ev.test_file}, "
-        f"{ev.exemplars} exemplars, k = {ev.heads} heads; {ev.forwards} inputs run, {ev.cached} from the cache"
+        f"{ev.exemplars} exemplars, k = {ev.heads} heads; {ev.forwards} model forwards, "
+        f"head outputs of {ev.cached} inputs from the cache"
     )
+    fit = ev.fit_metrics
+    if "loo_vote_accuracy" in fit:
+        console.print(f"on the exemplars: leave-one-out vote accuracy {fit['loo_vote_accuracy']:.1%} "
+                      f"(heads re-selected without each item; what calibration rests on)")
     if ev.excluded:
         console.print(f"excluded {len(ev.excluded)} test item(s) that are also exemplars: "
                       + ", ".join(e.origin for e in ev.excluded[:5]) + (" ..." if len(ev.excluded) > 5 else ""))
@@ -377,6 +404,13 @@ def print_evaluation(ev: Evaluation, console=None) -> None:
     for name, row in zip(ev.labels, sav_report.confusion):
         confusion.add_row(name, *[str(v) for v in row])
     console.print(confusion)
+    for name, bins in ev.methods["sav"].extra.get("reliability", {}).items():
+        rel = Table("calibrated score", "items", "mean score", f"observed {name}",
+                    title=f"SAV calibration on the test items: P({name})")
+        for b in bins:
+            if b["items"]:
+                rel.add_row(f"{b['low']:.1f} - {b['high']:.1f}", str(b["items"]), f"{b['mean_score']:.2f}", f"{b['observed']:.2f}")
+        console.print(rel)
     for kind in ("shots", "heads"):
         points = [p for p in ev.sweeps if p.sweep == kind]
         if not points:

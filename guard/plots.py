@@ -67,9 +67,25 @@ def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centred @ comps.T, share
 
 
+def centroid_axis_2d(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Rows of `x` [N, D] on two axes: the direction from centroid `a` to centroid `b` (where SAV
+    draws its line between two labels), and the first principal component of what is left once
+    that direction is removed. Returns the points and the share of variance the second axis explains."""
+    x = x.double()
+    centred = x - x.mean(0, keepdim=True)
+    direction = (b - a).double()
+    direction = direction / direction.norm().clamp(min=1e-12)
+    along = centred @ direction
+    rest = centred - along[:, None] * direction[None]
+    second, share = pca_2d(rest)
+    return torch.stack([along, second[:, 0]], dim=1), float(share[0])
+
+
 def policy_figure(art, path: str | Path, size: tuple[int, int] = POLICY_SIZE) -> Path:
     """Left: every head's score (layers x heads) with the selected heads marked by rank.
-    Right: the exemplars at the best head projected by PCA, coloured by label, centroids as X."""
+    Right: the exemplars at the best head as unit vectors (SAV compares directions), coloured by
+    label, centroids as X; two labels: projected on the centroid-to-centroid line and the main
+    direction across it; more labels: on the first two principal components."""
     fig = _figure(size)
     left, right = fig.subplots(1, 2, width_ratios=[1.25, 1])
     acc = art.head_accuracy.float()
@@ -96,8 +112,14 @@ def policy_figure(art, path: str | Path, size: tuple[int, int] = POLICY_SIZE) ->
     unit = torch.nn.functional.normalize(torch.cat([art.exemplar_vectors[:, 0], art.centroids[:, 0]]).double(), dim=1)
     vectors = art.exemplar_vectors[:, 0]
     labels = torch.tensor(art.exemplar_labels)
-    points, share = pca_2d(unit)
     n = len(vectors)
+    if len(art.labels) == 2:  # x: the line between the two centroids; y: the main remaining spread
+        points, rest_share = centroid_axis_2d(unit, unit[n], unit[n + 1])
+        x_label = f"along centroid {art.label_names[0]} -> {art.label_names[1]}"
+        y_label = f"main direction across it (PC1 of the rest, {rest_share:.0%})"
+    else:
+        points, share = pca_2d(unit)
+        x_label, y_label = f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)"
     colours = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
     for c, name in enumerate(art.label_names):
         mine = (labels == c).nonzero().flatten()
@@ -106,10 +128,10 @@ def policy_figure(art, path: str | Path, size: tuple[int, int] = POLICY_SIZE) ->
         right.scatter(points[mine, 0], points[mine, 1], s=28, color=colour, alpha=0.75, label=f"{name}{flag}: {len(mine)}")
         right.scatter(points[n + c, 0], points[n + c, 1], s=180, color=colour, marker="X", edgecolors="black", linewidths=1)
     right.legend(loc="best", fontsize=8, title="exemplars (X: centroid)")
-    right.set_xlabel(f"PC1 ({share[0]:.0%} of variance)")
-    right.set_ylabel(f"PC2 ({share[1]:.0%} of variance)")
+    right.set_xlabel(x_label)
+    right.set_ylabel(y_label)
     right.set_title(f"exemplars at the rank-1 head (layer {layer}, head {head}, "
-                    f"{float(art.head_accuracy[layer, head]):.0%}), PCA of unit vectors", fontsize=10)
+                    f"{float(art.head_accuracy[layer, head]):.0%}), unit vectors", fontsize=10)
     return _save(fig, path)
 
 

@@ -77,3 +77,17 @@ def test_parse_size():
     for bad in ("12x5", "axb", "1200"):
         with pytest.raises(GuardError):
             parse_size(bad, (1, 1))
+
+
+def test_centroid_axis_projection():
+    import torch
+
+    from guard.plots import centroid_axis_2d
+
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    x = torch.cat([a + 0.05 * torch.randn(10, 3, generator=g), b + 0.05 * torch.randn(10, 3, generator=g)])
+    points, _ = centroid_axis_2d(x, x[:10].mean(0), x[10:].mean(0))
+    # first axis: the two groups fall on either side, their means sqrt(2) apart (|b - a|)
+    assert points[:10, 0].max() < points[10:, 0].min()
+    assert float(points[10:, 0].mean() - points[:10, 0].mean()) == pytest.approx(2**0.5, rel=0.05)
