@@ -302,12 +302,15 @@ def _calibration_summary(art) -> dict | None:
 @friendly
 def eval_command(
     policy_file: Annotated[str, typer.Argument(help="Policy YAML file")],
-    test_file: Annotated[str, typer.Argument(help="Labelled file (JSONL or CSV with text and label, or any exemplar format)")],
+    test_file: Annotated[str, typer.Argument(help="Labelled data in any exemplar format (JSONL/CSV with text and label, VLGuard, MHaluBench, an image folder)")],
     db: DbOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
     batch_size: BatchOption = 8,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="Format of the test file if its extension does not say")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="Format of the test data if its extension does not say (jsonl, csv, vlguard, mhalubench, folder)")] = None,
+    images: Annotated[Optional[str], typer.Option("--images", help="Folder the test data's image paths start from [default: its folder]")] = None,
+    folder_text: Annotated[Optional[str], typer.Option("--text", help="format folder: the text that goes with every image")] = None,
+    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Folder holding the datasets a policy's 'data_root:' names [env GUARD_DATA_ROOT]")] = None,
     baselines: Annotated[bool, typer.Option("--baselines", help="Also zero-shot, linear probe (all heads), nearest centroid (last hidden state)")] = False,
     shots: Annotated[Optional[str], typer.Option("--shots", help="Re-fit with n exemplars per label, e.g. 5,10,20,40")] = None,
     heads: Annotated[Optional[str], typer.Option("--heads", help="Re-fit with k heads, e.g. 1,5,10,20,40")] = None,
@@ -322,7 +325,7 @@ def eval_command(
     from guard.plots import SWEEP_SIZE, parse_size
     from guard.policy import load_policy
 
-    policy = load_policy(policy_file)
+    policy = load_policy(policy_file, data_root=data_root)
     shot_list, head_list = parse_int_list(shots, "--shots"), parse_int_list(heads, "--heads")
     plot_size = parse_size(size, SWEEP_SIZE)
     if plot and not (shot_list or head_list):
@@ -333,7 +336,7 @@ def eval_command(
 
     ev = evaluate(
         policy, test_file, store=Store.open(db, create=True), device=device, dtype=dtype, batch_size=batch_size,
-        fmt=fmt, with_baselines=baselines, shots=shot_list, heads=head_list, repeats=repeats, seed=seed, progress=True,
+        fmt=fmt, images=images, text=folder_text, with_baselines=baselines, shots=shot_list, heads=head_list, repeats=repeats, seed=seed, progress=True,
     )
     if plot:
         from guard.plots import sweep_figure

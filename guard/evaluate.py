@@ -27,13 +27,13 @@ from typing import Sequence
 import torch
 
 from guard import baselines, metrics, sav
-from guard.compiler import dtype_name, exemplar_activations, fit
+from guard.compiler import cache_key, dtype_name, exemplar_activations, fit
 from guard.data import Exemplar, read_exemplar_file
 from guard.errors import GuardError, PolicyError
 from guard.models import LoadedModel, load_model
 from guard.policy import Policy, load_policy
-from guard.runtime import Guard
-from guard.store import Store, input_hash
+from guard.runtime import PolicyHeads
+from guard.store import Store
 
 METHOD_TITLES = {
     "sav": "SAV",
@@ -135,16 +135,24 @@ def _normalised(text: str) -> str:
 
 def item_key(policy: Policy, item: Exemplar) -> str:
     """What makes two items the same model input: the filled prompt (case and spacing ignored)
-    and the images."""
-    return json.dumps([_normalised(policy.render(item.prompt_fields())), list(item.images)])
+    and the images' content (not their paths)."""
+    from guard.images import file_hash
+
+    return json.dumps([_normalised(policy.render(item.prompt_fields())), [file_hash(p) for p in item.image_paths()]])
 
 
-def read_test_items(policy: Policy, path: str | Path, fmt: str | None = None) -> list[Exemplar]:
-    """A labelled file in any exemplar format, checked against the policy's labels and prompt."""
+def read_test_items(
+    policy: Policy, path: str | Path, fmt: str | None = None, images: str | Path | None = None,
+    text: str | None = None, notes: list[str] | None = None,
+) -> list[Exemplar]:
+    """A labelled file (or folder) in any exemplar format, checked against the policy's labels
+    and prompt. Image paths in it start at its folder, or at `images`; `text` is the folder
+    format's text."""
     display = str(path)
-    if not Path(path).is_file():
-        raise PolicyError(f"{display}: test file does not exist")
-    items = read_exemplar_file(Path(path), fmt, display, display)
+    if not Path(path).exists():
+        raise PolicyError(f"{display}: test data does not exist")
+    items = read_exemplar_file(Path(path), fmt, display, display, images=Path(images) if images else None,
+                               text=text, notes=notes)
     if not items:
         raise PolicyError(f"{display}: no labelled items")
     names, fields = policy.label_names, policy.prompt_fields
@@ -181,14 +189,19 @@ class Features:
 
 
 def _features(
-    loaded: LoadedModel, store: Store, rendered: list[str], answer_ids: list[int] | None, batch_size: int, progress: bool
+    loaded: LoadedModel, store: Store, rendered: list, answer_ids: list[int] | None, batch_size: int, progress: bool
 ) -> tuple[Features, int, int]:
-    """Features of each rendered input, plus (forwards run, inputs with cached head outputs)."""
+    """Features of each model input (chat-rendered string, or ModelInput with images), plus
+    (forwards run, inputs with cached head outputs). Inputs are the same when their cache keys are."""
+    all_keys = [cache_key(r) for r in rendered]
     if answer_ids is None:
         heads, computed = exemplar_activations(loaded, store, rendered, batch_size, progress, title="model inputs")
-        return Features(heads), computed, len(set(rendered)) - computed
-    unique = list(dict.fromkeys(rendered))
-    keys = [input_hash(r) for r in unique]
+        return Features(heads), computed, len(set(all_keys)) - computed
+    first = {}
+    for i, key in enumerate(all_keys):
+        first.setdefault(key, i)
+    keys = list(first)
+    unique = [rendered[first[key]] for key in keys]
     dtype = dtype_name(loaded.dtype)
     cached = store.cached_activations(loaded.fingerprint, dtype, keys)
 
@@ -199,8 +212,8 @@ def _features(
 
     out = baselines.readout(loaded, unique, answer_ids, batch_size, "model inputs" if progress else None, keep)
     heads = torch.stack([cached[key] if key in cached else out.heads[i] for i, key in enumerate(keys)])
-    where = {r: i for i, r in enumerate(unique)}
-    order = torch.tensor([where[r] for r in rendered], dtype=torch.long)
+    where = {key: i for i, key in enumerate(keys)}
+    order = torch.tensor([where[key] for key in all_keys], dtype=torch.long)
     return Features(heads[order], out.hidden[order], out.answer_logprobs[order]), len(unique), len(cached)
 
 
@@ -218,6 +231,8 @@ def evaluate(
     dtype: str | None = None,
     batch_size: int = 8,
     fmt: str | None = None,
+    images: str | Path | None = None,
+    text: str | None = None,
     with_baselines: bool = False,
     shots: Sequence[int] = (),
     heads: Sequence[int] = (),
@@ -228,10 +243,12 @@ def evaluate(
     started = time.perf_counter()
     if not isinstance(policy, Policy):
         policy = load_policy(policy)
-    items = read_test_items(policy, test_file, fmt)
+    notes: list[str] = []
+    items = read_test_items(policy, test_file, fmt, images, text, notes)
     exemplar_keys = {item_key(policy, ex) for ex in policy.exemplars}
-    excluded = [item for item in items if item_key(policy, item) in exemplar_keys]
-    tests = [item for item in items if item_key(policy, item) not in exemplar_keys]
+    item_keys = [item_key(policy, item) for item in items]
+    excluded = [item for item, key in zip(items, item_keys) if key in exemplar_keys]
+    tests = [item for item, key in zip(items, item_keys) if key not in exemplar_keys]
     if not tests:
         raise GuardError(f"{test_file}: every item is also an exemplar of '{policy.name}'; nothing left to evaluate")
 
@@ -242,17 +259,16 @@ def evaluate(
     answer_ids = baselines.answer_token_ids(loaded, answers) if with_baselines else None
 
     n_ex = len(policy.exemplars)
-    rendered = [loaded.chat(policy.render(item.prompt_fields())) for item in [*policy.exemplars, *tests]]
+    rendered = [loaded.prepare(policy.render(item.prompt_fields()), item.load_images()) for item in [*policy.exemplars, *tests]]
     feats, forwards, cached = _features(loaded, store, rendered, answer_ids, batch_size, progress)
     ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
     y = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
     truth = [names.index(item.label) for item in tests]
 
     artifact = fit(policy, ex_acts, loaded)
-    guard = Guard(artifact, loaded)
     layer_idx = [h[0] for h in artifact.heads]
     head_idx = [h[1] for h in artifact.heads]
-    verdicts = guard.verdicts(test_acts[:, layer_idx, head_idx])
+    verdicts = PolicyHeads(artifact).verdicts(test_acts[:, layer_idx, head_idx])  # as guard check decides
     flagged = policy.flagged_labels
 
     def result(key: str, pred: Sequence[int], extra: dict | None = None) -> MethodResult:
@@ -281,7 +297,7 @@ def evaluate(
         policy=policy.name, version=policy.version, model=loaded.source.reference, test_file=str(test_file),
         labels=names, flagged=flagged, heads=len(artifact.heads), exemplars=n_ex, total_items=len(items),
         excluded=excluded, methods=methods, forwards=forwards, cached=cached,
-        answers=answers if with_baselines else [], fit_metrics=artifact.metrics,
+        answers=answers if with_baselines else [], fit_metrics=artifact.metrics, notes=notes,
     )
     if shots:
         _shots_sweep(ev, policy, feats, y, truth, shots, repeats, seed, with_baselines)
