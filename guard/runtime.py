@@ -49,7 +49,7 @@ class Verdict:
     calibrated: dict[str, float] | None = None  # calibrated probability per label (None: no calibration)
     margin: float = 0.0  # (most votes - second most) / heads
     uncertain: bool = False  # margin below the policy's uncertain_margin
-    vectors: torch.Tensor | None = field(default=None, repr=False)  # [k, head_dim] input at the selected heads
+    vectors: torch.Tensor | None = field(default=None, repr=False, compare=False)  # [k, head_dim] at the selected heads
 
     def to_dict(self) -> dict:
         return {
