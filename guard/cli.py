@@ -98,11 +98,14 @@ def compile_command(
         typer.echo(json.dumps(summary))
         return
     m = art.metrics
+    # loo_accuracy keeps the heads chosen with each item present (optimistic); the cross-fitted
+    # loo_vote_accuracy re-selects them and tracks accuracy on new inputs
+    honest = f" (heads re-selected: {m['loo_vote_accuracy']:.1%})" if "loo_vote_accuracy" in m else ""
     typer.echo(
         f"compiled '{art.name}' (version {art.version}) on {art.model_info.get('model_type')}: "
         f"{report.exemplars} exemplars ({report.computed} run, {report.cached} cached), "
         f"{len(art.heads)} heads, deepest layer {art.deepest_layer}; "
-        f"train accuracy {m['train_accuracy']:.1%}, leave-one-out {m['loo_accuracy']:.1%} "
+        f"train accuracy {m['train_accuracy']:.1%}, leave-one-out {m['loo_accuracy']:.1%}{honest} "
         f"[{report.seconds:.1f}s]"
     )
 
