@@ -184,6 +184,19 @@ VLGUARD_LABELS = ("harmful", "unharmful")
 _VLGUARD_KEYS = ("safe_instruction", "unsafe_instruction", "instruction")
 
 
+def _json_objects(source: Source):
+    """(name for messages, item) for each object in a benchmark JSON file; skips (and reports)
+    entries that are not objects. The name is "file[index] (id)"."""
+    for index, item in enumerate(_load_json_items(source)):
+        what = f"{source.display}[{index}]"
+        if not isinstance(item, dict):
+            source.skip("not an object", what)
+            continue
+        if item.get("id") is not None:
+            what += f" ({item['id']})"
+        yield what, item
+
+
 def read_vlguard(source: Source) -> list[Exemplar]:
     """VLGuard's train.json / test.json: one exemplar per (image, instruction).
 
@@ -194,13 +207,7 @@ def read_vlguard(source: Source) -> list[Exemplar]:
     instruction, an unsafe image with plain `instruction`s). The instruction becomes {text}.
     """
     out = []
-    for index, item in enumerate(_load_json_items(source)):
-        what = f"{source.display}[{index}]"
-        if not isinstance(item, dict):
-            source.skip("not an object", what)
-            continue
-        if item.get("id") is not None:
-            what += f" ({item['id']})"
+    for what, item in _json_objects(source):
         safe = item.get("safe")
         if not isinstance(safe, bool):
             source.skip("no true/false 'safe'", what)
@@ -239,13 +246,7 @@ def read_mhalubench(source: Source) -> list[Exemplar]:
     image folder.
     """
     out = []
-    for index, item in enumerate(_load_json_items(source)):
-        what = f"{source.display}[{index}]"
-        if not isinstance(item, dict):
-            source.skip("not an object", what)
-            continue
-        if item.get("id") is not None:
-            what += f" ({item['id']})"
+    for what, item in _json_objects(source):
         claims, labels = item.get("claim_list"), item.get("claim_label")
         if not isinstance(claims, list) or not isinstance(labels, list) or len(claims) != len(labels):
             source.skip("no claim_list / claim_label of equal length", what)
