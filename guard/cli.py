@@ -147,11 +147,12 @@ def check_command(
     from guard.runtime import GuardSet
     from guard.store import Store
 
-    names = policy or [Store.open(db).load_artifact().name]  # no name: the database's only policy
-    guards = GuardSet.load(db, names, device=device, dtype=dtype)
-    for art in (p.artifact for p in guards.policies):
+    store = Store.open(db)
+    artifacts = [store.load_artifact(name) for name in policy] if policy else [store.load_artifact()]
+    for art in artifacts:  # before the model loads: a usage error should cost nothing
         if image_paths and prompt is None and "text" in {f for _, f, _, _ in string.Formatter().parse(art.prompt) if f}:
             _fail(f"policy '{art.name}' puts text with each image ({{text}} in its prompt): add --prompt TEXT")
+    guards = GuardSet.with_model(artifacts, device=device, dtype=dtype)
     results = guards.check_batch([item for _, item in items], batch_size=batch_size, progress=len(items) > batch_size)
     from guard.explain import explain as explain_verdict
 

@@ -137,12 +137,23 @@ class GuardSet:
 
         store = Store.open(db)
         names = list(policies) if policies else store.policy_names()
-        artifacts = [store.load_artifact(name) for name in names]
+        return cls.with_model([store.load_artifact(name) for name in names], model, device=device, dtype=dtype)
+
+    @classmethod
+    def with_model(
+        cls,
+        artifacts: Sequence[Artifact],
+        model: str | LoadedModel | None = None,
+        *,
+        device: str = "auto",
+        dtype: str | None = None,
+    ) -> "GuardSet":
+        """Bind already-loaded artifacts to their model (loaded from the stored reference if None)."""
         if not artifacts:
             raise GuardError("the database holds no compiled policy; run 'guard compile POLICY.yaml' first")
-        references = {art.model_fingerprint for art in artifacts}
-        if len(references) > 1:
-            raise GuardError(f"policies {', '.join(names)} were compiled on different models; check them separately")
+        if len({art.model_fingerprint for art in artifacts}) > 1:
+            names = ", ".join(art.name for art in artifacts)
+            raise GuardError(f"policies {names} were compiled on different models; check them separately")
         if not isinstance(model, LoadedModel):
             model = load_model(model or artifacts[0].model_reference, device=device, dtype=dtype)
         return cls(artifacts, model)

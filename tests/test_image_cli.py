@@ -121,3 +121,15 @@ def test_several_policies_share_each_image(compiled, colour_data):
     assert [line["image"] for line in lines] == [str(p) for p in paths]
     assert all(set(line["policies"]) == {"plain", "always"} and line["flagged"] for line in lines)
     assert result.exit_code == 1
+
+
+def test_missing_prompt_is_reported_before_the_model_loads(compiled, colour_data, monkeypatch):
+    """A usage error costs no model load: the check fails on --prompt even when loading would fail."""
+    import guard.runtime
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the usage error")
+
+    monkeypatch.setattr(guard.runtime, "load_model", no_loading)
+    result = run("check", images(colour_data, "red", 1)[0], "--db", compiled, "-p", "ask")
+    assert result.exit_code == 2 and "add --prompt TEXT" in result.stderr
