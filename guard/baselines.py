@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from guard import sav
-from guard.capture import StopForward, capture_heads, last_token_index, length_buckets
+from guard.capture import StopForward, batches, capture_heads, last_token_index
 from guard.errors import GuardError
 from guard.models.loaded import LoadedModel
 
@@ -105,16 +104,13 @@ def readout(
     hidden: torch.Tensor | None = None
     logprobs = torch.empty((n, len(answer_ids)))
     ids = torch.tensor(list(answer_ids))
-    bar = tqdm(total=n, desc=progress, unit="input", disable=progress is None, leave=False)
-    with bar:
-        for batch in length_buckets([loaded.token_count(r) for r in rendered], batch_size):
-            h, last_hidden, lp = _readout_batch(loaded, loaded.encode([rendered[i] for i in batch]), ids)
-            if hidden is None:
-                hidden = torch.empty((n, last_hidden.shape[-1]))
-            heads[batch], hidden[batch], logprobs[batch] = h, last_hidden, lp
-            if on_batch is not None:
-                on_batch(batch, h)
-            bar.update(len(batch))
+    for batch, inputs in batches(loaded, rendered, batch_size, progress):
+        h, last_hidden, lp = _readout_batch(loaded, inputs, ids)
+        if hidden is None:
+            hidden = torch.empty((n, last_hidden.shape[-1]))
+        heads[batch], hidden[batch], logprobs[batch] = h, last_hidden, lp
+        if on_batch is not None:
+            on_batch(batch, h)
     if hidden is None:
         hidden = torch.empty((0, 0))
     return Readout(heads, hidden, logprobs)

@@ -83,33 +83,39 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def batches(
+    loaded: LoadedModel, items: Sequence, batch_size: int, progress: str | None = None
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """(indices, encoded batch) over `items` (what `loaded.encode` takes), in length-bucketed
+    batches with a progress bar titled `progress` (None: no bar)."""
+    if len(items) <= batch_size:  # one batch: nothing to order, so no need to measure lengths
+        groups = [list(range(len(items)))]
+    else:
+        groups = length_buckets([loaded.token_count(item) for item in items], batch_size)
+    with tqdm(total=len(items), desc=progress, unit="input", disable=progress is None, leave=False) as bar:
+        for group in groups:
+            yield group, loaded.encode([items[i] for i in group])
+            bar.update(len(group))
+
+
 def extract(
     loaded: LoadedModel,
     items: Sequence,
     layers: Sequence[int],
     batch_size: int = 8,
-    encode: Callable[[list], dict[str, torch.Tensor]] | None = None,
-    size: Callable[[object], int] | None = None,
     progress: str | None = None,
     on_batch: Callable[[list[int], torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Head outputs for many inputs in length-bucketed batches, returned in input order.
+    """Head outputs for many inputs (chat-rendered prompts, or ModelInputs with images), in
+    length-bucketed batches, returned in input order.
 
-    `items` are whatever `encode` takes (default: chat-rendered prompt strings); `size` orders
-    them into buckets (default: token count). `progress` is a bar title, or None for no bar.
-    `on_batch(indices, outputs)` is called after each batch (the compiler caches there, so an
-    interrupted run keeps what it computed).
+    `progress` is a bar title, or None for no bar. `on_batch(indices, outputs)` is called after
+    each batch (the compiler caches there, so an interrupted run keeps what it computed).
     """
-    encode = encode or loaded.encode
-    size = size or loaded.token_count
     result = torch.empty((len(items), len(layers), loaded.layout.num_heads, loaded.layout.head_dim))
-    batches = length_buckets([size(item) for item in items], batch_size)
-    bar = tqdm(total=len(items), desc=progress, unit="input", disable=progress is None, leave=False)
-    with bar:
-        for batch in batches:
-            outputs = head_outputs(loaded, encode([items[i] for i in batch]), layers)
-            result[batch] = outputs
-            if on_batch is not None:
-                on_batch(batch, outputs)
-            bar.update(len(batch))
+    for group, inputs in batches(loaded, items, batch_size, progress):
+        outputs = head_outputs(loaded, inputs, layers)
+        result[group] = outputs
+        if on_batch is not None:
+            on_batch(group, outputs)
     return result
