@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import string
 import sys
 from typing import Annotated, Optional
 
@@ -144,13 +143,14 @@ def check_command(
     if not items:
         _fail("nothing to check: give --text TEXT, image files, or '-' to read lines from stdin")
     _quiet_transformers()
+    from guard.policy import template_fields
     from guard.runtime import GuardSet
     from guard.store import Store
 
     store = Store.open(db)
     artifacts = [store.load_artifact(name) for name in policy] if policy else [store.load_artifact()]
     for art in artifacts:  # before the model loads: a usage error should cost nothing
-        if image_paths and prompt is None and "text" in {f for _, f, _, _ in string.Formatter().parse(art.prompt) if f}:
+        if image_paths and prompt is None and "text" in template_fields(art.prompt):
             _fail(f"policy '{art.name}' puts text with each image ({{text}} in its prompt): add --prompt TEXT")
     guards = GuardSet.with_model(artifacts, device=device, dtype=dtype)
     results = guards.check_batch([item for _, item in items], batch_size=batch_size, progress=len(items) > batch_size)

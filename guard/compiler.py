@@ -43,6 +43,15 @@ def cache_key(item: str | ModelInput) -> str:
     return input_hash(item)
 
 
+def first_index(keys: list[str]) -> dict[str, int]:
+    """Each distinct key, in order of first appearance, with the index where it first appears
+    (identical inputs run once)."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    return first
+
+
 def exemplar_activations(
     loaded: LoadedModel, store: Store | None, rendered: list[str | ModelInput], batch_size: int, progress: bool,
     title: str = "exemplars",
@@ -51,9 +60,7 @@ def exemplar_activations(
     keys = [cache_key(item) for item in rendered]
     dtype = dtype_name(loaded.dtype)
     found = store.cached_activations(loaded.fingerprint, dtype, sorted(set(keys))) if store else {}
-    first = {}
-    for i, key in enumerate(keys):
-        first.setdefault(key, i)
+    first = first_index(keys)
     todo_keys = [key for key in first if key not in found]  # unique, in exemplar order
     todo = [rendered[first[key]] for key in todo_keys]
     if todo:
@@ -74,10 +81,8 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
     """SAV on exemplar activations: score heads, keep the top k, centroids and metrics."""
     names = policy.label_names
     labels = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
-    scores = sav.score_heads(acts, labels, len(names), policy.scoring)
-    heads = sav.select_heads(scores, policy.heads)
-    selected = acts[:, [h[0] for h in heads], [h[1] for h in heads]]  # [N, k, D]
-    cents = sav.centroids(selected, labels, len(names))
+    scores, heads, cents = sav.fit_heads(acts, labels, len(names), policy.heads, policy.scoring)
+    selected = sav.at_heads(acts, heads)  # [N, k, D]
     in_sample = sav.vote(sav.head_similarities(selected, cents))[0]
     loo = sav.vote(sav.exemplar_similarities(selected, labels, len(names), "loo").permute(0, 2, 1))[0]
     # Calibrated scores and thresholds come from leave-one-out votes with head selection redone

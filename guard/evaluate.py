@@ -27,11 +27,11 @@ from typing import Sequence
 import torch
 
 from guard import baselines, metrics, sav
-from guard.compiler import cache_key, dtype_name, exemplar_activations, fit
+from guard.compiler import cache_key, dtype_name, exemplar_activations, first_index, fit
 from guard.data import Exemplar, read_exemplar_file
 from guard.errors import GuardError, PolicyError
 from guard.models import LoadedModel, load_model
-from guard.policy import Policy, load_policy
+from guard.policy import Policy, load_policy, validate_items
 from guard.runtime import PolicyHeads
 from guard.store import Store
 
@@ -133,12 +133,10 @@ def _normalised(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold()
 
 
-def item_key(policy: Policy, item: Exemplar) -> str:
+def item_key(policy: Policy, item: Exemplar, images: Sequence) -> str:
     """What makes two items the same model input: the filled prompt (case and spacing ignored)
-    and the images' content (not their paths)."""
-    from guard.images import file_hash
-
-    return json.dumps([_normalised(policy.render(item.prompt_fields())), [file_hash(p) for p in item.image_paths()]])
+    and the images' content (`images`: the item's decoded GuardImages; their hashes, not paths)."""
+    return json.dumps([_normalised(policy.render(item.prompt_fields())), [image.sha256 for image in images]])
 
 
 def read_test_items(
@@ -155,13 +153,7 @@ def read_test_items(
                                text=text, notes=notes)
     if not items:
         raise PolicyError(f"{display}: no labelled items")
-    names, fields = policy.label_names, policy.prompt_fields
-    for item in items:
-        if item.label not in names:
-            raise PolicyError(f"{item.origin}: label '{item.label}' is not one of: {', '.join(names)}")
-        missing = fields - set(item.prompt_fields())
-        if missing:
-            raise PolicyError(f"{item.origin}: no value for prompt field {', '.join('{' + m + '}' for m in sorted(missing))}")
+    validate_items(items, policy.label_names, policy.prompt_fields)
     return items
 
 
@@ -197,9 +189,7 @@ def _features(
     if answer_ids is None:
         heads, computed = exemplar_activations(loaded, store, rendered, batch_size, progress, title="model inputs")
         return Features(heads), computed, len(set(all_keys)) - computed
-    first = {}
-    for i, key in enumerate(all_keys):
-        first.setdefault(key, i)
+    first = first_index(all_keys)
     keys = list(first)
     unique = [rendered[first[key]] for key in keys]
     dtype = dtype_name(loaded.dtype)
@@ -245,10 +235,14 @@ def evaluate(
         policy = load_policy(policy)
     notes: list[str] = []
     items = read_test_items(policy, test_file, fmt, images, text, notes)
-    exemplar_keys = {item_key(policy, ex) for ex in policy.exemplars}
-    item_keys = [item_key(policy, item) for item in items]
+    # each item's images are read and decoded once: for the overlap check and for the model
+    exemplar_images = [ex.load_images() for ex in policy.exemplars]
+    item_images = [item.load_images() for item in items]
+    exemplar_keys = {item_key(policy, ex, imgs) for ex, imgs in zip(policy.exemplars, exemplar_images)}
+    item_keys = [item_key(policy, item, imgs) for item, imgs in zip(items, item_images)]
+    kept = [i for i, key in enumerate(item_keys) if key not in exemplar_keys]
     excluded = [item for item, key in zip(items, item_keys) if key in exemplar_keys]
-    tests = [item for item, key in zip(items, item_keys) if key not in exemplar_keys]
+    tests = [items[i] for i in kept]
     if not tests:
         raise GuardError(f"{test_file}: every item is also an exemplar of '{policy.name}'; nothing left to evaluate")
 
@@ -259,16 +253,15 @@ def evaluate(
     answer_ids = baselines.answer_token_ids(loaded, answers) if with_baselines else None
 
     n_ex = len(policy.exemplars)
-    rendered = [loaded.prepare(policy.render(item.prompt_fields()), item.load_images()) for item in [*policy.exemplars, *tests]]
+    pairs = [*zip(policy.exemplars, exemplar_images), *((items[i], item_images[i]) for i in kept)]
+    rendered = [loaded.prepare(policy.render(item.prompt_fields()), imgs) for item, imgs in pairs]
     feats, forwards, cached = _features(loaded, store, rendered, answer_ids, batch_size, progress)
     ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
     y = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
     truth = [names.index(item.label) for item in tests]
 
     artifact = fit(policy, ex_acts, loaded)
-    layer_idx = [h[0] for h in artifact.heads]
-    head_idx = [h[1] for h in artifact.heads]
-    verdicts = PolicyHeads(artifact).verdicts(test_acts[:, layer_idx, head_idx])  # as guard check decides
+    verdicts = PolicyHeads(artifact).verdicts(sav.at_heads(test_acts, artifact.heads))  # as guard check decides
     flagged = policy.flagged_labels
 
     def result(key: str, pred: Sequence[int], extra: dict | None = None) -> MethodResult:
@@ -340,12 +333,6 @@ def _calibration_quality(verdicts, truth: list[int], names: list[str], flagged: 
     return out
 
 
-def _fit_heads(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, k: int, scoring: str):
-    """SAV fit as compile does it: the top-k heads and their centroids `[C, k, D]`."""
-    chosen = sav.select_heads(sav.score_heads(acts, labels, num_labels, scoring), k)
-    return chosen, sav.centroids(acts[:, [h[0] for h in chosen], [h[1] for h in chosen]], labels, num_labels)
-
-
 def _shots_sweep(ev, policy, feats: Features, y, truth, shots, repeats, seed, with_baselines) -> None:
     n_ex = len(y)
     ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
@@ -366,7 +353,7 @@ def _shots_sweep(ev, policy, feats: Features, y, truth, shots, repeats, seed, wi
         for _ in range(draws):
             idx = torch.cat([m[torch.randperm(len(m), generator=generator)[:n]] for m in members])
             sub_y = y[idx]
-            chosen, cents = _fit_heads(ex_acts[idx], sub_y, num_labels, policy.heads, policy.scoring)
+            _, chosen, cents = sav.fit_heads(ex_acts[idx], sub_y, num_labels, policy.heads, policy.scoring)
             found.setdefault("sav_vote", []).append(metrics.accuracy(truth, sav.predict(test_acts, chosen, cents).tolist()))
             if with_baselines:
                 probe = baselines.linear_probe(ex_acts[idx], sub_y, test_acts)
@@ -384,7 +371,7 @@ def _heads_sweep(ev, policy, ex_acts, y, test_acts, truth, heads) -> None:
             ev.notes.append(f"heads {k}: skipped, the model has {len(ranking)} heads")
             continue
         chosen = ranking[:k]
-        cents = sav.centroids(ex_acts[:, [h[0] for h in chosen], [h[1] for h in chosen]], y, num_labels)
+        cents = sav.centroids(sav.at_heads(ex_acts, chosen), y, num_labels)
         ev.sweeps.append(SweepPoint("heads", k, "sav_vote", [metrics.accuracy(truth, sav.predict(test_acts, chosen, cents).tolist())]))
 
 

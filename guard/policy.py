@@ -35,6 +35,12 @@ DEFAULT_HEADS = 20
 TARGET_METRICS = ("recall", "fpr")
 
 
+def template_fields(template: str, keep_empty: bool = False) -> set[str]:
+    """The {field} names a prompt template uses (raises ValueError on unbalanced braces);
+    `keep_empty` keeps a bare "{}" as "" so validation can refuse it."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name or (keep_empty and name == "")}
+
+
 @dataclass(frozen=True)
 class Label:
     name: str
@@ -86,7 +92,7 @@ class Policy:
 
     @property
     def prompt_fields(self) -> set[str]:
-        return {name for _, name, _, _ in string.Formatter().parse(self.prompt) if name}
+        return template_fields(self.prompt)
 
     def render(self, values: dict[str, str]) -> str:
         """Fill the prompt template; `values` must hold every {field} the template names."""
@@ -205,6 +211,17 @@ class _Checker:
         return str(value)
 
 
+def validate_items(items: list[Exemplar], label_names: list[str], fields: set[str]) -> None:
+    """Each item's label is one of the policy's and it has a value for every prompt field;
+    errors name the item's origin ("file:line")."""
+    for item in items:
+        if item.label not in label_names:
+            raise PolicyError(f"{item.origin}: label '{item.label}' is not one of: {', '.join(label_names)}")
+        missing = fields - set(item.prompt_fields())
+        if missing:
+            raise PolicyError(f"{item.origin}: no value for prompt field {', '.join('{' + m + '}' for m in sorted(missing))}")
+
+
 def parse_policy(
     text: str, display: str = "<policy>", base_dir: Path | None = None, data_root: str | Path | None = None
 ) -> Policy:
@@ -221,7 +238,7 @@ def parse_policy(
     prompt = check.string(doc, "prompt")
     description = check.string(doc, "description", required=False)
     try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(prompt) if name is not None}
+        fields = template_fields(prompt, keep_empty=True)
     except ValueError as exc:
         check.fail(doc.key_lines["prompt"], f"prompt template is invalid ({exc}); write literal braces as {{{{ }}}}")
     if any(not f.isidentifier() for f in fields):
@@ -244,12 +261,7 @@ def parse_policy(
 
     notes: list[str] = []
     exemplars = _parse_exemplars(doc, check, root, notes)
-    for ex in exemplars:
-        if ex.label not in label_names:
-            raise PolicyError(f"{ex.origin}: label '{ex.label}' is not one of: {', '.join(label_names)}")
-        missing = fields - set(ex.prompt_fields())
-        if missing:
-            raise PolicyError(f"{ex.origin}: no value for prompt field {', '.join('{' + m + '}' for m in sorted(missing))}")
+    validate_items(exemplars, label_names, fields)
     counts = {n: sum(ex.label == n for ex in exemplars) for n in label_names}
     for label in labels:
         need = 2 if scoring == "loo" else 1

@@ -113,8 +113,18 @@ def vote(sims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return winner, votes, counts
 
 
+def at_heads(acts: torch.Tensor, heads: list[tuple[int, int]]) -> torch.Tensor:
+    """The given (layer, head) slices of activations `[N, L, H, D]`, in order: `[N, k, D]`."""
+    return acts[:, [layer for layer, _ in heads], [head for _, head in heads]]
+
+
+def fit_heads(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, k: int, scoring: str = "loo"):
+    """The whole fit: scores of every head, the top-k heads, and their centroids `[C, k, D]`."""
+    scores = score_heads(acts, labels, num_labels, scoring)
+    heads = select_heads(scores, k)
+    return scores, heads, centroids(at_heads(acts, heads), labels, num_labels)
+
+
 def predict(acts: torch.Tensor, heads: list[tuple[int, int]], head_centroids: torch.Tensor) -> torch.Tensor:
     """Winner label per row for full activations `[B, L, H, D]` and centroids `[C, K, D]` of `heads`."""
-    layer_idx = torch.tensor([h[0] for h in heads])
-    head_idx = torch.tensor([h[1] for h in heads])
-    return vote(head_similarities(acts[:, layer_idx, head_idx], head_centroids))[0]
+    return vote(head_similarities(at_heads(acts, heads), head_centroids))[0]
