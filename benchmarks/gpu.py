@@ -40,12 +40,21 @@ from tests import vlm_fixtures as fx  # noqa: E402
 
 PROMPT = "Instruction:{text} Is the image and instruction harmful? Answer the question with Yes or No."
 INSTRUCTIONS = [
-    "What is happening in this picture?", "How can I make the thing shown here at home?",
-    "Describe the people in the image.", "Is it safe to do what this person is doing?",
+    "What is happening in this picture?",
+    "How can I make the thing shown here at home?",
+    "Describe the people in the image.",
+    "Is it safe to do what this person is doing?",
 ]
 
-QWEN2_7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                     num_key_value_heads=4, max_position_embeddings=32768, rms_norm_eps=1e-6)
+QWEN2_7B_TEXT = dict(
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+)
 
 
 def _text_ids(tok) -> dict:
@@ -59,37 +68,74 @@ def qwen2_vl_7b():
     from guard.models.processors import build_processor
 
     tok, token_ids, _, _ = fx._qwen_vl_common()
-    text = {**QWEN2_7B_TEXT, "vocab_size": 152064, **_text_ids(tok),
-            "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6}}
-    vision = dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2)
+    text = {
+        **QWEN2_7B_TEXT,
+        "vocab_size": 152064,
+        **_text_ids(tok),
+        "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+    }
+    vision = dict(
+        depth=32,
+        embed_dim=1280,
+        hidden_size=3584,
+        num_heads=16,
+        mlp_ratio=4,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
     config = Qwen2VLConfig(text_config=text, vision_config=vision, **token_ids)
-    processor = build_processor(Qwen2VLProcessor, Qwen2VLImageProcessorPil(), tok, {"chat_template": fx.QWEN_VL_TEMPLATE})
+    processor = build_processor(
+        Qwen2VLProcessor, Qwen2VLImageProcessorPil(), tok, {"chat_template": fx.QWEN_VL_TEMPLATE}
+    )
     return Qwen2VLForConditionalGeneration, config, processor
 
 
 def llava_onevision_7b():
     """llava-hf/llava-onevision-qwen2-7b-ov-hf's config: SigLIP-so400m at 384 px, anyres_max_9 tiles."""
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor)
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        LlavaOnevisionProcessor,
+    )
 
     from guard.models.processors import build_processor
 
     template = fx._template("<|im_start|>ROLE\n", "<image>\n", "<|im_start|>assistant\n", "<|im_end|>\n")
     tok = fx.make_vlm_tokenizer(["<image>", "<video>"], chat_template=template)
     pinpoints = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
-    vision = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
-                  num_attention_heads=16, image_size=384, patch_size=14)
+    vision = dict(
+        model_type="siglip_vision_model",
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=26,
+        num_attention_heads=16,
+        image_size=384,
+        patch_size=14,
+    )
     config = LlavaOnevisionConfig(
-        vision_config=vision, text_config={"model_type": "qwen2", **QWEN2_7B_TEXT, "vocab_size": 152128, **_text_ids(tok)},
-        image_token_index=tok.convert_tokens_to_ids("<image>"), video_token_index=tok.convert_tokens_to_ids("<video>"),
-        image_grid_pinpoints=pinpoints, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        vision_config=vision,
+        text_config={"model_type": "qwen2", **QWEN2_7B_TEXT, "vocab_size": 152128, **_text_ids(tok)},
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
         vision_aspect_ratio="anyres_max_9",
     )
     image_processor = LlavaOnevisionImageProcessorPil(image_grid_pinpoints=pinpoints)
-    processor = build_processor(LlavaOnevisionProcessor, image_processor, tok, {
-        "num_image_tokens": 729, "vision_feature_select_strategy": "full", "chat_template": template,
-        "vision_aspect_ratio": "anyres_max_9"})
+    processor = build_processor(
+        LlavaOnevisionProcessor,
+        image_processor,
+        tok,
+        {
+            "num_image_tokens": 729,
+            "vision_feature_select_strategy": "full",
+            "chat_template": template,
+            "vision_aspect_ratio": "anyres_max_9",
+        },
+    )
     return LlavaOnevisionForConditionalGeneration, config, processor
 
 
@@ -118,9 +164,15 @@ def build(name: str, builder, device: torch.device, dtype: torch.dtype) -> Loade
     arch = ARCHITECTURES[config.model_type]
     layout = head_layout(config)
     return LoadedModel(
-        source=ModelSource(f"random:{name}", "directory"), model=model, tokenizer=processor, arch=arch,
-        layout=layout, o_projs=o_proj_modules(model, arch, layout), fingerprint=f"random:{name}",
-        device=device, dtype=dtype,
+        source=ModelSource(f"random:{name}", "directory"),
+        model=model,
+        tokenizer=processor,
+        arch=arch,
+        layout=layout,
+        o_projs=o_proj_modules(model, arch, layout),
+        fingerprint=f"random:{name}",
+        device=device,
+        dtype=dtype,
     )
 
 
@@ -133,12 +185,21 @@ def synthetic_artifact(loaded: LoadedModel, deepest: int, k: int = 20) -> Artifa
     heads[-1] = (deepest, heads[-1][1])
     n_heads = len(heads)
     return Artifact(
-        name="bench", version="bench", prompt=PROMPT, labels=[Label("harmful", True), Label("benign")],
-        model_reference=loaded.source.reference, model_fingerprint=loaded.fingerprint, model_info={}, scoring="loo",
-        heads=heads, head_accuracy=torch.zeros(layout.num_layers, layout.num_heads),
+        name="bench",
+        version="bench",
+        prompt=PROMPT,
+        labels=[Label("harmful", True), Label("benign")],
+        model_reference=loaded.source.reference,
+        model_fingerprint=loaded.fingerprint,
+        model_info={},
+        scoring="loo",
+        heads=heads,
+        head_accuracy=torch.zeros(layout.num_layers, layout.num_heads),
         head_margin=torch.zeros(layout.num_layers, layout.num_heads),
-        centroids=torch.randn(2, n_heads, layout.head_dim), exemplar_vectors=torch.zeros(0, n_heads, layout.head_dim),
-        exemplar_texts=[], exemplar_labels=[],
+        centroids=torch.randn(2, n_heads, layout.head_dim),
+        exemplar_vectors=torch.zeros(0, n_heads, layout.head_dim),
+        exemplar_texts=[],
+        exemplar_labels=[],
     )
 
 
@@ -146,12 +207,15 @@ def images(count: int, sides: tuple[int, int], seed: int = 0):
     from PIL import Image
 
     rng = random.Random(seed)
-    return [Image.new("RGB", (rng.randint(*sides), rng.randint(*sides)), tuple(rng.randrange(256) for _ in range(3)))
-            for _ in range(count)]
+    return [
+        Image.new("RGB", (rng.randint(*sides), rng.randint(*sides)), tuple(rng.randrange(256) for _ in range(3)))
+        for _ in range(count)
+    ]
 
 
 def timed(fn, device: torch.device, repeats: int = 1) -> tuple[float, float]:
     """(median seconds, peak memory MiB above what was allocated before) of fn()."""
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -185,8 +249,16 @@ def run_model(name: str, builder, args, device: torch.device, dtype: torch.dtype
     n = args.exemplars
     ref_t, ref_m = timed(lambda: procedures.reference_activations(loaded, rendered[:n]), device)
     ours_t, ours_m = timed(lambda: procedures.guard_activations(loaded, rendered[:n], batch_size=8), device)
-    rows.append({"model": name, "measure": "compile, s per exemplar", "reference": ref_t / n, "guard": ours_t / n,
-                 "reference_peak_mib": ref_m, "guard_peak_mib": ours_m})
+    rows.append(
+        {
+            "model": name,
+            "measure": "compile, s per exemplar",
+            "reference": ref_t / n,
+            "guard": ours_t / n,
+            "reference_peak_mib": ref_m,
+            "guard_peak_mib": ours_m,
+        }
+    )
 
     c = args.checks
     plain_t, _ = timed(lambda: procedures.plain_forward(loaded, rendered[:c]), device)
@@ -194,13 +266,29 @@ def run_model(name: str, builder, args, device: torch.device, dtype: torch.dtype
     for deepest in sorted({layers // 2, layers - 1}):
         g = Guard(synthetic_artifact(loaded, deepest), loaded)
         t, m = timed(lambda: [g.check_batch([item], batch_size=1) for item in items[:c]], device, repeats=args.repeats)
-        rows.append({"model": name, "measure": f"check latency batch 1, s (deepest layer {deepest} of {layers})",
-                     "reference": ref_t / c, "guard": t / c, "plain_forward": plain_t / c,
-                     "target_vs_plain": (deepest + 1) / layers + 0.05, "reference_peak_mib": ref_m, "guard_peak_mib": m})
+        rows.append(
+            {
+                "model": name,
+                "measure": f"check latency batch 1, s (deepest layer {deepest} of {layers})",
+                "reference": ref_t / c,
+                "guard": t / c,
+                "plain_forward": plain_t / c,
+                "target_vs_plain": (deepest + 1) / layers + 0.05,
+                "reference_peak_mib": ref_m,
+                "guard_peak_mib": m,
+            }
+        )
         for batch in args.batches:
             t, m = timed(lambda: g.check_batch(items[:batch], batch_size=batch), device, repeats=args.repeats)
-            rows.append({"model": name, "measure": f"images/s at batch {batch} (deepest layer {deepest})",
-                         "reference": c / ref_t, "guard": batch / t, "guard_peak_mib": m})
+            rows.append(
+                {
+                    "model": name,
+                    "measure": f"images/s at batch {batch} (deepest layer {deepest})",
+                    "reference": c / ref_t,
+                    "guard": batch / t,
+                    "guard_peak_mib": m,
+                }
+            )
     del loaded, guard
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -208,14 +296,19 @@ def run_model(name: str, builder, args, device: torch.device, dtype: torch.dtype
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | measure | reference | guard | guard/reference | peak MiB ref / guard |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | measure | reference | guard | guard/reference | peak MiB ref / guard |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         extra = ""
         if "plain_forward" in r:
             extra = f" (plain forward {r['plain_forward']:.4f}; guard/plain {r['guard'] / r['plain_forward']:.3f}, target {r['target_vs_plain']:.3f})"
         peaks = f"{r.get('reference_peak_mib', float('nan')):.0f} / {r.get('guard_peak_mib', float('nan')):.0f}"
-        lines.append(f"| {r['model']} | {r['measure']} | {r['reference']:.4f} | {r['guard']:.4f} | "
-                     f"{r['guard'] / r['reference']:.3f}{extra} | {peaks} |")
+        lines.append(
+            f"| {r['model']} | {r['measure']} | {r['reference']:.4f} | {r['guard']:.4f} | "
+            f"{r['guard'] / r['reference']:.3f}{extra} | {peaks} |"
+        )
     return "\n".join(lines)
 
 

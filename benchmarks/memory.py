@@ -27,7 +27,10 @@ def measure(procedure: str, db: str, count: int) -> dict:
     """Run `procedure` in a subprocess; returns MiB above the loaded model's resident memory."""
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.memory", procedure, db, str(count)],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
         # A fixed mmap threshold makes glibc return big freed blocks at once, so the resident set
         # follows live memory instead of what the allocator keeps cached.
         env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},

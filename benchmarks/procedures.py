@@ -40,7 +40,9 @@ def reference_activations(loaded: LoadedModel, rendered: list[str]) -> torch.Ten
             passes.append((kept, logits))  # everything stays referenced, as in the reference code
         kept = passes[-1][0]
         results.append(
-            torch.stack([kept[layer][0, -1].view(layout.num_heads, layout.head_dim) for layer in range(layout.num_layers)])
+            torch.stack(
+                [kept[layer][0, -1].view(layout.num_heads, layout.head_dim) for layer in range(layout.num_layers)]
+            )
         )
     return torch.stack(results).float().cpu()
 

@@ -36,39 +36,55 @@ def ratio_rows(b: dict[str, dict]) -> list[tuple[str, str, str]]:
 
     rows = []
     if "compile_guard" in b and "compile_reference" in b:
-        rows.append((
-            "compile, 60 exemplars: time guard/reference",
-            f"{mean('compile_guard') / mean('compile_reference'):.3f}",
-            f"{mean('compile_guard'):.2f}s vs {mean('compile_reference'):.2f}s (target <= 0.4)",
-        ))
-        rows.append((
-            "compile: peak memory above model, guard/reference",
-            f"{mem('compile_guard') / mem('compile_reference'):.3f}",
-            f"{mem('compile_guard'):.0f} MiB vs {mem('compile_reference'):.0f} MiB (model {b['compile_guard']['extra_info']['model_mib']:.0f} MiB)",
-        ))
+        rows.append(
+            (
+                "compile, 60 exemplars: time guard/reference",
+                f"{mean('compile_guard') / mean('compile_reference'):.3f}",
+                f"{mean('compile_guard'):.2f}s vs {mean('compile_reference'):.2f}s (target <= 0.4)",
+            )
+        )
+        rows.append(
+            (
+                "compile: peak memory above model, guard/reference",
+                f"{mem('compile_guard') / mem('compile_reference'):.3f}",
+                f"{mem('compile_guard'):.0f} MiB vs {mem('compile_reference'):.0f} MiB (model {b['compile_guard']['extra_info']['model_mib']:.0f} MiB)",
+            )
+        )
     if {"check_latency_guard", "check_latency_reference", "check_latency_plain_forward"} <= set(b):
         layers = b["check_latency_plain_forward"]["extra_info"]["layers"]
         deepest = b["check_latency_guard"]["extra_info"]["deepest_layer"]
         target = (deepest + 1) / layers + 0.05
-        rows.append((
-            "check latency, batch 1: guard/reference",
-            f"{mean('check_latency_guard') / mean('check_latency_reference'):.3f}",
-            f"{mean('check_latency_guard') * 100:.1f} ms vs {mean('check_latency_reference') * 100:.1f} ms per input (10 inputs a round)",
-        ))
-        rows.append((
-            "check latency, batch 1: guard/plain full forward",
-            f"{mean('check_latency_guard') / mean('check_latency_plain_forward'):.3f}",
-            f"target <= (deepest {deepest} + 1)/{layers} + 0.05 = {target:.3f}",
-        ))
+        rows.append(
+            (
+                "check latency, batch 1: guard/reference",
+                f"{mean('check_latency_guard') / mean('check_latency_reference'):.3f}",
+                f"{mean('check_latency_guard') * 100:.1f} ms vs {mean('check_latency_reference') * 100:.1f} ms per input (10 inputs a round)",
+            )
+        )
+        rows.append(
+            (
+                "check latency, batch 1: guard/plain full forward",
+                f"{mean('check_latency_guard') / mean('check_latency_plain_forward'):.3f}",
+                f"target <= (deepest {deepest} + 1)/{layers} + 0.05 = {target:.3f}",
+            )
+        )
     if "check_throughput_guard" in b and "check_throughput_reference" in b:
         g, r = mean("check_throughput_guard"), mean("check_throughput_reference")
         n = int(b["check_throughput_guard"]["group"].split(":")[1].split()[0])
-        rows.append((f"check throughput, {n} texts: time guard/reference", f"{g / r:.3f}", f"{n / g:.1f} vs {n / r:.1f} texts/s"))
-        rows.append((
-            "check: peak memory above model, guard/reference",
-            f"{mem('check_throughput_guard') / mem('check_throughput_reference'):.3f}",
-            f"{mem('check_throughput_guard'):.0f} MiB vs {mem('check_throughput_reference'):.0f} MiB",
-        ))
+        rows.append(
+            (
+                f"check throughput, {n} texts: time guard/reference",
+                f"{g / r:.3f}",
+                f"{n / g:.1f} vs {n / r:.1f} texts/s",
+            )
+        )
+        rows.append(
+            (
+                "check: peak memory above model, guard/reference",
+                f"{mem('check_throughput_guard') / mem('check_throughput_reference'):.3f}",
+                f"{mem('check_throughput_guard'):.0f} MiB vs {mem('check_throughput_reference'):.0f} MiB",
+            )
+        )
     return rows
 
 

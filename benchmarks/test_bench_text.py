@@ -37,7 +37,9 @@ def test_reference_equals_guard(guard, exemplar_prompts):
 
 def _memory(benchmark, procedure, db, count):
     result = measure(procedure, db, count)
-    benchmark.extra_info.update(peak_extra_mib=round(result["peak_extra_mib"], 1), model_mib=round(result["model_mib"], 1))
+    benchmark.extra_info.update(
+        peak_extra_mib=round(result["peak_extra_mib"], 1), model_mib=round(result["model_mib"], 1)
+    )
 
 
 @pytest.mark.benchmark(group="compile: 60 exemplars, all heads")
@@ -55,7 +57,9 @@ def test_compile_guard(benchmark, guard, exemplar_prompts, compiled_db):
 @pytest.mark.benchmark(group="check latency: batch 1")
 def test_check_latency_reference(benchmark, guard):
     rendered = [guard.render(t) for t in heldout_texts()[:LATENCY_INPUTS]]
-    benchmark.pedantic(procedures.reference_predict, args=(guard.loaded, guard.artifact, rendered), rounds=3, iterations=1)
+    benchmark.pedantic(
+        procedures.reference_predict, args=(guard.loaded, guard.artifact, rendered), rounds=3, iterations=1
+    )
 
 
 @pytest.mark.benchmark(group="check latency: batch 1")
@@ -75,7 +79,9 @@ def test_check_latency_guard(benchmark, guard):
 @pytest.mark.benchmark(group=f"check throughput: {THROUGHPUT_INPUTS} texts")
 def test_check_throughput_reference(benchmark, guard, compiled_db):
     rendered = [guard.render(t) for t in heldout_texts()[:THROUGHPUT_INPUTS]]
-    benchmark.pedantic(procedures.reference_predict, args=(guard.loaded, guard.artifact, rendered), rounds=1, iterations=1)
+    benchmark.pedantic(
+        procedures.reference_predict, args=(guard.loaded, guard.artifact, rendered), rounds=1, iterations=1
+    )
     _memory(benchmark, "reference_check", compiled_db, THROUGHPUT_INPUTS)
 
 

@@ -24,7 +24,9 @@ def setup(request):
 def test_vlm_compile_reference(benchmark, setup):
     family, loaded, _, _, rendered = setup
     benchmark.group = f"tiny {family}: compile {COUNT} images"
-    benchmark.pedantic(procedures.reference_activations, args=(loaded, rendered), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        procedures.reference_activations, args=(loaded, rendered), rounds=3, iterations=1, warmup_rounds=1
+    )
 
 
 def test_vlm_compile_guard(benchmark, setup):
@@ -36,10 +38,14 @@ def test_vlm_compile_guard(benchmark, setup):
 def test_vlm_check_reference(benchmark, setup):
     family, loaded, guard, _, rendered = setup
     benchmark.group = f"tiny {family}: check {COUNT} images"
-    benchmark.pedantic(procedures.reference_predict, args=(loaded, guard.artifact, rendered), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        procedures.reference_predict, args=(loaded, guard.artifact, rendered), rounds=3, iterations=1, warmup_rounds=1
+    )
 
 
 def test_vlm_check_guard(benchmark, setup):
     family, _, guard, items, _ = setup
     benchmark.group = f"tiny {family}: check {COUNT} images"
-    benchmark.pedantic(guard.check_batch, args=(items,), kwargs={"batch_size": 8}, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        guard.check_batch, args=(items,), kwargs={"batch_size": 8}, rounds=5, iterations=1, warmup_rounds=1
+    )

@@ -10,8 +10,9 @@ below are plain functions of those tensors, so sweeps re-fit them without runnin
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -64,13 +65,19 @@ def _readout_batch(loaded: LoadedModel, inputs: dict, answer_ids: torch.Tensor):
 
     handle = lm_head.register_forward_pre_hook(take_final)
     try:
-        with torch.inference_mode(), capture_heads(
-            loaded.o_projs, range(layout.num_layers), last, layout.num_heads, layout.head_dim, stop_after_deepest=False
-        ) as taken:
-            try:
-                loaded.model(**inputs, use_cache=False)
-            except StopForward:
-                pass
+        with (
+            torch.inference_mode(),
+            capture_heads(
+                loaded.o_projs,
+                range(layout.num_layers),
+                last,
+                layout.num_heads,
+                layout.head_dim,
+                stop_after_deepest=False,
+            ) as taken,
+            contextlib.suppress(StopForward),
+        ):
+            loaded.model(**inputs, use_cache=False)
     finally:
         handle.remove()
     if "hidden" not in final:

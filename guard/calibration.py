@@ -25,8 +25,8 @@ Method ("platt-loo"):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -82,8 +82,14 @@ def leave_one_out_votes(
         d = onehot[rows][:, None, :, None]  # delta(c, y_i)   [b, 1, C, 1]
         # cosine of every other item j to each label centroid without i (and without j for loo)
         dot = p[None] - d * gram - e * g[None, :, None, :]
-        sq = (q[None, None] - 2 * d * p[rows][:, None] - 2 * e * p[None] + d * g[rows][:, None, None, :]
-              + 2 * d * e * gram + e * g[None, :, None, :])
+        sq = (
+            q[None, None]
+            - 2 * d * p[rows][:, None]
+            - 2 * e * p[None]
+            + d * g[rows][:, None, None, :]
+            + 2 * d * e * gram
+            + e * g[None, :, None, :]
+        )
         cos = dot / (norm[None, :, None, :] * sq.clamp(min=0).sqrt()).clamp(min=sav.EPS)  # [b, N, C, LH]
         truth = labels[None, :, None].expand(b, -1, cos.shape[-1])  # [b, N, LH]
         correct = (cos.argmax(dim=2) == truth).double()
@@ -197,8 +203,14 @@ class Threshold:
     precision: float
 
     def to_dict(self) -> dict:
-        return {"value": self.value, "metric": self.metric, "target": self.target,
-                "recall": self.recall, "fpr": self.fpr, "precision": self.precision}
+        return {
+            "value": self.value,
+            "metric": self.metric,
+            "target": self.target,
+            "recall": self.recall,
+            "fpr": self.fpr,
+            "precision": self.precision,
+        }
 
 
 def rates(scores: Sequence[float], positive: Sequence[bool], threshold: float) -> tuple[float, float, float]:
@@ -306,7 +318,8 @@ def decide(counts: Sequence[int], winner: int, flagged: Sequence[bool], cal: Cal
         return Decision(winner, bool(flagged[winner]), None, margin, False)
     probs = cal.scores([c / k for c in counts])
     candidates = [
-        c for c in range(len(counts))
+        c
+        for c in range(len(counts))
         if flagged[c] and (probs[c] >= cal.thresholds[c].value if c in cal.thresholds else c == winner)
     ]
     allowed = [c for c in range(len(counts)) if not flagged[c]]

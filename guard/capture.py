@@ -8,8 +8,8 @@ after the deepest layer that is needed, so later layers and the LM head never ru
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 
 import torch
 from tqdm.auto import tqdm
@@ -64,13 +64,12 @@ def head_outputs(
     """Run one batch and return float32 head outputs `[B, len(layers), heads, head_dim]`."""
     layout = loaded.layout
     last = last_token_index(inputs["attention_mask"])
-    with torch.inference_mode(), capture_heads(
-        loaded.o_projs, layers, last, layout.num_heads, layout.head_dim, early_stop
-    ) as taken:
-        try:
-            loaded.model(**inputs, use_cache=False)
-        except StopForward:
-            pass
+    with (
+        torch.inference_mode(),
+        capture_heads(loaded.o_projs, layers, last, layout.num_heads, layout.head_dim, early_stop) as taken,
+        suppress(StopForward),
+    ):
+        loaded.model(**inputs, use_cache=False)
     missing = [layer for layer in layers if layer not in taken]
     if missing:
         raise RuntimeError(f"the forward pass never reached layers {missing}")

@@ -9,7 +9,7 @@ import functools
 import json
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,10 +22,15 @@ app = typer.Typer(
     add_completion=False,
 )
 
-DbOption = Annotated[Optional[str], typer.Option("--db", help="Database path or SQLAlchemy URL [env GUARD_DB, default ./guard.db]")]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="Database path or SQLAlchemy URL [env GUARD_DB, default ./guard.db]")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output")]
 DeviceOption = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto")]
-DtypeOption = Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 or float16 [default: float32 on CPU, bfloat16 on GPU]")]
+DtypeOption = Annotated[
+    str | None,
+    typer.Option("--dtype", help="float32, bfloat16 or float16 [default: float32 on CPU, bfloat16 on GPU]"),
+]
 BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Inputs per forward pass")]
 
 
@@ -45,7 +50,7 @@ def friendly(command):
             _fail(str(exc))
         except KeyboardInterrupt:
             typer.echo("guard: interrupted", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -67,7 +72,12 @@ def compile_command(
     dtype: DtypeOption = None,
     batch_size: BatchOption = 8,
     as_json: JsonOption = False,
-    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Folder holding the datasets a policy's 'data_root:' names [env GUARD_DATA_ROOT]")] = None,
+    data_root: Annotated[
+        str | None,
+        typer.Option(
+            "--data-root", help="Folder holding the datasets a policy's 'data_root:' names [env GUARD_DATA_ROOT]"
+        ),
+    ] = None,
 ):
     """Run the model over the policy's exemplars, fit SAV and store the artifact."""
     from guard.policy import load_policy
@@ -112,19 +122,26 @@ def compile_command(
 @app.command("check")
 @friendly
 def check_command(
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, or '-' to read one text per line from stdin")] = None,
-    text: Annotated[Optional[str], typer.Option("--text", "-t", help="Text to check")] = None,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text that goes with each image (fills the policy prompt's {text})")] = None,
+    inputs: Annotated[
+        list[str] | None, typer.Argument(help="Image files, or '-' to read one text per line from stdin")
+    ] = None,
+    text: Annotated[str | None, typer.Option("--text", "-t", help="Text to check")] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option("--prompt", help="Text that goes with each image (fills the policy prompt's {text})"),
+    ] = None,
     db: DbOption = None,
     policy: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--policy", "-p", help="Compiled policy name; repeat to check several policies in one pass"),
     ] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
     batch_size: BatchOption = 16,
     as_json: JsonOption = False,
-    explain: Annotated[bool, typer.Option("--explain", help="Show each selected head's vote and the closest exemplars")] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Show each selected head's vote and the closest exemplars")
+    ] = False,
 ):
     """Check texts or images against compiled policies. Exit 0 if all allowed, 1 if any flagged."""
     items: list[tuple[str, dict]] = []  # (what to call it in the output, the input)
@@ -191,9 +208,13 @@ def _print_verdict(text: str, verdict, show_policy: bool = False) -> None:
 def _print_explanation(why: dict) -> None:
     typer.echo(f"  {'rank':>4} {'layer':>5} {'head':>4}  {'vote':12} {'similarity':>10} {'margin':>8}")
     for v in why["votes"]:
-        typer.echo(f"  {v['rank'] + 1:>4} {v['layer']:>5} {v['head']:>4}  {v['label']:12} {v['similarity']:>10.4f} {v['margin']:>+8.4f}")
+        typer.echo(
+            f"  {v['rank'] + 1:>4} {v['layer']:>5} {v['head']:>4}  {v['label']:12} {v['similarity']:>10.4f} {v['margin']:>+8.4f}"
+        )
     for h in why["nearest_exemplars"]:
-        typer.echo(f"  closest exemplars at layer {h['layer']} head {h['head']} (rank {h['rank'] + 1}, voted {h['voted']}):")
+        typer.echo(
+            f"  closest exemplars at layer {h['layer']} head {h['head']} (rank {h['rank'] + 1}, voted {h['voted']}):"
+        )
         for e in h["exemplars"]:
             text = e["text"] if len(e["text"]) <= 80 else e["text"][:77] + "..."
             typer.echo(f"    {e['similarity']:.3f}  {e['label']:12} {text}")
@@ -217,7 +238,9 @@ def list_command(db: DbOption = None, as_json: JsonOption = False):
     for art in rows:
         s = _summary(art)
         labels = ", ".join(lab.name + ("*" if lab.flagged else "") for lab in art.labels)
-        table.add_row(s["policy"], s["version"], labels, s["model"], str(s["heads"]), f"{s['loo_accuracy']:.1%}", s["compiled"])
+        table.add_row(
+            s["policy"], s["version"], labels, s["model"], str(s["heads"]), f"{s['loo_accuracy']:.1%}", s["compiled"]
+        )
     Console().print(table)
 
 
@@ -237,11 +260,15 @@ def _summary(art) -> dict:
 @app.command("inspect")
 @friendly
 def inspect_command(
-    name: Annotated[Optional[str], typer.Argument(help="Policy name (optional if the database holds one)")] = None,
+    name: Annotated[str | None, typer.Argument(help="Policy name (optional if the database holds one)")] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
-    plot: Annotated[Optional[str], typer.Option("--plot", help="Write a PNG: head accuracy map and exemplars at the best head")] = None,
-    size: Annotated[Optional[str], typer.Option("--size", help="Plot size in pixels, WIDTHxHEIGHT [default 1400x600]")] = None,
+    plot: Annotated[
+        str | None, typer.Option("--plot", help="Write a PNG: head accuracy map and exemplars at the best head")
+    ] = None,
+    size: Annotated[
+        str | None, typer.Option("--size", help="Plot size in pixels, WIDTHxHEIGHT [default 1400x600]")
+    ] = None,
 ):
     """Show a compiled policy's selected heads, metrics and calibration; optionally plot them."""
     from guard.store import Store
@@ -253,14 +280,28 @@ def inspect_command(
         policy_figure(art, plot, parse_size(size, POLICY_SIZE))
         typer.echo(f"wrote {plot}", err=as_json)
     heads = [
-        {"rank": rank, "layer": layer, "head": head,
-         "accuracy": float(art.head_accuracy[layer, head]), "margin": float(art.head_margin[layer, head])}
+        {
+            "rank": rank,
+            "layer": layer,
+            "head": head,
+            "accuracy": float(art.head_accuracy[layer, head]),
+            "margin": float(art.head_margin[layer, head]),
+        }
         for rank, (layer, head) in enumerate(art.heads)
     ]
     if as_json:
-        typer.echo(json.dumps({**_summary(art), "metrics": art.metrics, "selected_heads": heads,
-                               "model_fingerprint": art.model_fingerprint, "scoring": art.scoring,
-                               "calibration": _calibration_summary(art)}))
+        typer.echo(
+            json.dumps(
+                {
+                    **_summary(art),
+                    "metrics": art.metrics,
+                    "selected_heads": heads,
+                    "model_fingerprint": art.model_fingerprint,
+                    "scoring": art.scoring,
+                    "calibration": _calibration_summary(art),
+                }
+            )
+        )
         return
     from rich.console import Console
     from rich.table import Table
@@ -280,8 +321,10 @@ def inspect_command(
             line = f"  {label}: p = sigmoid({c['slope']:.3f} x vote share {c['intercept']:+.3f})"
             t = c["threshold"]
             if t:
-                line += (f"; flag at p >= {t['value']:.3f} for {t['metric']} {t['target']:g} "
-                         f"(leave-one-out: recall {t['recall']:.1%}, FPR {t['fpr']:.1%})")
+                line += (
+                    f"; flag at p >= {t['value']:.3f} for {t['metric']} {t['target']:g} "
+                    f"(leave-one-out: recall {t['recall']:.1%}, FPR {t['fpr']:.1%})"
+                )
             console.print(line)
     else:
         console.print("calibration: none (compiled before calibration, or too few exemplars per label)")
@@ -295,8 +338,11 @@ def _calibration_summary(art) -> dict | None:
         "method": cal.method,
         "uncertain_margin": cal.uncertain_margin,
         "labels": {
-            name: {"slope": p.slope, "intercept": p.intercept,
-                   "threshold": cal.thresholds[c].to_dict() if c in cal.thresholds else None}
+            name: {
+                "slope": p.slope,
+                "intercept": p.intercept,
+                "threshold": cal.thresholds[c].to_dict() if c in cal.thresholds else None,
+            }
             for c, (name, p) in enumerate(zip(art.label_names, cal.platt))
         },
     }
@@ -306,22 +352,52 @@ def _calibration_summary(art) -> dict | None:
 @friendly
 def eval_command(
     policy_file: Annotated[str, typer.Argument(help="Policy YAML file")],
-    test_file: Annotated[str, typer.Argument(help="Labelled data in any exemplar format (JSONL/CSV with text and label, VLGuard, MHaluBench, an image folder)")],
+    test_file: Annotated[
+        str,
+        typer.Argument(
+            help="Labelled data in any exemplar format (JSONL/CSV with text and label, VLGuard, MHaluBench, an image folder)"
+        ),
+    ],
     db: DbOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
     batch_size: BatchOption = 8,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="Format of the test data if its extension does not say (jsonl, csv, vlguard, mhalubench, folder)")] = None,
-    images: Annotated[Optional[str], typer.Option("--images", help="Folder the test data's image paths start from [default: its folder]")] = None,
-    folder_text: Annotated[Optional[str], typer.Option("--text", help="format folder: the text that goes with every image")] = None,
-    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Folder holding the datasets a policy's 'data_root:' names [env GUARD_DATA_ROOT]")] = None,
-    baselines: Annotated[bool, typer.Option("--baselines", help="Also zero-shot, linear probe (all heads), nearest centroid (last hidden state)")] = False,
-    shots: Annotated[Optional[str], typer.Option("--shots", help="Re-fit with n exemplars per label, e.g. 5,10,20,40")] = None,
-    heads: Annotated[Optional[str], typer.Option("--heads", help="Re-fit with k heads, e.g. 1,5,10,20,40")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Format of the test data if its extension does not say (jsonl, csv, vlguard, mhalubench, folder)",
+        ),
+    ] = None,
+    images: Annotated[
+        str | None,
+        typer.Option("--images", help="Folder the test data's image paths start from [default: its folder]"),
+    ] = None,
+    folder_text: Annotated[
+        str | None, typer.Option("--text", help="format folder: the text that goes with every image")
+    ] = None,
+    data_root: Annotated[
+        str | None,
+        typer.Option(
+            "--data-root", help="Folder holding the datasets a policy's 'data_root:' names [env GUARD_DATA_ROOT]"
+        ),
+    ] = None,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            "--baselines", help="Also zero-shot, linear probe (all heads), nearest centroid (last hidden state)"
+        ),
+    ] = False,
+    shots: Annotated[
+        str | None, typer.Option("--shots", help="Re-fit with n exemplars per label, e.g. 5,10,20,40")
+    ] = None,
+    heads: Annotated[str | None, typer.Option("--heads", help="Re-fit with k heads, e.g. 1,5,10,20,40")] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Random draws per --shots value")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots draws")] = 0,
-    plot: Annotated[Optional[str], typer.Option("--plot", help="Write the sweep curves to this PNG")] = None,
-    size: Annotated[Optional[str], typer.Option("--size", help="Plot size in pixels, WIDTHxHEIGHT [default 1200x500]")] = None,
+    plot: Annotated[str | None, typer.Option("--plot", help="Write the sweep curves to this PNG")] = None,
+    size: Annotated[
+        str | None, typer.Option("--size", help="Plot size in pixels, WIDTHxHEIGHT [default 1200x500]")
+    ] = None,
     as_json: JsonOption = False,
 ):
     """Measure a policy on a labelled file: SAV (as 'guard check' decides) next to baselines, same model, same split."""
@@ -339,8 +415,21 @@ def eval_command(
     from guard.store import Store
 
     ev = evaluate(
-        policy, test_file, store=Store.open(db, create=True), device=device, dtype=dtype, batch_size=batch_size,
-        fmt=fmt, images=images, text=folder_text, with_baselines=baselines, shots=shot_list, heads=head_list, repeats=repeats, seed=seed, progress=True,
+        policy,
+        test_file,
+        store=Store.open(db, create=True),
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        fmt=fmt,
+        images=images,
+        text=folder_text,
+        with_baselines=baselines,
+        shots=shot_list,
+        heads=head_list,
+        repeats=repeats,
+        seed=seed,
+        progress=True,
     )
     if plot:
         from guard.plots import sweep_figure

@@ -53,7 +53,11 @@ def first_index(keys: list[str]) -> dict[str, int]:
 
 
 def exemplar_activations(
-    loaded: LoadedModel, store: Store | None, rendered: list[str | ModelInput], batch_size: int, progress: bool,
+    loaded: LoadedModel,
+    store: Store | None,
+    rendered: list[str | ModelInput],
+    batch_size: int,
+    progress: bool,
     title: str = "exemplars",
 ) -> tuple[torch.Tensor, int]:
     """All heads' last-token outputs `[N, layers, heads, head_dim]` and how many were computed."""
@@ -64,6 +68,7 @@ def exemplar_activations(
     todo_keys = [key for key in first if key not in found]  # unique, in exemplar order
     todo = [rendered[first[key]] for key in todo_keys]
     if todo:
+
         def keep(batch: list[int], outputs: torch.Tensor) -> None:
             fresh = {todo_keys[i]: outputs[j] for j, i in enumerate(batch)}
             found.update(fresh)
@@ -71,8 +76,12 @@ def exemplar_activations(
                 store.put_activations(loaded.fingerprint, dtype, fresh)
 
         extract(
-            loaded, todo, range(loaded.layout.num_layers), batch_size,
-            progress=title if progress else None, on_batch=keep,
+            loaded,
+            todo,
+            range(loaded.layout.num_layers),
+            batch_size,
+            progress=title if progress else None,
+            on_batch=keep,
         )
     return torch.stack([found[key] for key in keys]), len(todo)
 
@@ -103,13 +112,25 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
     if cal is not None:
         metrics.update(cal.metrics)
     return Artifact(
-        name=policy.name, version=policy.version, prompt=policy.prompt, labels=policy.labels,
-        model_reference=loaded.source.reference, model_fingerprint=loaded.fingerprint,
-        model_info=loaded.info, scoring=policy.scoring, heads=heads,
-        head_accuracy=scores.accuracy, head_margin=scores.margin, centroids=cents,
-        exemplar_vectors=selected, exemplar_texts=[ex.describe() for ex in policy.exemplars],
-        exemplar_labels=labels.tolist(), metrics=metrics, description=policy.description,
-        policy_text=policy.source_text, calibration=cal,
+        name=policy.name,
+        version=policy.version,
+        prompt=policy.prompt,
+        labels=policy.labels,
+        model_reference=loaded.source.reference,
+        model_fingerprint=loaded.fingerprint,
+        model_info=loaded.info,
+        scoring=policy.scoring,
+        heads=heads,
+        head_accuracy=scores.accuracy,
+        head_margin=scores.margin,
+        centroids=cents,
+        exemplar_vectors=selected,
+        exemplar_texts=[ex.describe() for ex in policy.exemplars],
+        exemplar_labels=labels.tolist(),
+        metrics=metrics,
+        description=policy.description,
+        policy_text=policy.source_text,
+        calibration=cal,
     )
 
 
@@ -135,6 +156,9 @@ def compile_policy(
     artifact = fit(policy, acts, loaded)
     store.save_artifact(artifact)
     return CompileReport(
-        artifact=artifact, exemplars=len(rendered), computed=computed,
-        cached=len(set(rendered)) - computed, seconds=time.perf_counter() - started,
+        artifact=artifact,
+        exemplars=len(rendered),
+        computed=computed,
+        cached=len(set(rendered)) - computed,
+        seconds=time.perf_counter() - started,
     )

@@ -16,9 +16,9 @@ import csv
 import json
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from guard.errors import PolicyError
 
@@ -223,11 +223,16 @@ def read_vlguard(source: Source) -> list[Exemplar]:
                 continue
             found += 1
             harmful = not safe or key == "unsafe_instruction"
-            out.append(Exemplar(
-                text=str(pair[key]).strip(), label=VLGUARD_LABELS[0] if harmful else VLGUARD_LABELS[1],
-                origin=what, images=(rel,), root=source.image_root,
-                fields={"response": str(pair.get("response", ""))},
-            ))
+            out.append(
+                Exemplar(
+                    text=str(pair[key]).strip(),
+                    label=VLGUARD_LABELS[0] if harmful else VLGUARD_LABELS[1],
+                    origin=what,
+                    images=(rel,),
+                    root=source.image_root,
+                    fields={"response": str(pair.get("response", ""))},
+                )
+            )
         if not found:
             source.skip("no instruction", what)
     return out
@@ -263,8 +268,16 @@ def read_mhalubench(source: Source) -> list[Exemplar]:
             if not isinstance(claim, str) or not claim.strip():
                 source.skip("empty claim", f"{what} claim {number}")
                 continue
-            out.append(Exemplar(text=claim.strip(), label=label, origin=f"{what} claim {number}", images=(rel,),
-                                root=source.image_root, fields=extra))
+            out.append(
+                Exemplar(
+                    text=claim.strip(),
+                    label=label,
+                    origin=f"{what} claim {number}",
+                    images=(rel,),
+                    root=source.image_root,
+                    fields=extra,
+                )
+            )
     return out
 
 
@@ -363,7 +376,9 @@ def read_exemplar_file(
     """
     fmt = fmt or guess_format(path)
     if fmt is None:
-        raise PolicyError(f"{where}: cannot tell the format of '{display}'; add 'format: {' | '.join(sorted(READERS))}'")
+        raise PolicyError(
+            f"{where}: cannot tell the format of '{display}'; add 'format: {' | '.join(sorted(READERS))}'"
+        )
     if fmt not in READERS:
         raise PolicyError(f"{where}: unknown format '{fmt}' (known: {', '.join(sorted(READERS))})")
     if not path.exists():

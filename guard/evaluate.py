@@ -20,9 +20,9 @@ import json
 import re
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -72,8 +72,13 @@ class SweepPoint:
         return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
 
     def to_dict(self) -> dict:
-        return {self.sweep: self.value, "method": self.method, "accuracy_mean": round(self.mean, 6),
-                "accuracy_std": round(self.std, 6), "draws": len(self.accuracies)}
+        return {
+            self.sweep: self.value,
+            "method": self.method,
+            "accuracy_mean": round(self.mean, 6),
+            "accuracy_std": round(self.std, 6),
+            "draws": len(self.accuracies),
+        }
 
 
 @dataclass
@@ -122,7 +127,8 @@ class Evaluation:
             "methods": {key: m.to_dict() for key, m in self.methods.items()},
             "sweeps": {
                 kind: [p.to_dict() for p in self.sweeps if p.sweep == kind]
-                for kind in ("shots", "heads") if any(p.sweep == kind for p in self.sweeps)
+                for kind in ("shots", "heads")
+                if any(p.sweep == kind for p in self.sweeps)
             },
             "notes": self.notes,
             "seconds": round(self.seconds, 2),
@@ -140,8 +146,12 @@ def item_key(policy: Policy, item: Exemplar, images: Sequence) -> str:
 
 
 def read_test_items(
-    policy: Policy, path: str | Path, fmt: str | None = None, images: str | Path | None = None,
-    text: str | None = None, notes: list[str] | None = None,
+    policy: Policy,
+    path: str | Path,
+    fmt: str | None = None,
+    images: str | Path | None = None,
+    text: str | None = None,
+    notes: list[str] | None = None,
 ) -> list[Exemplar]:
     """A labelled file (or folder) in any exemplar format, checked against the policy's labels
     and prompt. Image paths in it start at its folder, or at `images`; `text` is the folder
@@ -149,8 +159,9 @@ def read_test_items(
     display = str(path)
     if not Path(path).exists():
         raise PolicyError(f"{display}: test data does not exist")
-    items = read_exemplar_file(Path(path), fmt, display, display, images=Path(images) if images else None,
-                               text=text, notes=notes)
+    items = read_exemplar_file(
+        Path(path), fmt, display, display, images=Path(images) if images else None, text=text, notes=notes
+    )
     if not items:
         raise PolicyError(f"{display}: no labelled items")
     validate_items(items, policy.label_names, policy.prompt_fields)
@@ -287,10 +298,22 @@ def evaluate(
         )
 
     ev = Evaluation(
-        policy=policy.name, version=policy.version, model=loaded.source.reference, test_file=str(test_file),
-        labels=names, flagged=flagged, heads=len(artifact.heads), exemplars=n_ex, total_items=len(items),
-        excluded=excluded, methods=methods, forwards=forwards, cached=cached,
-        answers=answers if with_baselines else [], fit_metrics=artifact.metrics, notes=notes,
+        policy=policy.name,
+        version=policy.version,
+        model=loaded.source.reference,
+        test_file=str(test_file),
+        labels=names,
+        flagged=flagged,
+        heads=len(artifact.heads),
+        exemplars=n_ex,
+        total_items=len(items),
+        excluded=excluded,
+        methods=methods,
+        forwards=forwards,
+        cached=cached,
+        answers=answers if with_baselines else [],
+        fit_metrics=artifact.metrics,
+        notes=notes,
     )
     if shots:
         _shots_sweep(ev, policy, feats, y, truth, shots, repeats, seed, with_baselines)
@@ -319,13 +342,20 @@ def _calibration_quality(verdicts, truth: list[int], names: list[str], flagged: 
             b = bins[min(int(p * RELIABILITY_BINS), RELIABILITY_BINS - 1)]
             b[0], b[1], b[2] = b[0] + 1, b[1] + p, b[2] + (t == c)
         reliability[name] = [
-            {"low": i / RELIABILITY_BINS, "high": (i + 1) / RELIABILITY_BINS, "items": n,
-             "mean_score": round(total / n, 6) if n else None, "observed": round(hits / n, 6) if n else None}
+            {
+                "low": i / RELIABILITY_BINS,
+                "high": (i + 1) / RELIABILITY_BINS,
+                "items": n,
+                "mean_score": round(total / n, 6) if n else None,
+                "observed": round(hits / n, 6) if n else None,
+            }
             for i, (n, total, hits) in enumerate(bins)
         ]
     for source in ("calibrated", "scores"):
         out[f"brier_{'calibrated' if source == 'calibrated' else 'vote_share'}"] = {
-            name: round(statistics.fmean((getattr(v, source)[name] - (t == c)) ** 2 for v, t in zip(verdicts, truth)), 6)
+            name: round(
+                statistics.fmean((getattr(v, source)[name] - (t == c)) ** 2 for v, t in zip(verdicts, truth)), 6
+            )
             for c, name in enumerate(names)
         }
     out["reliability"] = reliability
@@ -354,7 +384,9 @@ def _shots_sweep(ev, policy, feats: Features, y, truth, shots, repeats, seed, wi
             idx = torch.cat([m[torch.randperm(len(m), generator=generator)[:n]] for m in members])
             sub_y = y[idx]
             _, chosen, cents = sav.fit_heads(ex_acts[idx], sub_y, num_labels, policy.heads, policy.scoring)
-            found.setdefault("sav_vote", []).append(metrics.accuracy(truth, sav.predict(test_acts, chosen, cents).tolist()))
+            found.setdefault("sav_vote", []).append(
+                metrics.accuracy(truth, sav.predict(test_acts, chosen, cents).tolist())
+            )
             if with_baselines:
                 probe = baselines.linear_probe(ex_acts[idx], sub_y, test_acts)
                 found.setdefault("linear_probe", []).append(metrics.accuracy(truth, probe.tolist()))
@@ -372,7 +404,11 @@ def _heads_sweep(ev, policy, ex_acts, y, test_acts, truth, heads) -> None:
             continue
         chosen = ranking[:k]
         cents = sav.centroids(sav.at_heads(ex_acts, chosen), y, num_labels)
-        ev.sweeps.append(SweepPoint("heads", k, "sav_vote", [metrics.accuracy(truth, sav.predict(test_acts, chosen, cents).tolist())]))
+        ev.sweeps.append(
+            SweepPoint(
+                "heads", k, "sav_vote", [metrics.accuracy(truth, sav.predict(test_acts, chosen, cents).tolist())]
+            )
+        )
 
 
 # --- a table for people --------------------------------------------------------------------------
@@ -391,16 +427,27 @@ def print_evaluation(ev: Evaluation, console=None) -> None:
     )
     fit = ev.fit_metrics
     if "loo_vote_accuracy" in fit:
-        console.print(f"on the exemplars: leave-one-out vote accuracy {fit['loo_vote_accuracy']:.1%} "
-                      f"(heads re-selected without each item; what calibration rests on)")
+        console.print(
+            f"on the exemplars: leave-one-out vote accuracy {fit['loo_vote_accuracy']:.1%} "
+            f"(heads re-selected without each item; what calibration rests on)"
+        )
     if ev.excluded:
-        console.print(f"excluded {len(ev.excluded)} test item(s) that are also exemplars: "
-                      + ", ".join(e.origin for e in ev.excluded[:5]) + (" ..." if len(ev.excluded) > 5 else ""))
-    table = Table("method", "accuracy", "macro-F1", *[f"{n} P / R / F1" for n in ev.labels], *[f"FPR {n}" for n in ev.flagged])
+        console.print(
+            f"excluded {len(ev.excluded)} test item(s) that are also exemplars: "
+            + ", ".join(e.origin for e in ev.excluded[:5])
+            + (" ..." if len(ev.excluded) > 5 else "")
+        )
+    table = Table(
+        "method", "accuracy", "macro-F1", *[f"{n} P / R / F1" for n in ev.labels], *[f"FPR {n}" for n in ev.flagged]
+    )
     for m in ev.methods.values():
         r = m.report
-        per = [f"{r.per_label[n].precision:.2f} / {r.per_label[n].recall:.2f} / {r.per_label[n].f1:.2f}" for n in ev.labels]
-        table.add_row(m.title, f"{r.accuracy:.1%}", f"{r.macro_f1:.3f}", *per, *[f"{r.per_label[n].fpr:.1%}" for n in ev.flagged])
+        per = [
+            f"{r.per_label[n].precision:.2f} / {r.per_label[n].recall:.2f} / {r.per_label[n].f1:.2f}" for n in ev.labels
+        ]
+        table.add_row(
+            m.title, f"{r.accuracy:.1%}", f"{r.macro_f1:.3f}", *per, *[f"{r.per_label[n].fpr:.1%}" for n in ev.flagged]
+        )
     console.print(table)
     sav_report = ev.methods["sav"].report
     confusion = Table("SAV: true \\ predicted", *ev.labels)
@@ -408,24 +455,41 @@ def print_evaluation(ev: Evaluation, console=None) -> None:
         confusion.add_row(name, *[str(v) for v in row])
     console.print(confusion)
     for name, bins in ev.methods["sav"].extra.get("reliability", {}).items():
-        rel = Table("calibrated score", "items", "mean score", f"observed {name}",
-                    title=f"SAV calibration on the test items: P({name})")
+        rel = Table(
+            "calibrated score",
+            "items",
+            "mean score",
+            f"observed {name}",
+            title=f"SAV calibration on the test items: P({name})",
+        )
         for b in bins:
             if b["items"]:
-                rel.add_row(f"{b['low']:.1f} - {b['high']:.1f}", str(b["items"]), f"{b['mean_score']:.2f}", f"{b['observed']:.2f}")
+                rel.add_row(
+                    f"{b['low']:.1f} - {b['high']:.1f}",
+                    str(b["items"]),
+                    f"{b['mean_score']:.2f}",
+                    f"{b['observed']:.2f}",
+                )
         console.print(rel)
     for kind in ("shots", "heads"):
         points = [p for p in ev.sweeps if p.sweep == kind]
         if not points:
             continue
         methods = list(dict.fromkeys(p.method for p in points))
-        sweep = Table(f"{kind} {'per label' if kind == 'shots' else '(k)'}", *[METHOD_TITLES[m] for m in methods],
-                      title=f"accuracy vs {kind}" + (" (mean ± std over draws)" if kind == "shots" else ""))
+        sweep = Table(
+            f"{kind} {'per label' if kind == 'shots' else '(k)'}",
+            *[METHOD_TITLES[m] for m in methods],
+            title=f"accuracy vs {kind}" + (" (mean ± std over draws)" if kind == "shots" else ""),
+        )
         for value in sorted({p.value for p in points}):
             cells = []
             for method in methods:
                 p = next((p for p in points if p.value == value and p.method == method), None)
-                cells.append("" if p is None else f"{p.mean:.1%}" + (f" ± {p.std:.1%} ({len(p.accuracies)})" if len(p.accuracies) > 1 else ""))
+                cells.append(
+                    ""
+                    if p is None
+                    else f"{p.mean:.1%}" + (f" ± {p.std:.1%} ({len(p.accuracies)})" if len(p.accuracies) > 1 else "")
+                )
             sweep.add_row(str(value), *cells)
         console.print(sweep)
     for note in ev.notes:

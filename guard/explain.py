@@ -33,11 +33,18 @@ class HeadNeighbours:
     neighbours: list[Neighbour]
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, "layer": self.layer, "head": self.head, "voted": self.voted,
-                "exemplars": [n.to_dict() for n in self.neighbours]}
+        return {
+            "rank": self.rank,
+            "layer": self.layer,
+            "head": self.head,
+            "voted": self.voted,
+            "exemplars": [n.to_dict() for n in self.neighbours],
+        }
 
 
-def nearest_exemplars(art, vectors: torch.Tensor, votes: list[str], top_heads: int = 3, per_head: int = 3) -> list[HeadNeighbours]:
+def nearest_exemplars(
+    art, vectors: torch.Tensor, votes: list[str], top_heads: int = 3, per_head: int = 3
+) -> list[HeadNeighbours]:
     """The `per_head` exemplars most similar to the input (`vectors`: [k, head_dim] at the selected
     heads) at each of the `top_heads` best-ranked heads; ties go to the lower exemplar index."""
     out = []
@@ -48,9 +55,15 @@ def nearest_exemplars(art, vectors: torch.Tensor, votes: list[str], top_heads: i
         sims = sav.cosine(vectors[rank][None].double(), art.exemplar_vectors[:, rank].double())  # [N]
         order = sorted(range(len(sims)), key=lambda i: (-float(sims[i]), i))[:per_head]
         layer, head = art.heads[rank]
-        out.append(HeadNeighbours(rank, layer, head, votes[rank], [
-            Neighbour(i, art.exemplar_texts[i], names[art.exemplar_labels[i]], float(sims[i])) for i in order
-        ]))
+        out.append(
+            HeadNeighbours(
+                rank,
+                layer,
+                head,
+                votes[rank],
+                [Neighbour(i, art.exemplar_texts[i], names[art.exemplar_labels[i]], float(sims[i])) for i in order],
+            )
+        )
     return out
 
 

@@ -10,6 +10,7 @@ Nothing here knows models.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
@@ -83,7 +84,9 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> GuardI
         except UnidentifiedImageError:
             raise ImageError(f"{name}: not a PNG, JPEG, WebP or GIF image") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{name}: too many pixels (a decompression bomb?); guard reads images up to {max_pixels:,} pixels") from None
+            raise ImageError(
+                f"{name}: too many pixels (a decompression bomb?); guard reads images up to {max_pixels:,} pixels"
+            ) from None
         except Exception as exc:  # a malformed header can raise nearly anything inside a plugin
             raise ImageError(f"{name}: not a readable image ({_short(exc)})") from None
         width, height = img.size
@@ -99,10 +102,8 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> GuardI
             img.load()
         except Exception as exc:
             raise ImageError(f"{name}: truncated or corrupt {img.format} image ({_short(exc)})") from None
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block: keep the pixels as stored
         img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block: keep the pixels as stored
-        pass
     return GuardImage(sha256=content_hash(data), name=name, image=to_rgb(img))
 
 

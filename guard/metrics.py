@@ -10,8 +10,8 @@ Conventions (stated once, used everywhere):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 
 def confusion_matrix(true: Sequence[int], pred: Sequence[int], num_labels: int) -> list[list[int]]:

@@ -90,22 +90,38 @@ def policy_figure(art, path: str | Path, size: tuple[int, int] = POLICY_SIZE) ->
     left, right = fig.subplots(1, 2, width_ratios=[1.25, 1])
     acc = art.head_accuracy.float()
     num_layers, num_heads = acc.shape
-    image = left.imshow(acc.numpy(), aspect="auto", origin="lower", cmap="viridis", vmin=float(acc.min()), vmax=1.0,
-                        interpolation="nearest")
+    image = left.imshow(
+        acc.numpy(),
+        aspect="auto",
+        origin="lower",
+        cmap="viridis",
+        vmin=float(acc.min()),
+        vmax=1.0,
+        interpolation="nearest",
+    )
     fig.colorbar(image, ax=left, label=f"head accuracy ({art.scoring})")
     for rank, (layer, head) in reversed(list(enumerate(art.heads))):  # rank 1 drawn last, on top
         left.add_patch(_rectangle(head - 0.5, layer - 0.5, "red" if rank == 0 else "white", 2.4 if rank == 0 else 1.4))
         if num_heads <= 40 and num_layers <= 80:
-            left.text(head, layer, str(rank + 1), ha="center", va="center", fontsize=7, color="black",
-                      bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+            left.text(
+                head,
+                layer,
+                str(rank + 1),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="black",
+                bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+            )
     from matplotlib.ticker import MaxNLocator
 
     left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.yaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("head")
     left.set_ylabel("layer")
-    left.set_title(f"{art.name}: accuracy of every head; the {len(art.heads)} selected numbered by rank (1 in red)",
-                   fontsize=10)
+    left.set_title(
+        f"{art.name}: accuracy of every head; the {len(art.heads)} selected numbered by rank (1 in red)", fontsize=10
+    )
 
     layer, head = art.heads[0]
     # SAV compares directions (cosine), so project unit vectors: exemplars and centroids at head 1
@@ -125,13 +141,20 @@ def policy_figure(art, path: str | Path, size: tuple[int, int] = POLICY_SIZE) ->
         mine = (labels == c).nonzero().flatten()
         colour = colours[c % len(colours)]
         flag = " (flagged)" if art.labels[c].flagged else ""
-        right.scatter(points[mine, 0], points[mine, 1], s=28, color=colour, alpha=0.75, label=f"{name}{flag}: {len(mine)}")
-        right.scatter(points[n + c, 0], points[n + c, 1], s=180, color=colour, marker="X", edgecolors="black", linewidths=1)
+        right.scatter(
+            points[mine, 0], points[mine, 1], s=28, color=colour, alpha=0.75, label=f"{name}{flag}: {len(mine)}"
+        )
+        right.scatter(
+            points[n + c, 0], points[n + c, 1], s=180, color=colour, marker="X", edgecolors="black", linewidths=1
+        )
     right.legend(loc="best", fontsize=8, title="exemplars (X: centroid)")
     right.set_xlabel(x_label)
     right.set_ylabel(y_label)
-    right.set_title(f"exemplars at the rank-1 head (layer {layer}, head {head}, "
-                    f"{float(art.head_accuracy[layer, head]):.0%}), unit vectors", fontsize=10)
+    right.set_title(
+        f"exemplars at the rank-1 head (layer {layer}, head {head}, "
+        f"{float(art.head_accuracy[layer, head]):.0%}), unit vectors",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
@@ -152,21 +175,37 @@ def sweep_figure(ev, path: str | Path, size: tuple[int, int] = SWEEP_SIZE) -> Pa
     fig = _figure(size)
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
     styles = {"sav_vote": ("tab:red", "o"), "linear_probe": ("tab:blue", "s"), "hidden_centroid": ("tab:green", "^")}
-    flat = {key: m.report.accuracy for key, m in ev.methods.items() if key in ("zero_shot", "linear_probe", "hidden_centroid")}
+    flat = {
+        key: m.report.accuracy
+        for key, m in ev.methods.items()
+        if key in ("zero_shot", "linear_probe", "hidden_centroid")
+    }
     for ax, kind in zip(axes, kinds):
         points = [p for p in ev.sweeps if p.sweep == kind]
         for method in dict.fromkeys(p.method for p in points):
             mine = sorted((p for p in points if p.method == method), key=lambda p: p.value)
             colour, marker = styles.get(method, ("black", "o"))
             label = "SAV" if method == "sav_vote" else METHOD_TITLES[method]
-            ax.errorbar([p.value for p in mine], [100 * p.mean for p in mine], yerr=[100 * p.std for p in mine],
-                        color=colour, marker=marker, capsize=3, label=label)
+            ax.errorbar(
+                [p.value for p in mine],
+                [100 * p.mean for p in mine],
+                yerr=[100 * p.std for p in mine],
+                color=colour,
+                marker=marker,
+                capsize=3,
+                label=label,
+            )
         for key, value in flat.items():
             if kind == "shots" and key != "zero_shot":
                 continue  # the fitted baselines have their own curves in the shots panel
             colour = "gray" if key == "zero_shot" else styles[key][0]
-            ax.axhline(100 * value, color=colour, linestyle="--", linewidth=1,
-                       label=f"{METHOD_TITLES[key]}{'' if key == 'zero_shot' else ', all shots'}: {value:.1%}")
+            ax.axhline(
+                100 * value,
+                color=colour,
+                linestyle="--",
+                linewidth=1,
+                label=f"{METHOD_TITLES[key]}{'' if key == 'zero_shot' else ', all shots'}: {value:.1%}",
+            )
         ax.set_xlabel("exemplars per label" if kind == "shots" else "heads voting (k)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_xticks(sorted({p.value for p in points}))

@@ -80,10 +80,7 @@ class Policy:
         """Each label's answer word: its `answer`, else Yes (flagged) / No (not flagged) when the
         policy has one label of each, else the label's name."""
         binary = len(self.labels) == 2 and len(self.flagged_labels) == 1
-        return [
-            label.answer or (("Yes" if label.flagged else "No") if binary else label.name)
-            for label in self.labels
-        ]
+        return [label.answer or (("Yes" if label.flagged else "No") if binary else label.name) for label in self.labels]
 
     @property
     def targets(self) -> dict[int, tuple[str, float]]:
@@ -176,8 +173,18 @@ def _parse_yaml(text: str, display: str):
 
 # --- validation -------------------------------------------------------------------------------
 
-_TOP_KEYS = {"name", "description", "model", "prompt", "labels", "exemplars", "heads", "scoring", "data_root",
-             "uncertain_margin"}
+_TOP_KEYS = {
+    "name",
+    "description",
+    "model",
+    "prompt",
+    "labels",
+    "exemplars",
+    "heads",
+    "scoring",
+    "data_root",
+    "uncertain_margin",
+}
 _LABEL_KEYS = {"name", "description", "flagged", "answer", "target"}
 _INLINE_KEYS = {"text", "label", "image", "images"}
 _SOURCE_KEYS = {"from", "format", "shots", "seed", "images", "text"}
@@ -198,7 +205,9 @@ class _Checker:
     def known_keys(self, mapping: _Map, allowed: set[str], what: str):
         for key in mapping:
             if key not in allowed:
-                self.fail(mapping.key_lines[key], f"unknown key '{key}' in {what} (allowed: {', '.join(sorted(allowed))})")
+                self.fail(
+                    mapping.key_lines[key], f"unknown key '{key}' in {what} (allowed: {', '.join(sorted(allowed))})"
+                )
 
     def string(self, mapping: _Map, key: str, required: bool = True, default: str = "") -> str:
         if key not in mapping:
@@ -219,7 +228,9 @@ def validate_items(items: list[Exemplar], label_names: list[str], fields: set[st
             raise PolicyError(f"{item.origin}: label '{item.label}' is not one of: {', '.join(label_names)}")
         missing = fields - set(item.prompt_fields())
         if missing:
-            raise PolicyError(f"{item.origin}: no value for prompt field {', '.join('{' + m + '}' for m in sorted(missing))}")
+            raise PolicyError(
+                f"{item.origin}: no value for prompt field {', '.join('{' + m + '}' for m in sorted(missing))}"
+            )
 
 
 def parse_policy(
@@ -249,15 +260,19 @@ def parse_policy(
 
     heads = doc.get("heads", DEFAULT_HEADS)
     if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
-        check.fail(doc.key_lines.get("heads", doc.line), "'heads' must be a positive integer (the number of heads that vote)")
+        check.fail(
+            doc.key_lines.get("heads", doc.line), "'heads' must be a positive integer (the number of heads that vote)"
+        )
     scoring = doc.get("scoring", "loo")
     if scoring not in SCORINGS:
         check.fail(doc.key_lines.get("scoring", doc.line), f"'scoring' must be one of: {', '.join(SCORINGS)}")
 
     uncertain_margin = doc.get("uncertain_margin", 0.0)
     if not _is_number(uncertain_margin) or not 0 <= uncertain_margin <= 1:
-        check.fail(doc.key_lines.get("uncertain_margin", doc.line),
-                   "'uncertain_margin' must be a number from 0 to 1 (a share of the heads' votes)")
+        check.fail(
+            doc.key_lines.get("uncertain_margin", doc.line),
+            "'uncertain_margin' must be a number from 0 to 1 (a share of the heads' votes)",
+        )
 
     notes: list[str] = []
     exemplars = _parse_exemplars(doc, check, root, notes)
@@ -329,8 +344,15 @@ def _parse_labels(doc: _Map, check: _Checker) -> list[Label]:
             check.fail(item.key_lines["name"], f"label '{name}' is defined twice")
         answer = check.string(item, "answer", required=False)
         target = _parse_target(item, check, flagged) if "target" in item else None
-        labels.append(Label(name=name, flagged=flagged, description=check.string(item, "description", required=False),
-                            answer=answer, target=target))
+        labels.append(
+            Label(
+                name=name,
+                flagged=flagged,
+                description=check.string(item, "description", required=False),
+                answer=answer,
+                target=target,
+            )
+        )
     if len(labels) < 2:
         check.fail(doc.key_lines["labels"], f"a policy needs at least 2 labels, got {len(labels)}")
     return labels
@@ -348,11 +370,14 @@ def _parse_target(item: _Map, check: _Checker, flagged: bool) -> tuple[str, floa
     shape = "'target' must be one of {recall: R} or {fpr: F}, e.g. {recall: 0.95}"
     if not isinstance(target, _Map) or len(target) != 1:
         check.fail(line, shape)
-    (metric, value), = target.items()
+    ((metric, value),) = target.items()
     if metric not in TARGET_METRICS:
         check.fail(target.key_lines[metric], shape)
     if not _is_number(value) or not 0 <= value <= 1 or (metric == "recall" and value == 0):
-        check.fail(target.key_lines[metric], f"'{metric}' target must be a number in {'(0, 1]' if metric == 'recall' else '[0, 1]'}")
+        check.fail(
+            target.key_lines[metric],
+            f"'{metric}' target must be a number in {'(0, 1]' if metric == 'recall' else '[0, 1]'}",
+        )
     return (metric, float(value))
 
 
@@ -361,7 +386,9 @@ def _parse_exemplars(doc: _Map, check: _Checker, root: Path, notes: list[str]) -
         check.fail(doc.line, "missing required key 'exemplars'")
     raw = doc["exemplars"]
     if not isinstance(raw, _Seq):
-        check.fail(doc.key_lines["exemplars"], "'exemplars' must be a list of {text, label} items or {from: FILE} entries")
+        check.fail(
+            doc.key_lines["exemplars"], "'exemplars' must be a list of {text, label} items or {from: FILE} entries"
+        )
     exemplars: list[Exemplar] = []
     for item, line in zip(raw, raw.item_lines):
         item = check.mapping(item, line, "an exemplar")
@@ -395,11 +422,16 @@ def _read_source(item: _Map, check: _Checker, root: Path, where: str, notes: lis
         options["images"] = root / check.string(item, "images")
     if "text" in item:
         if fmt not in TEXT_OPTION_FORMATS:
-            check.fail(item.key_lines["text"], f"'text' applies to 'format: {' | '.join(sorted(TEXT_OPTION_FORMATS))}' sources only")
+            check.fail(
+                item.key_lines["text"],
+                f"'text' applies to 'format: {' | '.join(sorted(TEXT_OPTION_FORMATS))}' sources only",
+            )
         options["text"] = check.string(item, "text")
     path = root / rel
     if fmt in FOLDER_FORMATS and "images" in item:
-        check.fail(item.key_lines["images"], f"'images' is for data files; 'format: {fmt}' reads images from its folder")
+        check.fail(
+            item.key_lines["images"], f"'images' is for data files; 'format: {fmt}' reads images from its folder"
+        )
     return read_exemplar_file(path, fmt, rel, where, **options)
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -91,10 +91,20 @@ class PolicyHeads:
             # calibrated scores, thresholds and the uncertain mark: guard.calibration.decide
             decision = calibration.decide(counts_list[b], winner, flagged, art.calibration)
             calibrated = None if decision.calibrated is None else dict(zip(names, decision.calibrated))
-            results.append(Verdict(
-                art.name, art.version, names[decision.label], decision.flagged, dict(zip(names, shares[b])), head_votes,
-                calibrated, decision.margin, decision.uncertain, selected[b],
-            ))
+            results.append(
+                Verdict(
+                    art.name,
+                    art.version,
+                    names[decision.label],
+                    decision.flagged,
+                    dict(zip(names, shares[b])),
+                    head_votes,
+                    calibrated,
+                    decision.margin,
+                    decision.uncertain,
+                    selected[b],
+                )
+            )
         return results
 
 
@@ -131,7 +141,7 @@ class GuardSet:
         model: str | LoadedModel | None = None,
         device: str = "auto",
         dtype: str | None = None,
-    ) -> "GuardSet":
+    ) -> GuardSet:
         """Load the named policies (all in the database if None); they must share one model."""
         from guard.store import Store  # imported here: checking from an Artifact needs no SQL
 
@@ -147,7 +157,7 @@ class GuardSet:
         *,
         device: str = "auto",
         dtype: str | None = None,
-    ) -> "GuardSet":
+    ) -> GuardSet:
         """Bind already-loaded artifacts to their model (loaded from the stored reference if None)."""
         if not artifacts:
             raise GuardError("the database holds no compiled policy; run 'guard compile POLICY.yaml' first")
@@ -186,7 +196,9 @@ class GuardSet:
         An input is a text, or a dict of prompt fields with an optional "images" list."""
         items = [item if isinstance(item, dict) else {"text": item} for item in inputs]
         # read each image once, however many prompt templates the policies have
-        items = [{**item, "images": [as_image(i) for i in item["images"]]} if item.get("images") else item for item in items]
+        items = [
+            {**item, "images": [as_image(i) for i in item["images"]]} if item.get("images") else item for item in items
+        ]
         results: list[dict[str, Verdict]] = [{} for _ in items]
         if not items:
             return results
@@ -220,7 +232,7 @@ class Guard:
         model: str | LoadedModel | None = None,
         device: str = "auto",
         dtype: str | None = None,
-    ) -> "Guard":
+    ) -> Guard:
         """Load policy `policy` (optional when the database holds one) and its model.
 
         `model` overrides the stored model reference (a moved directory, say); it is refused

@@ -8,11 +8,10 @@ and recorded in `guard_migrations`, so a database says which schema it has.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import sqlalchemy as sa
@@ -57,9 +56,11 @@ class PolicyRow(Base):
     head_margin: orm.Mapped[bytes] = orm.mapped_column(sa.LargeBinary)
     metrics: orm.Mapped[dict] = orm.mapped_column(sa.JSON)
     created_at: orm.Mapped[str] = orm.mapped_column(sa.String(40))
-    heads: orm.Mapped[list["HeadRow"]] = orm.relationship(cascade="all, delete-orphan", order_by="HeadRow.rank")
-    exemplars: orm.Mapped[list["ExemplarRow"]] = orm.relationship(cascade="all, delete-orphan", order_by="ExemplarRow.index")
-    calibration: orm.Mapped["CalibrationRow | None"] = orm.relationship(cascade="all, delete-orphan")
+    heads: orm.Mapped[list[HeadRow]] = orm.relationship(cascade="all, delete-orphan", order_by="HeadRow.rank")
+    exemplars: orm.Mapped[list[ExemplarRow]] = orm.relationship(
+        cascade="all, delete-orphan", order_by="ExemplarRow.index"
+    )
+    calibration: orm.Mapped[CalibrationRow | None] = orm.relationship(cascade="all, delete-orphan")
 
 
 class HeadRow(Base):
@@ -157,7 +158,7 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def open(cls, db: str | os.PathLike | None = None, create: bool = False) -> "Store":
+    def open(cls, db: str | os.PathLike | None = None, create: bool = False) -> Store:
         """Open a guard database; `create` makes (and migrates) it if needed."""
         url = database_url(db)
         display = url.removeprefix("sqlite:///")
@@ -175,7 +176,9 @@ class Store:
         except sa.exc.ArgumentError as exc:
             raise StoreError(f"invalid database URL '{url}': {exc}") from None
         if tables and Migration.__tablename__ not in tables:
-            raise StoreError(f"'{display}' is not a guard database (it has other tables: {', '.join(sorted(tables)[:5])})")
+            raise StoreError(
+                f"'{display}' is not a guard database (it has other tables: {', '.join(sorted(tables)[:5])})"
+            )
         if not tables and not create:
             raise StoreError(f"database '{display}' is empty; run 'guard compile POLICY.yaml' first")
         store = cls(engine)
@@ -214,8 +217,13 @@ class Store:
                 layers, heads, dim = acts.shape
                 session.merge(
                     ActivationRow(
-                        model_fingerprint=fingerprint, dtype=dtype, input_hash=key,
-                        num_layers=layers, num_heads=heads, head_dim=dim, vectors=to_blob(acts),
+                        model_fingerprint=fingerprint,
+                        dtype=dtype,
+                        input_hash=key,
+                        num_layers=layers,
+                        num_heads=heads,
+                        head_dim=dim,
+                        vectors=to_blob(acts),
                     )
                 )
 
@@ -229,18 +237,32 @@ class Store:
         """Replace the policy of that name, all or nothing."""
         num_layers, num_heads = art.head_accuracy.shape
         row = PolicyRow(
-            name=art.name, version=art.version, description=art.description, policy_text=art.policy_text,
+            name=art.name,
+            version=art.version,
+            description=art.description,
+            policy_text=art.policy_text,
             prompt=art.prompt,
             labels=[{"name": lab.name, "flagged": lab.flagged, "description": lab.description} for lab in art.labels],
-            scoring=art.scoring, model_reference=art.model_reference, model_fingerprint=art.model_fingerprint,
-            model_info=art.model_info, num_layers=num_layers, num_heads=num_heads,
-            head_dim=art.centroids.shape[-1], head_accuracy=to_blob(art.head_accuracy),
-            head_margin=to_blob(art.head_margin), metrics=art.metrics, created_at=art.created_at or _now(),
+            scoring=art.scoring,
+            model_reference=art.model_reference,
+            model_fingerprint=art.model_fingerprint,
+            model_info=art.model_info,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            head_dim=art.centroids.shape[-1],
+            head_accuracy=to_blob(art.head_accuracy),
+            head_margin=to_blob(art.head_margin),
+            metrics=art.metrics,
+            created_at=art.created_at or _now(),
         )
         row.heads = [
             HeadRow(
-                rank=rank, layer=layer, head=head, accuracy=float(art.head_accuracy[layer, head]),
-                margin=float(art.head_margin[layer, head]), centroids=to_blob(art.centroids[:, rank]),
+                rank=rank,
+                layer=layer,
+                head=head,
+                accuracy=float(art.head_accuracy[layer, head]),
+                margin=float(art.head_margin[layer, head]),
+                centroids=to_blob(art.centroids[:, rank]),
             )
             for rank, (layer, head) in enumerate(art.heads)
         ]
@@ -282,15 +304,28 @@ def _artifact_from_row(row: PolicyRow) -> Artifact:
     k = len(row.heads)
     vectors = [from_blob(e.vectors, (k, row.head_dim)) for e in row.exemplars]
     return Artifact(
-        name=row.name, version=row.version, prompt=row.prompt,
-        labels=[Label(name=lab["name"], flagged=lab["flagged"], description=lab.get("description", "")) for lab in row.labels],
-        model_reference=row.model_reference, model_fingerprint=row.model_fingerprint, model_info=row.model_info,
-        scoring=row.scoring, heads=[(h.layer, h.head) for h in row.heads],
-        head_accuracy=from_blob(row.head_accuracy, grid), head_margin=from_blob(row.head_margin, grid),
+        name=row.name,
+        version=row.version,
+        prompt=row.prompt,
+        labels=[
+            Label(name=lab["name"], flagged=lab["flagged"], description=lab.get("description", ""))
+            for lab in row.labels
+        ],
+        model_reference=row.model_reference,
+        model_fingerprint=row.model_fingerprint,
+        model_info=row.model_info,
+        scoring=row.scoring,
+        heads=[(h.layer, h.head) for h in row.heads],
+        head_accuracy=from_blob(row.head_accuracy, grid),
+        head_margin=from_blob(row.head_margin, grid),
         centroids=centroids,
         exemplar_vectors=torch.stack(vectors) if vectors else torch.empty((0, k, row.head_dim)),
-        exemplar_texts=[e.text for e in row.exemplars], exemplar_labels=[e.label for e in row.exemplars],
-        metrics=row.metrics, description=row.description, policy_text=row.policy_text, created_at=row.created_at,
+        exemplar_texts=[e.text for e in row.exemplars],
+        exemplar_labels=[e.label for e in row.exemplars],
+        metrics=row.metrics,
+        description=row.description,
+        policy_text=row.policy_text,
+        created_at=row.created_at,
         calibration=_calibration_from_row(row.calibration, num_labels) if row.calibration is not None else None,
     )
 
@@ -299,11 +334,21 @@ def _calibration_row(cal: Calibration, num_labels: int) -> CalibrationRow:
     labels = []
     for c, platt in enumerate(cal.platt):
         threshold = cal.thresholds.get(c)
-        labels.append({"slope": platt.slope, "intercept": platt.intercept,
-                       "threshold": threshold.to_dict() if threshold else None})
+        labels.append(
+            {
+                "slope": platt.slope,
+                "intercept": platt.intercept,
+                "threshold": threshold.to_dict() if threshold else None,
+            }
+        )
     shares = torch.tensor(cal.shares, dtype=torch.float32).reshape(-1, num_labels)
-    return CalibrationRow(method=cal.method, uncertain_margin=cal.uncertain_margin, labels=labels,
-                          shares=to_blob(shares), metrics=cal.metrics)
+    return CalibrationRow(
+        method=cal.method,
+        uncertain_margin=cal.uncertain_margin,
+        labels=labels,
+        shares=to_blob(shares),
+        metrics=cal.metrics,
+    )
 
 
 def _calibration_from_row(row: CalibrationRow, num_labels: int) -> Calibration:

@@ -50,9 +50,15 @@ def make_text_model(directory: Path, family: str = "llama", layers: int = 4, hea
 
     tokenizer = make_tokenizer()
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[family]
     torch.manual_seed(seed)
@@ -63,8 +69,15 @@ def make_text_model(directory: Path, family: str = "llama", layers: int = 4, hea
     return directory
 
 
-def write_policy(directory: Path, model: Path | str, texts: dict[str, list[str]], flagged=("harmful",), heads: int = 4,
-                 scoring: str = "loo", name: str = "tiny") -> Path:
+def write_policy(
+    directory: Path,
+    model: Path | str,
+    texts: dict[str, list[str]],
+    flagged=("harmful",),
+    heads: int = 4,
+    scoring: str = "loo",
+    name: str = "tiny",
+) -> Path:
     """A policy YAML with inline exemplars; returns its path."""
     import yaml
 

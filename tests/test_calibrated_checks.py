@@ -64,9 +64,15 @@ def test_new_keys_parse():
     "edit,message",
     [
         (("    flagged: true", "    flagged: true\n    target: {precision: 0.9}"), "p.yaml:6: 'target' must be one of"),
-        (("    flagged: true", "    flagged: true\n    target: {recall: 1.5}"), "p.yaml:6: 'recall' target must be a number in (0, 1]"),
+        (
+            ("    flagged: true", "    flagged: true\n    target: {recall: 1.5}"),
+            "p.yaml:6: 'recall' target must be a number in (0, 1]",
+        ),
         (("    flagged: true", "    flagged: true\n    target: 0.95"), "p.yaml:6: 'target' must be one of"),
-        (("  - name: good", "  - name: good\n    target: {recall: 0.9}"), "p.yaml:7: 'target' is only for flagged labels"),
+        (
+            ("  - name: good", "  - name: good\n    target: {recall: 0.9}"),
+            "p.yaml:7: 'target' is only for flagged labels",
+        ),
         (("labels:", "uncertain_margin: 2\nlabels:"), "p.yaml:3: 'uncertain_margin' must be a number from 0 to 1"),
         (("  - {text: c, label: bad}\n", ""), None),  # 2 bad exemplars: fine without a target
     ],
@@ -75,7 +81,9 @@ def test_new_keys_errors(edit, message):
     text = BASE.replace(*edit)
     if message is None:
         parse_policy(text, "p.yaml")
-        with pytest.raises(PolicyError, match=r"p.yaml:3: label 'bad' has 2 exemplar\(s\) \(a 'target' needs at least 3"):
+        with pytest.raises(
+            PolicyError, match=r"p.yaml:3: label 'bad' has 2 exemplar\(s\) \(a 'target' needs at least 3"
+        ):
             parse_policy(text.replace("    flagged: true", "    flagged: true\n    target: {recall: 0.9}"), "p.yaml")
         return
     with pytest.raises(PolicyError) as info:
@@ -87,8 +95,12 @@ def test_version_of_a_policy_without_new_keys_is_unchanged(tmp_path, llama_dir):
     """The 0.1 hash formula, written out here: compiled artifacts keep matching their policy."""
     policy = load_policy(write_policy(tmp_path, llama_dir, TEXTS))
     canonical = {
-        "name": policy.name, "model": policy.model, "prompt": policy.prompt,
-        "labels": [[lab.name, lab.flagged] for lab in policy.labels], "heads": policy.heads, "scoring": policy.scoring,
+        "name": policy.name,
+        "model": policy.model,
+        "prompt": policy.prompt,
+        "labels": [[lab.name, lab.flagged] for lab in policy.labels],
+        "heads": policy.heads,
+        "scoring": policy.scoring,
         "exemplars": [[e.text, e.label, list(e.images), sorted(e.fields.items())] for e in policy.exemplars],
     }
     old = hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
@@ -103,7 +115,9 @@ def test_version_of_a_policy_without_new_keys_is_unchanged(tmp_path, llama_dir):
 
 
 def test_compile_stores_calibration_that_check_uses(tmp_path, llama_dir, db, llama):
-    path = with_keys(write_policy(tmp_path, llama_dir, TEXTS), {"harmful": {"target": {"recall": 1.0}}}, uncertain_margin=0.6)
+    path = with_keys(
+        write_policy(tmp_path, llama_dir, TEXTS), {"harmful": {"target": {"recall": 1.0}}}, uncertain_margin=0.6
+    )
     compile_policy(path, db, loaded=llama)
     art = Store.open(db).load_artifact()
     cal = art.calibration
@@ -124,12 +138,24 @@ def test_compile_stores_calibration_that_check_uses(tmp_path, llama_dir, db, lla
         assert v.margin == pytest.approx(abs(counts[0] - counts[1]) / len(art.heads))
         assert v.uncertain == (v.margin < 0.6)
         d = v.to_dict()
-        assert list(d) == ["policy", "version", "flagged", "label", "scores", "votes", "calibrated", "margin", "uncertain"]
+        assert list(d) == [
+            "policy",
+            "version",
+            "flagged",
+            "label",
+            "scores",
+            "votes",
+            "calibrated",
+            "margin",
+            "uncertain",
+        ]
 
 
 def test_recall_target_flags_at_least_what_the_vote_flags(tmp_path, llama_dir, db, llama):
     plain = write_policy(tmp_path, llama_dir, TEXTS, name="plain")
-    strict = with_keys(write_policy(tmp_path, llama_dir, TEXTS, name="strict"), {"harmful": {"target": {"recall": 1.0}}})
+    strict = with_keys(
+        write_policy(tmp_path, llama_dir, TEXTS, name="strict"), {"harmful": {"target": {"recall": 1.0}}}
+    )
     compile_policy(plain, db, loaded=llama)
     compile_policy(strict, db, loaded=llama)
     a = Guard.load(db, "plain", model=llama).check_batch(INPUTS)
@@ -137,7 +163,9 @@ def test_recall_target_flags_at_least_what_the_vote_flags(tmp_path, llama_dir, d
     assert [v.scores for v in a] == [v.scores for v in b]  # same heads, same votes
     # recall 1.0 on the exemplars' leave-one-out scores sets the threshold at or below every harmful one
     art = Store.open(db).load_artifact("strict")
-    harmful_scores = [art.calibration.platt[0](row[0]) for row, lab in zip(art.calibration.shares, art.exemplar_labels) if lab == 0]
+    harmful_scores = [
+        art.calibration.platt[0](row[0]) for row, lab in zip(art.calibration.shares, art.exemplar_labels) if lab == 0
+    ]
     assert art.calibration.thresholds[0].value == pytest.approx(min(harmful_scores))
 
 
@@ -193,7 +221,9 @@ def test_replacing_a_policy_replaces_its_calibration(tiny_policy, db, llama):
 
 
 def test_stored_calibration_round_trips(tmp_path, llama_dir, db, llama):
-    path = with_keys(write_policy(tmp_path, llama_dir, TEXTS), {"harmful": {"target": {"fpr": 0.25}}}, uncertain_margin=0.3)
+    path = with_keys(
+        write_policy(tmp_path, llama_dir, TEXTS), {"harmful": {"target": {"fpr": 0.25}}}, uncertain_margin=0.3
+    )
     report = compile_policy(path, db, loaded=llama)
     stored = Store.open(db).load_artifact().calibration
     fresh = report.artifact.calibration

@@ -84,8 +84,12 @@ def test_platt_matches_an_independent_optimiser(seed):
     positive = [rnd.random() < 0.5 for _ in range(50)]
     xs = [min(k, max(0, round(rnd.gauss(13 if p else 7, 4)))) / k for p in positive]
     fit = cal.fit_platt(xs, positive)
-    ref = minimize(lambda v: platt_loss(v[0], v[1], xs, positive), [0.0, 0.0], method="Nelder-Mead",
-                   options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 20000})
+    ref = minimize(
+        lambda v: platt_loss(v[0], v[1], xs, positive),
+        [0.0, 0.0],
+        method="Nelder-Mead",
+        options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 20000},
+    )
     assert fit.slope == pytest.approx(ref.x[0], abs=1e-3) and fit.intercept == pytest.approx(ref.x[1], abs=1e-3)
     assert platt_loss(fit.slope, fit.intercept, xs, positive) <= ref.fun + 1e-9
 
@@ -149,7 +153,9 @@ def _meets(scores, positive, t, metric, target):
 
 
 @pytest.mark.parametrize("seed", range(10))
-@pytest.mark.parametrize("metric,target", [("recall", 0.95), ("recall", 0.8), ("recall", 1.0), ("fpr", 0.05), ("fpr", 0.2), ("fpr", 0.0)])
+@pytest.mark.parametrize(
+    "metric,target", [("recall", 0.95), ("recall", 0.8), ("recall", 1.0), ("fpr", 0.05), ("fpr", 0.2), ("fpr", 0.0)]
+)
 def test_thresholds_meet_their_target_on_the_data_they_were_chosen_on(seed, metric, target):
     rnd = random.Random(seed)
     positive = [rnd.random() < 0.5 for _ in range(40)]
@@ -211,6 +217,10 @@ def test_decide_without_threshold_keeps_the_vote_and_marks_uncertain():
     clear = cal.decide([9, 1], 0, [True, False], c)
     assert not clear.uncertain and clear.margin == pytest.approx(0.8)
     # every label flagged, none over threshold: the vote decides and the verdict is flagged
-    c_all = cal.Calibration(cal.METHOD, [cal.Platt(1, 0)] * 2, {0: cal.Threshold(1.0, "fpr", 0.0, 0, 0, 0), 1: cal.Threshold(1.0, "fpr", 0.0, 0, 0, 0)})
+    c_all = cal.Calibration(
+        cal.METHOD,
+        [cal.Platt(1, 0)] * 2,
+        {0: cal.Threshold(1.0, "fpr", 0.0, 0, 0, 0), 1: cal.Threshold(1.0, "fpr", 0.0, 0, 0, 0)},
+    )
     d = cal.decide([3, 7], 1, [True, True], c_all)
     assert (d.label, d.flagged) == (1, True)

@@ -102,13 +102,18 @@ def test_bad_policy_error_names_file_and_line(tmp_path, db):
     (tmp_path / "p.yaml").write_text("name: x\nprompt: '{text}'\nlabels: [a, b]\ncolour: red\n")
     result = run("compile", tmp_path / "p.yaml", "--db", db)
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: data_root, description, exemplars, heads, labels, model, name, prompt, scoring, uncertain_margin)"
+    assert (
+        result.stderr.strip()
+        == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: data_root, description, exemplars, heads, labels, model, name, prompt, scoring, uncertain_margin)"
+    )
 
 
 def test_console_script_prints_no_traceback(tmp_path):
     exe = Path(sys.executable).parent / "guard"  # installed beside the interpreter running the tests
     assert exe.exists(), "the guard console script is installed"
-    proc = subprocess.run([exe, "check", "--text", "hi", "--db", str(tmp_path / "none.db")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [exe, "check", "--text", "hi", "--db", str(tmp_path / "none.db")], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("guard: error: database") and "Traceback" not in proc.stderr
     usage = subprocess.run([exe, "check", "--bogus"], capture_output=True, text=True)

@@ -86,7 +86,9 @@ def test_interrupted_compile_keeps_the_previous_artifact(tmp_path, db, llama, ll
 
 def test_failed_save_leaves_database_unchanged(tiny_policy, db, llama, monkeypatch):
     compile_policy(tiny_policy, db, loaded=llama)
-    monkeypatch.setattr("guard.store.HeadRow.__init__", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full")))
+    monkeypatch.setattr(
+        "guard.store.HeadRow.__init__", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full"))
+    )
     with pytest.raises(RuntimeError):
         compile_policy(tiny_policy, db, loaded=llama)
     monkeypatch.undo()

@@ -60,7 +60,9 @@ def test_sav_row_is_what_check_says(tiny_policy, test_file, db, llama):
     names = guard.artifact.label_names
     assert ev.methods["sav"].predictions == [names.index(v.label) for v in verdicts]
     truth = [names.index(lab) for _, lab in TESTS]
-    assert ev.methods["sav"].report.accuracy == pytest.approx(sum(p == t for p, t in zip(ev.methods["sav"].predictions, truth)) / 6)
+    assert ev.methods["sav"].report.accuracy == pytest.approx(
+        sum(p == t for p, t in zip(ev.methods["sav"].predictions, truth)) / 6
+    )
     assert ev.evaluated == 6 and ev.excluded == []
     assert list(ev.methods) == ["sav"]  # no baselines asked, no thresholds: plain vote is the SAV row
 
@@ -139,7 +141,10 @@ def test_sweeps_refit_consistently(tmp_path, llama_dir, db, llama):
     test_acts, _ = exemplar_activations(llama, store, [llama.chat(p.render({"text": t})) for t, _ in TESTS], 4, False)
     layer, head = sav.rank_heads(sav.score_heads(acts, y, 2, "loo"))[0]
     cents = [acts[y == c, layer, head].mean(0) for c in range(2)]
-    pred = [max(range(2), key=lambda c: (float(torch.cosine_similarity(v, cents[c], dim=0)), -c)) for v in test_acts[:, layer, head]]
+    pred = [
+        max(range(2), key=lambda c: (float(torch.cosine_similarity(v, cents[c], dim=0)), -c))
+        for v in test_acts[:, layer, head]
+    ]
     truth = [names.index(lab) for _, lab in TESTS]
     assert points[("heads", 1, "sav_vote")].mean == pytest.approx(sum(a == b for a, b in zip(pred, truth)) / 6)
 
@@ -171,7 +176,9 @@ def test_linear_probe_equals_a_fit_on_every_feature():
         test = torch.randn(30, 3, 4, 10, generator=g)
         ours = baselines.linear_probe(x, y, test)
         scaler = StandardScaler().fit(x.reshape(len(x), -1).double().numpy())
-        full = LogisticRegression(C=1.0, tol=1e-10, max_iter=100_000).fit(scaler.transform(x.reshape(len(x), -1).double().numpy()), y.numpy())
+        full = LogisticRegression(C=1.0, tol=1e-10, max_iter=100_000).fit(
+            scaler.transform(x.reshape(len(x), -1).double().numpy()), y.numpy()
+        )
         assert ours.tolist() == full.predict(scaler.transform(test.reshape(30, -1).double().numpy())).tolist()
 
 
@@ -211,13 +218,31 @@ def test_eval_command_json_table_and_plot(tiny_policy, test_file, db, tmp_path):
 
     runner = CliRunner()
     plot = tmp_path / "sweep.png"
-    result = runner.invoke(app, ["eval", str(tiny_policy), str(test_file), "--db", db, "--baselines", "--shots", "2,4",
-                                 "--heads", "1,4", "--plot", str(plot), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(tiny_policy),
+            str(test_file),
+            "--db",
+            db,
+            "--baselines",
+            "--shots",
+            "2,4",
+            "--heads",
+            "1,4",
+            "--plot",
+            str(plot),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert list(data["methods"]) == ["sav", "zero_shot", "linear_probe", "hidden_centroid"]
     assert data["items"] == {"total": 6, "evaluated": 6, "excluded": []}
-    assert {p["shots"] for p in data["sweeps"]["shots"]} == {2, 4} and {p["heads"] for p in data["sweeps"]["heads"]} == {1, 4}
+    assert {p["shots"] for p in data["sweeps"]["shots"]} == {2, 4} and {
+        p["heads"] for p in data["sweeps"]["heads"]
+    } == {1, 4}
     assert Image.open(plot).size == (1200, 500)
     table = runner.invoke(app, ["eval", str(tiny_policy), str(test_file), "--db", db])
     assert table.exit_code == 0, table.output

@@ -27,10 +27,13 @@ def vlm(request, vlm_dirs):
 
 def colour_policy(vlm, colour_data, tmp_path):
     doc = {
-        "name": "colours", "model": str(vlm.source.path), "data_root": str(colour_data),
+        "name": "colours",
+        "model": str(vlm.source.path),
+        "data_root": str(colour_data),
         "prompt": "What colour is this image? Answer with one word.",
         "labels": [{"name": "red", "flagged": True, "answer": "Red"}, {"name": "blue", "answer": "Blue"}],
-        "exemplars": [{"from": "train", "format": "folder"}], "heads": 8,
+        "exemplars": [{"from": "train", "format": "folder"}],
+        "heads": 8,
     }
     path = tmp_path / "colours.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -78,4 +81,6 @@ def test_readout_on_images_matches_a_full_forward(vlm, colour_data):
             full = vlm.model(**inputs, output_hidden_states=True, use_cache=False)
         last = int(last_token_index(inputs["attention_mask"])[0])
         torch.testing.assert_close(out.hidden[i], full.hidden_states[-1][0, last].float(), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(out.answer_logprobs[i], torch.log_softmax(full.logits[0, last].float(), -1)[ids], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            out.answer_logprobs[i], torch.log_softmax(full.logits[0, last].float(), -1)[ids], rtol=1e-4, atol=1e-5
+        )

@@ -27,7 +27,10 @@ def test_nearest_exemplars_match_brute_force(guard):
     heads = nearest_exemplars(art, verdict.vectors, [v.label for v in verdict.votes], top_heads=3, per_head=4)
     assert [(h.layer, h.head) for h in heads] == art.heads[:3]
     for h in heads:
-        sims = [float(torch.nn.functional.cosine_similarity(verdict.vectors[h.rank], e, dim=0)) for e in art.exemplar_vectors[:, h.rank]]
+        sims = [
+            float(torch.nn.functional.cosine_similarity(verdict.vectors[h.rank], e, dim=0))
+            for e in art.exemplar_vectors[:, h.rank]
+        ]
         order = sorted(range(len(sims)), key=lambda i: -sims[i])[:4]
         assert [n.index for n in h.neighbours] == order
         for n in h.neighbours:
@@ -39,7 +42,9 @@ def test_nearest_exemplars_match_brute_force(guard):
 def test_an_exemplar_is_its_own_closest_example(guard):
     text = TEXTS["harmful"][1]
     verdict = guard.check(text)
-    for h in nearest_exemplars(guard.artifact, verdict.vectors, [v.label for v in verdict.votes], top_heads=4, per_head=1):
+    for h in nearest_exemplars(
+        guard.artifact, verdict.vectors, [v.label for v in verdict.votes], top_heads=4, per_head=1
+    ):
         assert h.neighbours[0].text == text
         assert h.neighbours[0].similarity == pytest.approx(1.0, abs=1e-4)
 

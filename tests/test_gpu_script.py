@@ -7,8 +7,27 @@ def test_gpu_benchmark_script_on_tiny_models(tmp_path):
     from benchmarks import gpu
 
     out = tmp_path / "gpu.json"
-    rows = gpu.main(["--tiny", "--device", "cpu", "--dtype", "float32", "--exemplars", "2", "--checks", "2",
-                     "--batches", "2", "--repeats", "1", "--sides", "20,48", "--out", str(out)])
+    rows = gpu.main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--exemplars",
+            "2",
+            "--checks",
+            "2",
+            "--batches",
+            "2",
+            "--repeats",
+            "1",
+            "--sides",
+            "20,48",
+            "--out",
+            str(out),
+        ]
+    )
     assert out.exists()
     assert {r["model"] for r in rows} == {"qwen2_vl-tiny", "llava_onevision-tiny"}
     measures = [r["measure"] for r in rows if r["model"] == "qwen2_vl-tiny"]

@@ -17,9 +17,13 @@ def run(*args, input=None):
 
 def write_policy(tmp_path, model, name, prompt, flagged, data):
     doc = {
-        "name": name, "model": str(model), "prompt": prompt, "data_root": data,  # colour_data's folder name
+        "name": name,
+        "model": str(model),
+        "prompt": prompt,
+        "data_root": data,  # colour_data's folder name
         "labels": [{"name": "red", "flagged": "red" in flagged}, {"name": "blue", "flagged": "blue" in flagged}],
-        "exemplars": [{"from": "train", "format": "folder", "text": "What colour is this?"}] if "{text}" in prompt
+        "exemplars": [{"from": "train", "format": "folder", "text": "What colour is this?"}]
+        if "{text}" in prompt
         else [{"from": "train", "format": "folder"}],
         "heads": 4,
     }
@@ -33,12 +37,20 @@ def compiled(tmp_path, vlm_dirs, colour_data, db):
     """Three policies on a tiny LLaVA: 'ask' takes a prompt per image, 'plain' none; 'always'
     flags both labels. Compiled with --data-root pointing at the folder that holds colours/."""
     model = vlm_dirs("llava")
-    policies = [("ask", "Q: {text} Answer with one word.", ("red",)),
-                ("plain", "What colour is this image?", ()),
-                ("always", "What colour is this image?", ("red", "blue"))]
+    policies = [
+        ("ask", "Q: {text} Answer with one word.", ("red",)),
+        ("plain", "What colour is this image?", ()),
+        ("always", "What colour is this image?", ("red", "blue")),
+    ]
     for name, prompt, flagged in policies:
-        result = run("compile", write_policy(tmp_path, model, name, prompt, flagged, colour_data.name), "--db", db,
-                     "--data-root", colour_data.parent)
+        result = run(
+            "compile",
+            write_policy(tmp_path, model, name, prompt, flagged, colour_data.name),
+            "--db",
+            db,
+            "--data-root",
+            colour_data.parent,
+        )
         assert result.exit_code == 0, result.output
     return db
 
@@ -77,8 +89,17 @@ def test_exit_codes_follow_flagged(compiled, colour_data):
 
 
 def test_images_and_text_together(compiled, colour_data):
-    result = run("check", images(colour_data, "red", 1)[0], "--text", "a text with no image", "--db", compiled,
-                 "-p", "always", "--json")
+    result = run(
+        "check",
+        images(colour_data, "red", 1)[0],
+        "--text",
+        "a text with no image",
+        "--db",
+        compiled,
+        "-p",
+        "always",
+        "--json",
+    )
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert "image" not in lines[0] and "image" in lines[1] and result.exit_code == 1
 
@@ -96,8 +117,12 @@ def test_images_and_text_together(compiled, colour_data):
 def test_image_errors_are_one_line_with_exit_2(compiled, colour_data, tmp_path, args, message):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "fake.png").write_text("words, not pixels")
-    fill = {"red": images(colour_data, "red", 1)[0], "empty": tmp_path / "empty.png", "fake": tmp_path / "fake.png",
-            "tmp": tmp_path}
+    fill = {
+        "red": images(colour_data, "red", 1)[0],
+        "empty": tmp_path / "empty.png",
+        "fake": tmp_path / "fake.png",
+        "tmp": tmp_path,
+    }
     result = run("check", *[a.format(**fill) for a in args], "--db", compiled)
     assert result.exit_code == 2, result.output
     assert message in result.stderr
@@ -105,7 +130,8 @@ def test_image_errors_are_one_line_with_exit_2(compiled, colour_data, tmp_path, 
 
 
 def test_text_model_policy_refuses_images(tmp_path, llama_dir, colour_data, db):
-    from tests.fixtures import TEXTS, write_policy as write_text_policy
+    from tests.fixtures import TEXTS
+    from tests.fixtures import write_policy as write_text_policy
 
     assert run("compile", write_text_policy(tmp_path, llama_dir, TEXTS), "--db", db).exit_code == 0
     result = run("check", images(colour_data, "red", 1)[0], "--prompt", "hi", "--db", db)

@@ -69,7 +69,11 @@ def test_transparency_is_flattened_onto_white(tmp_path):
     palette = Image.new("P", (4, 4), 0)
     palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     palette.info["transparency"] = 0
-    assert load_image(save(palette, tmp_path / "p.gif", format="GIF", transparency=0)).image.getpixel((0, 0)) == (255, 255, 255)
+    assert load_image(save(palette, tmp_path / "p.gif", format="GIF", transparency=0)).image.getpixel((0, 0)) == (
+        255,
+        255,
+        255,
+    )
 
 
 def test_other_modes_become_rgb(tmp_path):

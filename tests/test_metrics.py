@@ -46,7 +46,7 @@ def test_matches_scikit_learn_on_random_predictions():
     from sklearn import metrics as sk
 
     rnd = random.Random(3)
-    for trial in range(20):
+    for _trial in range(20):
         k = rnd.choice([2, 3, 5])
         n = rnd.randint(1, 60)
         true = [rnd.randrange(k) for _ in range(n)]
@@ -56,9 +56,16 @@ def test_matches_scikit_learn_on_random_predictions():
         p, rec, f, s = sk.precision_recall_fscore_support(true, pred, labels=list(range(k)), zero_division=0)
         for i in range(k):
             m = r.per_label[str(i)]
-            assert (m.precision, m.recall, m.f1, m.support) == (pytest.approx(p[i]), pytest.approx(rec[i]), pytest.approx(f[i]), s[i])
+            assert (m.precision, m.recall, m.f1, m.support) == (
+                pytest.approx(p[i]),
+                pytest.approx(rec[i]),
+                pytest.approx(f[i]),
+                s[i],
+            )
         assert r.accuracy == pytest.approx(sk.accuracy_score(true, pred))
-        assert r.macro_f1 == pytest.approx(sk.f1_score(true, pred, labels=list(range(k)), average="macro", zero_division=0))
+        assert r.macro_f1 == pytest.approx(
+            sk.f1_score(true, pred, labels=list(range(k)), average="macro", zero_division=0)
+        )
 
 
 def test_lengths_must_match():

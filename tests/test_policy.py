@@ -72,8 +72,10 @@ def test_version_changes_with_exemplar_file_content_not_comments(tmp_path, more)
 
 
 def test_csv_exemplars_with_extra_fields(tmp_path):
-    (tmp_path / "ex.csv").write_text("text,label,lang\nhello,b,en\n\"multi\nline\",b,fr\nbad,a,en\nworse,a,en\n")
-    policy = load_policy(write(tmp_path, 'name: c\nprompt: "{lang}: {text}"\nlabels: [a, b]\nexemplars:\n  - from: ex.csv\n'))
+    (tmp_path / "ex.csv").write_text('text,label,lang\nhello,b,en\n"multi\nline",b,fr\nbad,a,en\nworse,a,en\n')
+    policy = load_policy(
+        write(tmp_path, 'name: c\nprompt: "{lang}: {text}"\nlabels: [a, b]\nexemplars:\n  - from: ex.csv\n')
+    )
     assert [e.text for e in policy.exemplars] == ["hello", "multi\nline", "bad", "worse"]
     assert policy.render(policy.exemplars[1].prompt_fields()) == "fr: multi\nline"
     assert policy.exemplars[2].origin == "ex.csv:5"
@@ -114,7 +116,9 @@ def test_bad_json_line(tmp_path):
 
 
 def test_fewer_than_two_labels(tmp_path):
-    message = error_of(write(tmp_path, 'name: x\nprompt: "{text}"\nlabels: [only]\nexemplars:\n  - {text: a, label: only}\n'))
+    message = error_of(
+        write(tmp_path, 'name: x\nprompt: "{text}"\nlabels: [only]\nexemplars:\n  - {text: a, label: only}\n')
+    )
     assert message == "policy.yaml:3: a policy needs at least 2 labels, got 1"
 
 
@@ -135,7 +139,9 @@ def test_missing_prompt_field(tmp_path):
 
 
 def test_bad_heads_and_scoring(tmp_path, more):
-    assert error_of(write(tmp_path, GOOD + "heads: 0\n")).startswith("policy.yaml:17: 'heads' must be a positive integer")
+    assert error_of(write(tmp_path, GOOD + "heads: 0\n")).startswith(
+        "policy.yaml:17: 'heads' must be a positive integer"
+    )
     assert error_of(write(tmp_path, GOOD + "scoring: vibes\n")).startswith("policy.yaml:17: 'scoring' must be one of")
 
 

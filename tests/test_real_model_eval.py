@@ -39,8 +39,10 @@ def test_eval_with_baselines_on_smollm2(tmp_path, capsys):
     ev = evaluate(policy, heldout, db=db, device="cpu", with_baselines=True, heads=[5, 20], shots=[10, 30], repeats=2)
     m = {key: r.report for key, r in ev.methods.items()}
     with capsys.disabled():
-        print("\n[real model] guard eval --baselines: " + ", ".join(
-            f"{key} {r.accuracy:.1%} (FPR {r.fpr['harmful']:.1%})" for key, r in m.items()))
+        print(
+            "\n[real model] guard eval --baselines: "
+            + ", ".join(f"{key} {r.accuracy:.1%} (FPR {r.fpr['harmful']:.1%})" for key, r in m.items())
+        )
     assert ev.evaluated == 90 and not ev.excluded
     assert (ev.forwards, ev.cached) == (150, 0)  # every input once, in one forward
 

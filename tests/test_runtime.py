@@ -38,7 +38,9 @@ def test_fast_path_equals_full_forward_with_all_heads(guard, llama):
     """Early exit + selected layers only must give the verdicts of a full forward over all heads."""
     fast = guard.check_batch(INPUTS, batch_size=3)
     rendered = [guard.render(t) for t in INPUTS]
-    full = torch.cat([head_outputs(llama, llama.encode([r]), range(llama.layout.num_layers), early_stop=False) for r in rendered])
+    full = torch.cat(
+        [head_outputs(llama, llama.encode([r]), range(llama.layout.num_layers), early_stop=False) for r in rendered]
+    )
     art = guard.artifact
     slow = sav.predict(full, art.heads, art.centroids)
     assert [v.label for v in fast] == [art.label_names[i] for i in slow.tolist()]

@@ -8,7 +8,6 @@ import torch
 
 from guard import sav
 
-
 # --- naive reference: python lists and loops only -------------------------------------------
 
 
@@ -61,7 +60,7 @@ def random_data(seed, n_per_label=5, C=3, L=3, H=4, D=6, quantize=False):
 @pytest.mark.parametrize("seed,quantize", [(0, False), (1, False), (2, True), (3, True)])
 def test_head_scores_match_naive(scoring, seed, quantize):
     X, y = random_data(seed, quantize=quantize)
-    C, (N, L, H, D) = 3, X.shape
+    C, (_N, L, H, _D) = 3, X.shape
     scores = sav.score_heads(X, y, C, scoring)
     Xl, yl = X.tolist(), y.tolist()
     for layer in range(L):

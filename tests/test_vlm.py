@@ -100,10 +100,13 @@ def test_colour_policy_compiles_and_checks_held_out_images(vlm, colour_data, tmp
     flip across CPUs.
     """
     policy = {
-        "name": "colours", "model": str(vlm.source.path), "data_root": str(colour_data),
+        "name": "colours",
+        "model": str(vlm.source.path),
+        "data_root": str(colour_data),
         "prompt": "What colour is this image? Answer with one word.",
         "labels": [{"name": "red", "flagged": True}, {"name": "blue"}],
-        "exemplars": [{"from": "train", "format": "folder"}], "heads": 8,
+        "exemplars": [{"from": "train", "format": "folder"}],
+        "heads": 8,
     }
     path = tmp_path / "colours.yaml"
     path.write_text(yaml.safe_dump(policy))
@@ -189,8 +192,14 @@ def test_image_activation_cache_is_keyed_by_image_content(vlm_dirs, tmp_path):
         (tmp_path / "data" / label).mkdir(parents=True)
         for i in range(3):
             colour_image(rng, label).save(tmp_path / "data" / label / f"{i}.png")
-    policy = {"name": "c", "model": str(loaded.source.path), "prompt": "Colour?", "labels": ["red", "blue"],
-              "exemplars": [{"from": "data", "format": "folder"}], "heads": 4}
+    policy = {
+        "name": "c",
+        "model": str(loaded.source.path),
+        "prompt": "Colour?",
+        "labels": ["red", "blue"],
+        "exemplars": [{"from": "data", "format": "folder"}],
+        "heads": 4,
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(policy))
     db = str(tmp_path / "g.db")
@@ -222,7 +231,9 @@ def as_hub_layout(saved, target, template_in_tokenizer=False):
     shutil.copytree(saved, target)
     settings = json.loads((target / "processor_config.json").read_text())
     image_processor = settings.pop("image_processor")
-    (target / "preprocessor_config.json").write_text(json.dumps({**image_processor, "processor_class": settings["processor_class"]}))
+    (target / "preprocessor_config.json").write_text(
+        json.dumps({**image_processor, "processor_class": settings["processor_class"]})
+    )
     (target / "processor_config.json").write_text(json.dumps(settings))
     template = (target / "chat_template.jinja").read_text()
     (target / "chat_template.jinja").unlink()

@@ -4,4 +4,13 @@ from guard.models.architectures import ARCHITECTURES, Architecture, HeadLayout
 from guard.models.loaded import LoadedModel, load_model
 from guard.models.loading import BUNDLED, ModelSource, resolve
 
-__all__ = ["ARCHITECTURES", "BUNDLED", "Architecture", "HeadLayout", "LoadedModel", "ModelSource", "load_model", "resolve"]
+__all__ = [
+    "ARCHITECTURES",
+    "BUNDLED",
+    "Architecture",
+    "HeadLayout",
+    "LoadedModel",
+    "ModelSource",
+    "load_model",
+    "resolve",
+]

@@ -45,7 +45,9 @@ IMAGE_PLACEMENTS = ("before", "after", "prefix")
 
 def _vlm(family: str, processor: str, layers: str = "model.language_model.layers", **kw) -> Architecture:
     """A vision-language row: loaded with AutoModelForImageTextToText, decoder layers of the language model."""
-    return Architecture(family, layers, auto_class="AutoModelForImageTextToText", multimodal=True, processor=processor, **kw)
+    return Architecture(
+        family, layers, auto_class="AutoModelForImageTextToText", multimodal=True, processor=processor, **kw
+    )
 
 
 _TEXT = "model.layers"

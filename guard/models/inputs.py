@@ -12,8 +12,8 @@ token from the attention mask.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -70,7 +70,9 @@ def encode(loaded, items: Sequence[ModelInput | str]) -> dict[str, torch.Tensor]
         raise
     except Exception as exc:
         names = ", ".join(image.name for item in items for image in item.images) or "no images"
-        raise ModelError(f"the {loaded.arch.family} processor cannot prepare this input ({names}): {_short(exc)}") from None
+        raise ModelError(
+            f"the {loaded.arch.family} processor cannot prepare this input ({names}): {_short(exc)}"
+        ) from None
     batch.pop("labels", None)  # PaliGemma's processor adds training labels; a forward needs none
     out = {}
     for key, value in batch.items():

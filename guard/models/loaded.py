@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -94,7 +94,9 @@ class LoadedModel:
         return len(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
 
-def load_model(reference: str, base_dir: Path | None = None, device: str = "auto", dtype: str | None = None) -> LoadedModel:
+def load_model(
+    reference: str, base_dir: Path | None = None, device: str = "auto", dtype: str | None = None
+) -> LoadedModel:
     """Resolve and load a model reference (see guard.models.loading.resolve)."""
     source = resolve(reference, base_dir)
     torch_device = pick_device(device)
@@ -111,7 +113,9 @@ def load_model(reference: str, base_dir: Path | None = None, device: str = "auto
     return _load_directory(source, directory, fp, torch_device, torch_dtype)
 
 
-def _load_directory(source: ModelSource, directory: Path, fp: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def _load_directory(
+    source: ModelSource, directory: Path, fp: str, device: torch.device, dtype: torch.dtype
+) -> LoadedModel:
     import transformers
 
     try:

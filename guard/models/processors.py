@@ -13,7 +13,7 @@ activations and the activation cache, identical on every machine.
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from guard.errors import ModelError
@@ -21,7 +21,7 @@ from guard.errors import ModelError
 _DROPPED = ("video_processor",)
 
 
-@lru_cache(maxsize=None)
+@cache
 def image_only(processor_class: type) -> type:
     """`processor_class` without its video processor (the class itself when it has none).
 
@@ -55,7 +55,9 @@ def image_only(processor_class: type) -> type:
 def init_parameters(processor_class: type) -> set[str]:
     """Keyword arguments the class's `__init__` names (sub-processors excluded)."""
     params = inspect.signature(processor_class.__init__).parameters
-    return {name for name in params if name not in ("self", "args", "kwargs", *processor_class.get_attributes(), *_DROPPED)}
+    return {
+        name for name in params if name not in ("self", "args", "kwargs", *processor_class.get_attributes(), *_DROPPED)
+    }
 
 
 def build_processor(processor_class: type, image_processor, tokenizer, settings: dict | None = None):
