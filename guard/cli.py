@@ -110,11 +110,12 @@ def compile_command(
     # loo_accuracy keeps the heads chosen with each item present (optimistic); the cross-fitted
     # loo_vote_accuracy re-selects them and tracks accuracy on new inputs
     honest = f" (heads re-selected: {m['loo_vote_accuracy']:.1%})" if "loo_vote_accuracy" in m else ""
+    loo = f", leave-one-out {m['loo_accuracy']:.1%}" if "loo_accuracy" in m else ""  # needs 2 per label
     typer.echo(
         f"compiled '{art.name}' (version {art.version}) on {art.model_info.get('model_type')}: "
         f"{report.exemplars} exemplars ({report.computed} run, {report.cached} cached), "
         f"{len(art.heads)} heads, deepest layer {art.deepest_layer}; "
-        f"train accuracy {m['train_accuracy']:.1%}, leave-one-out {m['loo_accuracy']:.1%}{honest} "
+        f"train accuracy {m['train_accuracy']:.1%}{loo}{honest} "
         f"[{report.seconds:.1f}s]"
     )
 
@@ -239,9 +240,13 @@ def list_command(db: DbOption = None, as_json: JsonOption = False):
         s = _summary(art)
         labels = ", ".join(lab.name + ("*" if lab.flagged else "") for lab in art.labels)
         table.add_row(
-            s["policy"], s["version"], labels, s["model"], str(s["heads"]), f"{s['loo_accuracy']:.1%}", s["compiled"]
+            s["policy"], s["version"], labels, s["model"], str(s["heads"]), _percent(s["loo_accuracy"]), s["compiled"]
         )
     Console().print(table)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _summary(art) -> dict:
@@ -366,7 +371,7 @@ def eval_command(
         str | None,
         typer.Option(
             "--format",
-            help="Format of the test data if its extension does not say (jsonl, csv, vlguard, mhalubench, folder)",
+            help="Format of the test data if its extension does not say (jsonl, csv, vlguard, mhalubench, sav-shots, folder)",
         ),
     ] = None,
     images: Annotated[
@@ -375,6 +380,10 @@ def eval_command(
     ] = None,
     folder_text: Annotated[
         str | None, typer.Option("--text", help="format folder: the text that goes with every image")
+    ] = None,
+    task_type: Annotated[
+        str | None,
+        typer.Option("--task-type", help="format mhalubench: keep items of this task_type (e.g. image-to-text)"),
     ] = None,
     data_root: Annotated[
         str | None,
@@ -424,6 +433,7 @@ def eval_command(
         fmt=fmt,
         images=images,
         text=folder_text,
+        task=task_type,
         with_baselines=baselines,
         shots=shot_list,
         heads=head_list,

@@ -93,7 +93,9 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
     scores, heads, cents = sav.fit_heads(acts, labels, len(names), policy.heads, policy.scoring)
     selected = sav.at_heads(acts, heads)  # [N, k, D]
     in_sample = sav.vote(sav.head_similarities(selected, cents))[0]
-    loo = sav.vote(sav.exemplar_similarities(selected, labels, len(names), "loo").permute(0, 2, 1))[0]
+    loo = None  # leave-one-out needs 2 per label; an in-sample policy (the paper's) may have 1
+    if int(torch.bincount(labels, minlength=len(names)).min()) >= 2:
+        loo = sav.vote(sav.exemplar_similarities(selected, labels, len(names), "loo").permute(0, 2, 1))[0]
     # Calibrated scores and thresholds come from leave-one-out votes with head selection redone
     # each time (guard.calibration); a policy with too few exemplars for that has no calibration.
     cal = None
@@ -105,10 +107,11 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
         "exemplars": len(labels),
         "exemplars_per_label": {n: int((labels == i).sum()) for i, n in enumerate(names)},
         "train_accuracy": float((in_sample == labels).float().mean()),
-        "loo_accuracy": float((loo == labels).float().mean()),
         "best_head_accuracy": float(scores.accuracy.max()),
         "selected_head_accuracy_mean": float(torch.stack([scores.accuracy[h] for h in heads]).mean()),
     }
+    if loo is not None:
+        metrics["loo_accuracy"] = float((loo == labels).float().mean())
     if cal is not None:
         metrics.update(cal.metrics)
     return Artifact(

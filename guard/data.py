@@ -1,4 +1,5 @@
-"""Exemplar readers: inline items, files (JSONL, CSV), image folders and benchmark files.
+"""Exemplar readers: inline items, files (JSONL, CSV), image folders, benchmark files (VLGuard,
+MHaluBench) and the SAV authors' fixed-shot files.
 
 Every reader returns `Exemplar`s that remember where they came from ("file:line", "file[17]" or
 an image path), so a bad label or a missing field is reported at its source. Image paths are
@@ -67,6 +68,7 @@ class Source:
     root: Path  # the data root: image paths in the data start here unless `images` says otherwise
     images: Path | None = None  # the folder that the data's image paths start from (default: root)
     text: str | None = None  # `folder`: the text of every exemplar
+    task: str | None = None  # `mhalubench`: keep only items of this task_type
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (reason, which item) per item left out
 
     @property
@@ -239,45 +241,213 @@ def read_vlguard(source: Source) -> list[Exemplar]:
 
 
 MHALUBENCH_LABELS = ("hallucination", "non-hallucination")
+# Spellings seen for the two claim labels, after lower-casing and reading "_" / " " as "-".
+_MHALU_LABEL_ALIASES = {
+    "hallucination": "hallucination",
+    "hallucinatory": "hallucination",
+    "hallucinated": "hallucination",
+    "non-hallucination": "non-hallucination",
+    "non-hallucinatory": "non-hallucination",
+    "no-hallucination": "non-hallucination",
+    "not-hallucination": "non-hallucination",
+}
+_CLAIM_TEXT_KEYS = ("claim", "text", "segment", "content")
+_CLAIM_LABEL_KEYS = ("claim_label", "label")
+
+
+def _mhalu_label(value) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return _MHALU_LABEL_ALIASES.get(value.strip().lower().replace("_", "-").replace(" ", "-"))
+
+
+def _first_key(record: dict, keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if k in record), None)
+
+
+def _claims_of_train_item(item: dict) -> tuple[list, list] | str:
+    """(claims, labels) of a training-layout item, or why there are none."""
+    claims = item.get("claim_list")
+    labels = item.get("ref_claim_label", item.get("claim_label"))
+    if not isinstance(claims, list) or not isinstance(labels, list) or len(claims) != len(labels):
+        return "claim_list and ref_claim_label (or claim_label) are not lists of equal length"
+    return claims, labels
+
+
+def _claims_of_segment(segment) -> tuple[list, list] | str:
+    """(claims, labels) inside one validation-layout segment, or what was expected and found."""
+    if not isinstance(segment, dict):
+        return f"expected an object, found {type(segment).__name__}"
+    nested = segment.get("claims")
+    if isinstance(nested, list):
+        if all(isinstance(c, dict) for c in nested):
+            texts = [c.get(_first_key(c, _CLAIM_TEXT_KEYS) or "claim") for c in nested]
+            return texts, [c.get(_first_key(c, _CLAIM_LABEL_KEYS) or "label") for c in nested]
+        labels = segment.get("claim_label", segment.get("claim_labels"))
+        if isinstance(labels, list) and len(labels) == len(nested):
+            return nested, labels
+    if isinstance(segment.get("claim_list"), list):
+        return _claims_of_train_item(segment)
+    text_key, label_key = _first_key(segment, _CLAIM_TEXT_KEYS), _first_key(segment, _CLAIM_LABEL_KEYS)
+    if text_key and label_key:
+        return [segment[text_key]], [segment[label_key]]
+    return (
+        "expected 'claims' (objects with 'claim' and 'label'), 'claim_list' + 'claim_label', or a "
+        f"'claim' / 'text' with a 'label'; found keys {sorted(segment)}"
+    )
+
+
+def _claims_of_val_item(item: dict, source: Source, what: str) -> tuple[list, list] | str:
+    """All (claims, labels) of a validation-layout item; segments without claims are skipped
+    one by one, with what was found."""
+    segments = item["segments"]
+    if not isinstance(segments, list):
+        return f"'segments' is not a list (found {type(segments).__name__})"
+    claims, labels = [], []
+    for number, segment in enumerate(segments):
+        found = _claims_of_segment(segment)
+        if isinstance(found, str):
+            source.skip("segment without claim-level labels", f"{what} segment {number}: {found}")
+            continue
+        claims += found[0]
+        labels += found[1]
+    return claims, labels
 
 
 def read_mhalubench(source: Source) -> list[Exemplar]:
-    """MHaluBench (UniHD / EasyDetect) claim-level items: one exemplar per (image, claim).
+    """MHaluBench (UniHD / EasyDetect) claims: one exemplar per (image, claim), labelled
+    `hallucination` or `non-hallucination`; the claim becomes {text}.
 
-    Each item: `image_path` (or `image`), `claim_list` (the claims extracted from a response) and
-    `claim_label` (one of `hallucination` / `non-hallucination` per claim, same order); `id` and
-    `type` ("image-to-text" / "text-to-image") are kept as fields when present. The claim becomes
-    {text}. MHaluBench writes image paths like "/TextVQA/train_images/x.jpg": read relative to the
-    image folder.
+    Two layouts, told apart item by item:
+
+    - Training file (`MHaluBench_train.json`): `id`, `image_path`, `claim_list`, `ref_tool_info`,
+      `ref_claim_label` (one label per claim, same order), `ref_reason`, `ref_prompt`.
+      `claim_label` is accepted in place of `ref_claim_label`. Confirmed from the example record
+      in zjunlp/EasyDetect, HalDet-LLaVA/README.md ("Train dataset"): 1,270 items,
+      hallucination : non-hallucination claims 2244 : 1633, image paths like
+      "/TextVQA/train_images/160dee3be9ec3cbc.jpg" (COCO train2014, VQA-v2 and TextVQA train images).
+    - Validation files (`MHaluBench_val-v0.1.json`, `-v0.2.json`): `id`, `image_path`, `model`,
+      `task_type` ("image-to-text" / "text-to-image"), `prompt`, `response`, `label` and
+      `segments`, the claim-level labels inside `segments`. The field names are those of the
+      dataset card (huggingface.co/datasets/openkg/MHaluBench); the layout *inside* a segment could
+      not be confirmed here (the file is not in any repository we can read), so each segment is
+      read as any of: `claims` (objects with `claim` and `label`), `claim_list` + `claim_label`
+      (parallel lists), or one `claim` (or `text` / `segment`) with a `label`. A segment in none
+      of these shapes is skipped, and the note names the keys it had.
+
+    `source.task` keeps only items whose `task_type` is that ("image-to-text", as the paper tests);
+    items without a `task_type` (the training file) are kept. Labels are read case-insensitively
+    ("Non-Hallucination", "non_hallucination" and "hallucinatory" are understood). An (image, claim)
+    pair seen before is skipped as a duplicate. Image paths are read under the image folder, a
+    leading "/" meaning its top; `id`, `task_type` and `model` are kept as fields.
     """
-    out = []
+    out: list[Exemplar] = []
+    seen: dict[tuple[str, str], str] = {}
     for what, item in _json_objects(source):
-        claims, labels = item.get("claim_list"), item.get("claim_label")
-        if not isinstance(claims, list) or not isinstance(labels, list) or len(claims) != len(labels):
-            source.skip("no claim_list / claim_label of equal length", what)
+        task = item.get("task_type", item.get("type"))
+        if source.task and task is not None and str(task) != source.task:
+            source.skip(f"task_type is not {source.task}", f"{what}: {task}")
+            continue
+        if "claim_list" in item:
+            found = _claims_of_train_item(item)
+        elif "segments" in item:
+            found = _claims_of_val_item(item, source, what)
+        else:
+            found = f"neither 'claim_list' (training layout) nor 'segments' (validation layout); keys {sorted(item)}"
+        if isinstance(found, str):
+            source.skip("no claim-level labels", f"{what}: {found}")
             continue
         rel = relative_image_path(item.get("image_path", item.get("image")), source, what)
         if rel is None or not _image_exists(source, rel, what):
             continue
-        extra = {k: str(item[k]) for k in ("id", "type") if item.get(k) is not None}
-        for number, (claim, label) in enumerate(zip(claims, labels)):
-            label = str(label).strip().lower()
-            if label not in MHALUBENCH_LABELS:
-                source.skip(f"claim label not {' / '.join(MHALUBENCH_LABELS)}", f"{what} claim {number}: {label!r}")
-                continue
-            if not isinstance(claim, str) or not claim.strip():
-                source.skip("empty claim", f"{what} claim {number}")
-                continue
-            out.append(
-                Exemplar(
-                    text=claim.strip(),
-                    label=label,
-                    origin=f"{what} claim {number}",
-                    images=(rel,),
-                    root=source.image_root,
-                    fields=extra,
-                )
-            )
+        extra = {k: str(item[k]) for k in ("id", "task_type", "type", "model") if item.get(k) is not None}
+        out += _claim_exemplars(found, rel, extra, what, source, seen)
+    return out
+
+
+def _claim_exemplars(found, rel, extra, what, source: Source, seen: dict) -> list[Exemplar]:
+    out = []
+    for number, (claim, raw_label) in enumerate(zip(*found)):
+        where = f"{what} claim {number}"
+        label = _mhalu_label(raw_label)
+        if label is None:
+            source.skip(f"claim label not {' / '.join(MHALUBENCH_LABELS)}", f"{where}: {raw_label!r}")
+            continue
+        if not isinstance(claim, str) or not claim.strip():
+            source.skip("empty claim", where)
+            continue
+        key = (rel, " ".join(claim.split()).lower())
+        if key in seen:
+            source.skip("same (image, claim) as an earlier item", f"{where} = {seen[key]}")
+            continue
+        seen[key] = where
+        out.append(
+            Exemplar(text=claim.strip(), label=label, origin=where, images=(rel,), root=source.image_root, fields=extra)
+        )
+    return out
+
+
+# --- the SAV authors' shot files -----------------------------------------------------------------
+
+_SHOT_IMAGE_KEYS = ("image", "image_path")
+_SHOT_TEXT_KEYS = ("instruction", "claim", "question", "text")
+_SHOT_LABEL_KEYS = ("label", "answer", "claim_label")
+
+
+def locate_by_trailing_parts(value, source: Source, what: str) -> str | None:
+    """Where an image path written on another machine lies under the image folder: the longest
+    trailing part of it that exists there ("/home/x/data/vlguard/train/HOD/1.jpg" is found as
+    "train/HOD/1.jpg" under a VLGuard folder holding train/). None (skipped) if no part exists."""
+    if not isinstance(value, str) or not value.strip():
+        source.skip("no image path", what)
+        return None
+    parts = [p for p in PurePosixPath(value.strip().replace("\\", "/")).parts if p not in ("/", ".")]
+    if not parts or ".." in parts:
+        source.skip("image path outside the data root", what)
+        return None
+    for start in range(len(parts)):
+        rel = "/".join(parts[start:])
+        if (source.image_root / rel).is_file():
+            return rel
+    source.skip("image not found under any trailing part of its path", f"{what}: {value}")
+    return None
+
+
+def read_sav_shots(source: Source) -> list[Exemplar]:
+    """The SAV paper's fixed shots (github.com/chancharikmitra/SAVs, data/): a JSON array, one
+    exemplar per item, labels as written.
+
+    Confirmed in that repository: `vlguard_train.json` (40 items: `image`, `instruction`, `label`;
+    20 "harmful", 20 "unharmful") and `mahalu_train.json` (40 items: `image_path`, `claim`,
+    `label`; 20 "hallucination", 20 "non-hallucination"); `vlguard_train_full.json` writes the
+    label as `answer`, and the authors' MHalu code reads `claim_label`, so both are accepted for
+    `label`, as is `question` (their general format) for the text. Image paths are absolute paths
+    on the authors' machines ("/home/zhaobin/Qwen-VL/data/vlguard/train/privacyAlert/1.jpg",
+    "/datasets/coco2014_2024-02-22_2010/train2014/COCO_train2014_000000004404.jpg"): each is
+    found under the image folder by its longest trailing part that exists there (see
+    `locate_by_trailing_parts`), so train/privacyAlert/... under a VLGuard folder, or
+    train2014/... and train_images/... under an MHaluBench one.
+    """
+    out = []
+    for what, item in _json_objects(source):
+        image_key, text_key = _first_key(item, _SHOT_IMAGE_KEYS), _first_key(item, _SHOT_TEXT_KEYS)
+        label_key = _first_key(item, _SHOT_LABEL_KEYS)
+        missing = [
+            name
+            for name, key in (("image", image_key), ("instruction / claim", text_key), ("label", label_key))
+            if key is None
+        ]
+        if missing:
+            source.skip(f"no {' / '.join(missing)}", f"{what}: keys {sorted(item)}")
+            continue
+        text, label = item[text_key], item[label_key]
+        if not isinstance(text, str) or not text.strip() or not isinstance(label, str) or not label.strip():
+            source.skip("empty text or label", what)
+            continue
+        rel = locate_by_trailing_parts(item[image_key], source, what)
+        if rel is None:
+            continue
+        out.append(Exemplar(text=text.strip(), label=label.strip(), origin=what, images=(rel,), root=source.image_root))
     return out
 
 
@@ -317,11 +487,13 @@ READERS: dict[str, Callable[[Source], list[Exemplar]]] = {
     "csv": lambda source: read_csv(source.path, source.display, source),
     "vlguard": read_vlguard,
     "mhalubench": read_mhalubench,
+    "sav-shots": read_sav_shots,
     "folder": read_folder,
 }
 # formats whose `from:` is a folder; formats that take an `images:` folder; formats that take `text:`
 FOLDER_FORMATS = {"folder"}
 TEXT_OPTION_FORMATS = {"folder"}
+TASK_OPTION_FORMATS = {"mhalubench"}  # formats that take `task_type:` (keep items of that task)
 
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
@@ -365,6 +537,7 @@ def read_exemplar_file(
     root: Path | None = None,
     images: Path | None = None,
     text: str | None = None,
+    task: str | None = None,
     shots: int | None = None,
     seed: int = 0,
     notes: list[str] | None = None,
@@ -386,7 +559,7 @@ def read_exemplar_file(
         raise PolicyError(f"{where}: exemplar {kind} '{display}' does not exist")
     if images is not None and not images.is_dir():
         raise PolicyError(f"{where}: image folder '{images}' does not exist")
-    source = Source(path=path, display=display, root=root or path.parent, images=images, text=text)
+    source = Source(path=path, display=display, root=root or path.parent, images=images, text=text, task=task)
     try:
         exemplars = READERS[fmt](source)
     except UnicodeDecodeError:

@@ -152,15 +152,16 @@ def read_test_items(
     images: str | Path | None = None,
     text: str | None = None,
     notes: list[str] | None = None,
+    task: str | None = None,
 ) -> list[Exemplar]:
     """A labelled file (or folder) in any exemplar format, checked against the policy's labels
     and prompt. Image paths in it start at its folder, or at `images`; `text` is the folder
-    format's text."""
+    format's text; `task` keeps MHaluBench items of that task_type."""
     display = str(path)
     if not Path(path).exists():
         raise PolicyError(f"{display}: test data does not exist")
     items = read_exemplar_file(
-        Path(path), fmt, display, display, images=Path(images) if images else None, text=text, notes=notes
+        Path(path), fmt, display, display, images=Path(images) if images else None, text=text, task=task, notes=notes
     )
     if not items:
         raise PolicyError(f"{display}: no labelled items")
@@ -234,6 +235,7 @@ def evaluate(
     fmt: str | None = None,
     images: str | Path | None = None,
     text: str | None = None,
+    task: str | None = None,
     with_baselines: bool = False,
     shots: Sequence[int] = (),
     heads: Sequence[int] = (),
@@ -245,7 +247,7 @@ def evaluate(
     if not isinstance(policy, Policy):
         policy = load_policy(policy)
     notes: list[str] = []
-    items = read_test_items(policy, test_file, fmt, images, text, notes)
+    items = read_test_items(policy, test_file, fmt, images, text, notes, task=task)
     # each item's images are read and decoded once: for the overlap check and for the model
     exemplar_images = [ex.load_images() for ex in policy.exemplars]
     item_images = [item.load_images() for item in items]

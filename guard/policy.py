@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from guard.data import FOLDER_FORMATS, TEXT_OPTION_FORMATS, Exemplar, read_exemplar_file
+from guard.data import FOLDER_FORMATS, TASK_OPTION_FORMATS, TEXT_OPTION_FORMATS, Exemplar, read_exemplar_file
 from guard.errors import PolicyError
 from guard.images import file_hash
 
@@ -187,7 +187,7 @@ _TOP_KEYS = {
 }
 _LABEL_KEYS = {"name", "description", "flagged", "answer", "target"}
 _INLINE_KEYS = {"text", "label", "image", "images"}
-_SOURCE_KEYS = {"from", "format", "shots", "seed", "images", "text"}
+_SOURCE_KEYS = {"from", "format", "shots", "seed", "images", "text", "task_type"}
 
 
 class _Checker:
@@ -287,6 +287,9 @@ def parse_policy(
             extra = " (leave-one-out scoring needs at least 2)" if need == 2 and counts[label.name] == 1 else ""
             if label.target is not None:
                 extra = f" (a 'target' needs at least {need}: thresholds are fitted on leave-one-out votes)"
+            skipped = [note for note in notes if ": skipped " in note]
+            if skipped:  # say why the data gave so few, or the user is left guessing
+                extra += f"; {skipped[0]}" + (f" (and {len(skipped) - 1} more reasons)" if len(skipped) > 1 else "")
             check.fail(line, f"label '{label.name}' has {counts[label.name]} exemplar(s){extra}")
 
     return Policy(
@@ -427,6 +430,13 @@ def _read_source(item: _Map, check: _Checker, root: Path, where: str, notes: lis
                 f"'text' applies to 'format: {' | '.join(sorted(TEXT_OPTION_FORMATS))}' sources only",
             )
         options["text"] = check.string(item, "text")
+    if "task_type" in item:
+        if fmt not in TASK_OPTION_FORMATS:
+            check.fail(
+                item.key_lines["task_type"],
+                f"'task_type' applies to 'format: {' | '.join(sorted(TASK_OPTION_FORMATS))}' sources only",
+            )
+        options["task"] = check.string(item, "task_type")
     path = root / rel
     if fmt in FOLDER_FORMATS and "images" in item:
         check.fail(

@@ -163,8 +163,9 @@ def test_version_follows_image_content_not_paths(vlguard_root, tmp_path):
 
 # --- MHaluBench ------------------------------------------------------------------------------------
 
-# MHaluBench (UniHD / EasyDetect), claim level: each item has the image path (written from a
-# dataset root, with a leading "/"), the response's claims, and one label per claim.
+# MHaluBench (UniHD / EasyDetect), claim level, with the labels named `claim_label` and the task
+# `type` (an alias layout the reader also accepts; the released files' own layouts are tested in
+# tests/test_benchmark_files.py): the image path (with a leading "/"), claims, one label each.
 MHALU_ITEMS = [
     {
         "id": 0,
@@ -227,7 +228,8 @@ def test_mhalubench_claims_labels_and_skips(mhalu_root, tmp_path):
     assert policy.notes == [
         "MHaluBench_train.json: skipped 1 item(s), empty claim: MHaluBench_train.json[1] (1) claim 2",
         "MHaluBench_train.json: skipped 1 item(s), missing image file: MHaluBench_train.json[2] (2): COCO/val2014/missing.jpg",
-        "MHaluBench_train.json: skipped 1 item(s), no claim_list / claim_label of equal length: MHaluBench_train.json[3] (3)",
+        "MHaluBench_train.json: skipped 1 item(s), no claim-level labels: MHaluBench_train.json[3] (3): "
+        "claim_list and ref_claim_label (or claim_label) are not lists of equal length",
         "MHaluBench_train.json: skipped 1 item(s), claim label not hallucination / non-hallucination: "
         "MHaluBench_train.json[4] (4) claim 0: 'unverifiable'",
     ]
@@ -351,7 +353,7 @@ def test_inline_and_jsonl_images(shapes):
         ({"from": "m.jsonl", "text": "all"}, "policy.yaml:8: 'text' applies to 'format: folder' sources only"),
         (
             {"from": "shapes", "format": "imagenet"},
-            "policy.yaml:7: unknown format 'imagenet' (known: csv, folder, jsonl, mhalubench, vlguard)",
+            "policy.yaml:7: unknown format 'imagenet' (known: csv, folder, jsonl, mhalubench, sav-shots, vlguard)",
         ),
         ({"from": "nowhere", "format": "folder"}, "policy.yaml:7: exemplar folder 'nowhere' does not exist"),
         ({"from": "m.json", "format": "vlguard", "images": "nope"}, "policy.yaml:7: image folder"),
