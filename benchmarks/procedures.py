@@ -12,7 +12,7 @@ import torch
 
 from guard import sav
 from guard.artifact import Artifact
-from guard.capture import extract
+from guard.features import features
 from guard.models import LoadedModel
 
 REFERENCE_PASSES = 3
@@ -61,4 +61,4 @@ def plain_forward(loaded: LoadedModel, rendered: list[str]) -> None:
 
 def guard_activations(loaded: LoadedModel, rendered: list[str], batch_size: int = 8) -> torch.Tensor:
     """guard's compile-time capture: batched, one pass, last token only, no LM head."""
-    return extract(loaded, rendered, range(loaded.layout.num_layers), batch_size)
+    return features(loaded, rendered, layers=range(loaded.layout.num_layers), batch_size=batch_size).heads

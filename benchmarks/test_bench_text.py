@@ -21,7 +21,7 @@ THROUGHPUT_INPUTS = 45
 @pytest.fixture(scope="module")
 def exemplar_prompts(guard):
     policy = load_policy(POLICY)
-    return [guard.loaded.chat(policy.render(e.prompt_fields())) for e in policy.exemplars]
+    return [guard.loaded.prepare(policy.render(e.prompt_fields())) for e in policy.exemplars]
 
 
 def test_reference_equals_guard(guard, exemplar_prompts):

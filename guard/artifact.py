@@ -40,3 +40,78 @@ class Artifact:
     @property
     def deepest_layer(self) -> int:
         return max(layer for layer, _ in self.heads)
+
+    @property
+    def flagged_labels(self) -> list[str]:
+        return [label.name for label in self.labels if label.flagged]
+
+    def summary(self) -> ArtifactSummary:
+        return ArtifactSummary(
+            policy=self.name,
+            version=self.version,
+            labels=self.label_names,
+            flagged=self.flagged_labels,
+            model=self.model_reference,
+            heads=len(self.heads),
+            metrics=self.metrics,
+            compiled=self.created_at,
+        )
+
+    def to_dict(self) -> dict:
+        """Everything `guard inspect --json` shows: the summary, all compile metrics, the selected
+        heads (ranks from 1) and the calibration."""
+        return {
+            **self.summary().to_dict(),
+            "metrics": self.metrics,
+            "scoring": self.scoring,
+            "model_fingerprint": self.model_fingerprint,
+            "selected_heads": [
+                {
+                    "rank": rank,
+                    "layer": layer,
+                    "head": head,
+                    "accuracy": round(float(self.head_accuracy[layer, head]), 6),
+                    "margin": round(float(self.head_margin[layer, head]), 6),
+                }
+                for rank, (layer, head) in enumerate(self.heads, start=1)
+            ],
+            "calibration": None if self.calibration is None else self.calibration.to_dict(self.label_names),
+        }
+
+
+# What the headline accuracy is, in plain words (compile, list and inspect lead with it).
+HEADLINE = (
+    "leave-one-out accuracy: each exemplar classified by a fit made without it, heads chosen again "
+    "each time; the estimate that tracks accuracy on new inputs"
+)
+
+
+@dataclass
+class ArtifactSummary:
+    """A compiled policy at a glance (`guard list`): read without its vectors."""
+
+    policy: str
+    version: str
+    labels: list[str]
+    flagged: list[str]
+    model: str
+    heads: int
+    metrics: dict
+    compiled: str
+
+    @property
+    def headline_accuracy(self) -> float | None:
+        """Leave-one-out accuracy with heads re-selected (None: too few exemplars to compute it)."""
+        return self.metrics.get("loo_vote_accuracy")
+
+    def to_dict(self) -> dict:
+        return {
+            "policy": self.policy,
+            "version": self.version,
+            "labels": self.labels,
+            "flagged": self.flagged,
+            "model": self.model,
+            "heads": self.heads,
+            "loo_accuracy": self.headline_accuracy,
+            "compiled": self.compiled,
+        }

@@ -1,32 +1,22 @@
 """What SAV is compared against, on the same model and split: zero-shot prompting, a linear probe
 on all heads, nearest centroid on the last hidden state.
 
-`readout` runs one full forward per input and keeps, at the last prompt token, every head's output
-(the SAV feature, as `guard.capture` takes it), the final hidden state (the input of the LM head,
-after the final norm) and the log-probability of each label's answer word as the next token. The
-LM head is applied to the last token only, never to the whole sequence. The three classifiers
-below are plain functions of those tensors, so sweeps re-fit them without running the model.
+Their inputs come from `guard.features.features` with extras: every head's output at the last
+prompt token (the SAV feature), the final hidden state (the LM head's input, after the final
+norm) and the log-probability of each label's answer word as the next token, all from one
+forward. The three classifiers below are plain functions of those tensors, so sweeps re-fit them
+without running the model.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 
 from guard import sav
-from guard.capture import StopForward, batches, capture_heads, last_token_index
 from guard.errors import GuardError
 from guard.models.loaded import LoadedModel
-
-
-@dataclass
-class Readout:
-    heads: torch.Tensor  # [N, layers, heads, head_dim] float32
-    hidden: torch.Tensor  # [N, hidden] float32, final hidden state at the last prompt token
-    answer_logprobs: torch.Tensor  # [N, labels] float32, log P(first token of each answer word)
 
 
 def answer_token_ids(loaded: LoadedModel, answers: Sequence[str]) -> list[int]:
@@ -50,77 +40,6 @@ def answer_token_ids(loaded: LoadedModel, answers: Sequence[str]) -> list[int]:
                     "give the labels distinct 'answer' words in the policy"
                 )
     return ids
-
-
-def _readout_batch(loaded: LoadedModel, inputs: dict, answer_ids: torch.Tensor):
-    layout = loaded.layout
-    last = last_token_index(inputs["attention_mask"])
-    rows = torch.arange(len(last), device=last.device)
-    lm_head = loaded.model.get_output_embeddings()
-    final: dict[str, torch.Tensor] = {}
-
-    def take_final(module, args):
-        final["hidden"] = args[0][rows, last]
-        raise StopForward  # the LM head over every position is not needed
-
-    handle = lm_head.register_forward_pre_hook(take_final)
-    try:
-        with (
-            torch.inference_mode(),
-            capture_heads(
-                loaded.o_projs,
-                range(layout.num_layers),
-                last,
-                layout.num_heads,
-                layout.head_dim,
-                stop_after_deepest=False,
-            ) as taken,
-            contextlib.suppress(StopForward),
-        ):
-            loaded.model(**inputs, use_cache=False)
-    finally:
-        handle.remove()
-    if "hidden" not in final:
-        raise RuntimeError("the forward pass never reached the LM head")
-    hidden = final["hidden"]
-    with torch.inference_mode():
-        logits = lm_head(hidden).float()  # [B, vocab] at the last prompt token only
-    cap = getattr(loaded.model.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    logprobs = torch.log_softmax(logits, dim=-1)[:, answer_ids.to(logits.device)]
-    heads = torch.stack([taken[layer] for layer in range(layout.num_layers)], dim=1)
-    return heads.float().cpu(), hidden.float().cpu(), logprobs.cpu()
-
-
-def readout(
-    loaded: LoadedModel,
-    rendered: Sequence[str],
-    answer_ids: Sequence[int],
-    batch_size: int = 8,
-    progress: str | None = None,
-    on_batch: Callable[[list[int], torch.Tensor], None] | None = None,
-) -> Readout:
-    """One full forward per chat-rendered prompt, in length-bucketed batches; input order kept.
-
-    `on_batch(indices, head_outputs)` sees each batch's head outputs (for the activation cache).
-    """
-    layout = loaded.layout
-    n = len(rendered)
-    heads = torch.empty((n, layout.num_layers, layout.num_heads, layout.head_dim))
-    hidden: torch.Tensor | None = None
-    logprobs = torch.empty((n, len(answer_ids)))
-    ids = torch.tensor(list(answer_ids))
-    for batch, inputs in batches(loaded, rendered, batch_size, progress):
-        h, last_hidden, lp = _readout_batch(loaded, inputs, ids)
-        if hidden is None:
-            hidden = torch.empty((n, last_hidden.shape[-1]))
-        heads[batch], hidden[batch], logprobs[batch] = h, last_hidden, lp
-        if on_batch is not None:
-            on_batch(batch, h)
-    if hidden is None:
-        hidden = torch.empty((0, 0))
-    return Readout(heads, hidden, logprobs)
 
 
 # --- the classifiers: tensors in, label indices out -----------------------------------------------

@@ -263,6 +263,21 @@ class Calibration:
         """Calibrated score of each label from its vote share."""
         return [cal(s) for cal, s in zip(self.platt, shares)]
 
+    def to_dict(self, label_names: Sequence[str]) -> dict:
+        """The maps and thresholds per label (what `guard inspect` shows)."""
+        return {
+            "method": self.method,
+            "uncertain_margin": self.uncertain_margin,
+            "labels": {
+                name: {
+                    "slope": p.slope,
+                    "intercept": p.intercept,
+                    "threshold": self.thresholds[c].to_dict() if c in self.thresholds else None,
+                }
+                for c, (name, p) in enumerate(zip(label_names, self.platt))
+            },
+        }
+
 
 def calibrate(
     acts: torch.Tensor,

@@ -1,24 +1,30 @@
-"""Capture each head's output at the last prompt token, and stop the forward once it is taken.
+"""Read each head's output at the last prompt token, and stop the forward once it is read.
 
-Like baukit's nethook: forward pre-hooks on `o_proj` read its input (all heads' attention
-outputs, concatenated) at the last real token of each row, and `StopForward` ends the forward
-after the deepest layer that is needed, so later layers and the LM head never run. Only one
-`[batch, heads, head_dim]` slice per needed layer is kept, never full-sequence activations.
+Like baukit's `Trace`: forward pre-hooks on every layer's `o_proj` read its input (all heads'
+attention outputs, concatenated) at the last real token of each row, and `StopForward` ends the
+forward after the deepest layer that is needed, so later layers and the LM head never run. Only
+one `[batch, heads, head_dim]` slice per needed layer is kept, never full-sequence activations.
+
+Thread safety by design: a `HeadTap` installs its hooks ONCE, when the model is loaded, and never
+adds or removes hooks afterwards. What a forward should read lives in a per-call `Trace` that
+`HeadTap.trace` puts in a context variable; hooks read it from there and do nothing without one.
+Each thread (and each asyncio task) has its own context, so any number of threads can run
+forwards on one model at once and each sees only its own trace. (Registering hooks per call, as
+guard 0.1 did, let one thread's hooks fire inside another thread's forward.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
-
-from guard.models.loaded import LoadedModel
 
 
 class StopForward(Exception):
-    """Raised inside a hook to end the forward pass early (caught by `head_outputs`)."""
+    """Raised inside a hook to end the forward pass early; `HeadTap.trace` catches it on exit."""
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -27,94 +33,98 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.to(positions.dtype)).argmax(dim=1)
 
 
-@contextmanager
-def capture_heads(
-    o_projs: Sequence[torch.nn.Module],
-    layers: Sequence[int],
-    last_index: torch.Tensor,
-    num_heads: int,
-    head_dim: int,
-    stop_after_deepest: bool = True,
-) -> Iterator[dict[int, torch.Tensor]]:
-    """Yield a dict that fills with `{layer: [B, heads, head_dim]}` during the forward inside."""
-    taken: dict[int, torch.Tensor] = {}
-    deepest = max(layers)
-    rows = torch.arange(len(last_index), device=last_index.device)
+@dataclass
+class Trace:
+    """What one forward reads, and what it has read so far."""
 
-    def make_hook(layer: int):
+    tap: HeadTap
+    layers: frozenset[int]
+    rows: torch.Tensor  # [B] row indices
+    last: torch.Tensor  # [B] last real token of each row
+    stop_layer: int | None  # raise StopForward once this layer is read (None: run on)
+    final_hidden: bool  # read the LM head's input at the last token, then stop
+    heads: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, heads, head_dim]
+    hidden: torch.Tensor | None = None  # [B, hidden], when final_hidden
+
+    def stacked(self, layers: Sequence[int]) -> torch.Tensor:
+        """`[B, len(layers), heads, head_dim]` float32 on the CPU; refuses layers never reached."""
+        missing = [layer for layer in layers if layer not in self.heads]
+        if missing:
+            raise RuntimeError(f"the forward pass never reached layers {missing}")
+        return torch.stack([self.heads[layer] for layer in layers], dim=1).float().cpu()
+
+
+_ACTIVE: ContextVar[Trace | None] = ContextVar("guard_active_trace", default=None)
+
+
+class HeadTap:
+    """Hooks on one model's `o_proj` modules (and LM head), installed once; see the module doc."""
+
+    def __init__(self, o_projs: Sequence[torch.nn.Module], num_heads: int, head_dim: int, lm_head=None):
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self._handles = [proj.register_forward_pre_hook(self._layer_hook(i)) for i, proj in enumerate(o_projs)]
+        if lm_head is not None:
+            self._handles.append(lm_head.register_forward_pre_hook(self._lm_head_hook))
+
+    def _layer_hook(self, layer: int):
         def hook(module, args):
+            trace = _ACTIVE.get()
+            if trace is None or trace.tap is not self or layer not in trace.layers:
+                return
             x = args[0]
-            taken[layer] = x[rows, last_index].reshape(len(rows), num_heads, head_dim)
-            if stop_after_deepest and layer == deepest:
+            trace.heads[layer] = x[trace.rows, trace.last].reshape(len(trace.rows), self.num_heads, self.head_dim)
+            if layer == trace.stop_layer:
                 raise StopForward
 
         return hook
 
-    handles = [o_projs[layer].register_forward_pre_hook(make_hook(layer)) for layer in layers]
-    try:
-        yield taken
-    finally:
-        for handle in handles:
+    def _lm_head_hook(self, module, args):
+        trace = _ACTIVE.get()
+        if trace is None or trace.tap is not self or not trace.final_hidden:
+            return
+        trace.hidden = args[0][trace.rows, trace.last]
+        raise StopForward  # the LM head over every position is not needed
+
+    @contextmanager
+    def trace(
+        self, attention_mask: torch.Tensor, layers: Sequence[int], *, stop: bool = True, final_hidden: bool = False
+    ) -> Iterator[Trace]:
+        """Read `layers` during the forward run inside the block. `stop`: end the forward after the
+        deepest of them (ignored with `final_hidden`, which runs to the LM head's input)."""
+        last = last_token_index(attention_mask)
+        trace = Trace(
+            tap=self,
+            layers=frozenset(layers),
+            rows=torch.arange(len(last), device=last.device),
+            last=last,
+            stop_layer=max(layers) if stop and layers and not final_hidden else None,
+            final_hidden=final_hidden,
+        )
+        token = _ACTIVE.set(trace)
+        try:
+            yield trace
+        except StopForward:
+            pass
+        finally:
+            _ACTIVE.reset(token)
+
+    def remove(self) -> None:
+        """Take the hooks off the model (a LoadedModel keeps its tap for its whole life)."""
+        for handle in self._handles:
             handle.remove()
+        self._handles = []
 
 
 def head_outputs(
-    loaded: LoadedModel, inputs: dict[str, torch.Tensor], layers: Sequence[int], early_stop: bool = True
+    loaded, inputs: dict[str, torch.Tensor], layers: Sequence[int], early_stop: bool = True
 ) -> torch.Tensor:
-    """Run one batch and return float32 head outputs `[B, len(layers), heads, head_dim]`."""
-    layout = loaded.layout
-    last = last_token_index(inputs["attention_mask"])
-    with (
-        torch.inference_mode(),
-        capture_heads(loaded.o_projs, layers, last, layout.num_heads, layout.head_dim, early_stop) as taken,
-        suppress(StopForward),
-    ):
+    """Run one encoded batch and return float32 head outputs `[B, len(layers), heads, head_dim]`."""
+    with torch.inference_mode(), loaded.tap.trace(inputs["attention_mask"], layers, stop=early_stop) as trace:
         loaded.model(**inputs, use_cache=False)
-    missing = [layer for layer in layers if layer not in taken]
-    if missing:
-        raise RuntimeError(f"the forward pass never reached layers {missing}")
-    return torch.stack([taken[layer] for layer in layers], dim=1).float().cpu()
+    return trace.stacked(layers)
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (less padding), longest first."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def batches(
-    loaded: LoadedModel, items: Sequence, batch_size: int, progress: str | None = None
-) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """(indices, encoded batch) over `items` (what `loaded.encode` takes), in length-bucketed
-    batches with a progress bar titled `progress` (None: no bar)."""
-    if len(items) <= batch_size:  # one batch: nothing to order, so no need to measure lengths
-        groups = [list(range(len(items)))]
-    else:
-        groups = length_buckets([loaded.token_count(item) for item in items], batch_size)
-    with tqdm(total=len(items), desc=progress, unit="input", disable=progress is None, leave=False) as bar:
-        for group in groups:
-            yield group, loaded.encode([items[i] for i in group])
-            bar.update(len(group))
-
-
-def extract(
-    loaded: LoadedModel,
-    items: Sequence,
-    layers: Sequence[int],
-    batch_size: int = 8,
-    progress: str | None = None,
-    on_batch: Callable[[list[int], torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Head outputs for many inputs (chat-rendered prompts, or ModelInputs with images), in
-    length-bucketed batches, returned in input order.
-
-    `progress` is a bar title, or None for no bar. `on_batch(indices, outputs)` is called after
-    each batch (the compiler caches there, so an interrupted run keeps what it computed).
-    """
-    result = torch.empty((len(items), len(layers), loaded.layout.num_heads, loaded.layout.head_dim))
-    for group, inputs in batches(loaded, items, batch_size, progress):
-        outputs = head_outputs(loaded, inputs, layers)
-        result[group] = outputs
-        if on_batch is not None:
-            on_batch(group, outputs)
-    return result

@@ -20,7 +20,29 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Rich markup would read "[env GUARD_DB, default ./guard.db]" in help texts as a style tag
+    # and drop it; help is shown as written.
+    rich_markup_mode=None,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from guard import __version__
+
+        typer.echo(f"guard {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Show guard's version and exit"),
+    ] = None,
+):
+    """Few-shot content moderation with Sparse Attention Vectors."""
+
 
 DbOption = Annotated[
     str | None, typer.Option("--db", help="Database path or SQLAlchemy URL [env GUARD_DB, default ./guard.db]")
@@ -32,6 +54,14 @@ DtypeOption = Annotated[
     typer.Option("--dtype", help="float32, bfloat16 or float16 [default: float32 on CPU, bfloat16 on GPU]"),
 ]
 BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Inputs per forward pass")]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="torch intra-op threads per forward [env GUARD_THREADS, default: torch's, one per core]",
+    ),
+]
 
 
 def _fail(message: str) -> None:
@@ -71,6 +101,7 @@ def compile_command(
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
     batch_size: BatchOption = 8,
+    threads: ThreadsOption = None,
     as_json: JsonOption = False,
     data_root: Annotated[
         str | None,
@@ -87,37 +118,32 @@ def compile_command(
         typer.echo(f"guard: {note}", err=True)
     _quiet_transformers()
     from guard.compiler import compile_policy
+    from guard.models import set_threads
     from guard.store import Store
 
+    set_threads(threads)
     store = Store.open(db, create=True)
     report = compile_policy(policy, store=store, device=device, dtype=dtype, batch_size=batch_size, progress=True)
-    art = report.artifact
-    summary = {
-        "policy": art.name,
-        "version": art.version,
-        "model": art.model_reference,
-        "exemplars": report.exemplars,
-        "computed": report.computed,
-        "cached": report.cached,
-        "heads": [{"layer": layer, "head": head} for layer, head in art.heads],
-        "metrics": art.metrics,
-        "seconds": round(report.seconds, 2),
-    }
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps(report.to_dict()))
         return
-    m = art.metrics
-    # loo_accuracy keeps the heads chosen with each item present (optimistic); the cross-fitted
-    # loo_vote_accuracy re-selects them and tracks accuracy on new inputs
-    honest = f" (heads re-selected: {m['loo_vote_accuracy']:.1%})" if "loo_vote_accuracy" in m else ""
-    loo = f", leave-one-out {m['loo_accuracy']:.1%}" if "loo_accuracy" in m else ""  # needs 2 per label
+    art, m = report.artifact, report.artifact.metrics
     typer.echo(
         f"compiled '{art.name}' (version {art.version}) on {art.model_info.get('model_type')}: "
         f"{report.exemplars} exemplars ({report.computed} run, {report.cached} cached), "
-        f"{len(art.heads)} heads, deepest layer {art.deepest_layer}; "
-        f"train accuracy {m['train_accuracy']:.1%}{loo}{honest} "
-        f"[{report.seconds:.1f}s]"
+        f"{len(art.heads)} heads, deepest layer {art.deepest_layer} [{report.seconds:.1f}s]"
     )
+    typer.echo(f"  {_headline(art.summary())}")
+    typer.echo(f"  on the exemplars it was fitted on (optimistic): {m['train_accuracy']:.1%}")
+
+
+def _headline(summary) -> str:
+    from guard.artifact import HEADLINE
+
+    acc = summary.headline_accuracy
+    if acc is None:
+        return "leave-one-out accuracy: not computed (too few exemplars per label)"
+    return f"{acc:.1%} {HEADLINE}"
 
 
 @app.command("check")
@@ -139,28 +165,31 @@ def check_command(
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
     batch_size: BatchOption = 16,
+    threads: ThreadsOption = None,
     as_json: JsonOption = False,
     explain: Annotated[
         bool, typer.Option("--explain", help="Show each selected head's vote and the closest exemplars")
     ] = False,
 ):
     """Check texts or images against compiled policies. Exit 0 if all allowed, 1 if any flagged."""
-    items: list[tuple[str, dict]] = []  # (what to call it in the output, the input)
+    items: list[tuple[dict, str, dict]] = []  # (where the input came from, its name for people, the input)
     if text is not None:
-        items.append((text, {"text": text}))
+        items.append(({}, text, {"text": text}))
     image_paths = [item for item in inputs or [] if item != "-"]
     if "-" in (inputs or []):
-        items.extend((line, {"text": line}) for line in sys.stdin.read().splitlines() if line.strip())
+        lines = sys.stdin.read().splitlines()
+        items.extend(({"line": n}, line, {"text": line}) for n, line in enumerate(lines, start=1) if line.strip())
     if image_paths:
         from guard.images import load_image
 
         fields = {} if prompt is None else {"text": prompt}
-        items.extend((path, {**fields, "images": [load_image(path)]}) for path in image_paths)  # bad files stop here
+        items.extend(({"image": path}, path, {**fields, "images": [load_image(path)]}) for path in image_paths)
     elif prompt is not None:
         _fail("--prompt goes with images: guard check IMAGE... --prompt TEXT (use --text TEXT for a text alone)")
     if not items:
         _fail("nothing to check: give --text TEXT, image files, or '-' to read lines from stdin")
     _quiet_transformers()
+    from guard.models import set_threads
     from guard.policy import template_fields
     from guard.runtime import GuardSet
     from guard.store import Store
@@ -170,30 +199,20 @@ def check_command(
     for art in artifacts:  # before the model loads: a usage error should cost nothing
         if image_paths and prompt is None and "text" in template_fields(art.prompt):
             _fail(f"policy '{art.name}' puts text with each image ({{text}} in its prompt): add --prompt TEXT")
+    set_threads(threads)
     guards = GuardSet.with_model(artifacts, device=device, dtype=dtype)
-    results = guards.check_batch([item for _, item in items], batch_size=batch_size, progress=len(items) > batch_size)
-    from guard.explain import explain as explain_verdict
-
-    artifacts = {p.artifact.name: p.artifact for p in guards.policies}
-
-    def record_of(verdict) -> dict:
-        why = {"explanation": explain_verdict(artifacts[verdict.policy], verdict)} if explain else {}
-        return {**verdict.to_dict(), **why}
-
-    for (name, item), by_policy in zip(items, results):
+    results = guards.check_batch(
+        [item for _, _, item in items], batch_size=batch_size, progress=len(items) > batch_size, explain=explain
+    )
+    for (origin, name, _), result in zip(items, results):
         if as_json:
-            if len(by_policy) == 1:
-                record = record_of(next(iter(by_policy.values())))
-            else:
-                flagged = any(v.flagged for v in by_policy.values())
-                record = {"flagged": flagged, "policies": {n: record_of(v) for n, v in by_policy.items()}}
-            typer.echo(json.dumps({"image": name, **record} if "images" in item else record))
-        else:
-            for verdict in by_policy.values():
-                _print_verdict(name, verdict, show_policy=len(by_policy) > 1)
-                if explain:
-                    _print_explanation(explain_verdict(artifacts[verdict.policy], verdict))
-    raise typer.Exit(1 if any(v.flagged for r in results for v in r.values()) else 0)
+            typer.echo(json.dumps({**origin, **result.to_dict()}))
+            continue
+        for verdict in result.values():
+            _print_verdict(name, verdict, show_policy=len(result) > 1)
+            if explain:
+                _print_explanation(verdict.explanation)
+    raise typer.Exit(1 if any(result.flagged for result in results) else 0)
 
 
 def _print_verdict(text: str, verdict, show_policy: bool = False) -> None:
@@ -210,11 +229,11 @@ def _print_explanation(why: dict) -> None:
     typer.echo(f"  {'rank':>4} {'layer':>5} {'head':>4}  {'vote':12} {'similarity':>10} {'margin':>8}")
     for v in why["votes"]:
         typer.echo(
-            f"  {v['rank'] + 1:>4} {v['layer']:>5} {v['head']:>4}  {v['label']:12} {v['similarity']:>10.4f} {v['margin']:>+8.4f}"
+            f"  {v['rank']:>4} {v['layer']:>5} {v['head']:>4}  {v['label']:12} {v['similarity']:>10.4f} {v['margin']:>+8.4f}"
         )
     for h in why["nearest_exemplars"]:
         typer.echo(
-            f"  closest exemplars at layer {h['layer']} head {h['head']} (rank {h['rank'] + 1}, voted {h['voted']}):"
+            f"  closest exemplars at layer {h['layer']} head {h['head']} (rank {h['rank']}, voted {h['voted']}):"
         )
         for e in h["exemplars"]:
             text = e["text"] if len(e["text"]) <= 80 else e["text"][:77] + "..."
@@ -224,42 +243,30 @@ def _print_explanation(why: dict) -> None:
 @app.command("list")
 @friendly
 def list_command(db: DbOption = None, as_json: JsonOption = False):
-    """List the compiled policies in the database."""
+    """List the compiled policies in the database (read without their vectors)."""
     from guard.store import Store
 
-    store = Store.open(db)
-    rows = [store.load_artifact(name) for name in store.policy_names()]
+    summaries = Store.open(db).summaries()
     if as_json:
-        typer.echo(json.dumps([_summary(art) for art in rows]))
+        typer.echo(json.dumps([s.to_dict() for s in summaries]))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("policy", "version", "labels (flagged*)", "model", "heads", "LOO acc", "compiled")
-    for art in rows:
-        s = _summary(art)
-        labels = ", ".join(lab.name + ("*" if lab.flagged else "") for lab in art.labels)
-        table.add_row(
-            s["policy"], s["version"], labels, s["model"], str(s["heads"]), _percent(s["loo_accuracy"]), s["compiled"]
-        )
-    Console().print(table)
+    table = Table("policy", "version", "labels (flagged*)", "model", "heads", "LOO accuracy", "compiled")
+    for s in summaries:
+        labels = ", ".join(name + ("*" if name in s.flagged else "") for name in s.labels)
+        acc = "-" if s.headline_accuracy is None else f"{s.headline_accuracy:.1%}"
+        table.add_row(s.policy, s.version, labels, s.model, str(s.heads), acc, s.compiled)
+    console = Console()
+    console.print(table, markup=False)
+    console.print("LOO accuracy: " + _headline_words(), markup=False)
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
+def _headline_words() -> str:
+    from guard.artifact import HEADLINE
 
-
-def _summary(art) -> dict:
-    return {
-        "policy": art.name,
-        "version": art.version,
-        "labels": art.label_names,
-        "flagged": [lab.name for lab in art.labels if lab.flagged],
-        "model": art.model_reference,
-        "heads": len(art.heads),
-        "loo_accuracy": art.metrics.get("loo_accuracy"),
-        "compiled": art.created_at,
-    }
+    return HEADLINE.removeprefix("leave-one-out accuracy: ")
 
 
 @app.command("inspect")
@@ -284,73 +291,37 @@ def inspect_command(
 
         policy_figure(art, plot, parse_size(size, POLICY_SIZE))
         typer.echo(f"wrote {plot}", err=as_json)
-    heads = [
-        {
-            "rank": rank,
-            "layer": layer,
-            "head": head,
-            "accuracy": float(art.head_accuracy[layer, head]),
-            "margin": float(art.head_margin[layer, head]),
-        }
-        for rank, (layer, head) in enumerate(art.heads)
-    ]
+    view = art.to_dict()
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    **_summary(art),
-                    "metrics": art.metrics,
-                    "selected_heads": heads,
-                    "model_fingerprint": art.model_fingerprint,
-                    "scoring": art.scoring,
-                    "calibration": _calibration_summary(art),
-                }
-            )
-        )
+        typer.echo(json.dumps(view))
         return
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    console.print(f"[bold]{art.name}[/] version {art.version}  model {art.model_reference}  scoring {art.scoring}")
+    console = Console(highlight=False)
+    out = functools.partial(console.print, markup=False)
+    out(f"{art.name} version {art.version}  model {art.model_reference}  scoring {art.scoring}")
+    out(f"  {_headline(art.summary())}")
     for key, value in art.metrics.items():
-        console.print(f"  {key}: {value:.3f}" if isinstance(value, float) else f"  {key}: {value}")
+        out(f"  {key}: {value:.3f}" if isinstance(value, float) else f"  {key}: {value}")
     table = Table("rank", "layer", "head", f"accuracy ({art.scoring})", "mean margin")
-    for h in heads:
+    for h in view["selected_heads"]:
         table.add_row(str(h["rank"]), str(h["layer"]), str(h["head"]), f"{h['accuracy']:.3f}", f"{h['margin']:.4f}")
-    console.print(table)
-    cal = _calibration_summary(art)
-    if cal:
-        console.print(f"calibration: {cal['method']}; uncertain below a vote margin of {cal['uncertain_margin']:.2f}")
-        for label, c in cal["labels"].items():
-            line = f"  {label}: p = sigmoid({c['slope']:.3f} x vote share {c['intercept']:+.3f})"
-            t = c["threshold"]
-            if t:
-                line += (
-                    f"; flag at p >= {t['value']:.3f} for {t['metric']} {t['target']:g} "
-                    f"(leave-one-out: recall {t['recall']:.1%}, FPR {t['fpr']:.1%})"
-                )
-            console.print(line)
-    else:
-        console.print("calibration: none (compiled before calibration, or too few exemplars per label)")
-
-
-def _calibration_summary(art) -> dict | None:
-    cal = art.calibration
+    out(table)
+    cal = view["calibration"]
     if cal is None:
-        return None
-    return {
-        "method": cal.method,
-        "uncertain_margin": cal.uncertain_margin,
-        "labels": {
-            name: {
-                "slope": p.slope,
-                "intercept": p.intercept,
-                "threshold": cal.thresholds[c].to_dict() if c in cal.thresholds else None,
-            }
-            for c, (name, p) in enumerate(zip(art.label_names, cal.platt))
-        },
-    }
+        out("calibration: none (compiled before calibration, or too few exemplars per label)")
+        return
+    out(f"calibration: {cal['method']}; uncertain below a vote margin of {cal['uncertain_margin']:.2f}")
+    for label, c in cal["labels"].items():
+        line = f"  {label}: p = sigmoid({c['slope']:.3f} x vote share {c['intercept']:+.3f})"
+        t = c["threshold"]
+        if t:
+            line += (
+                f"; flag at p >= {t['value']:.3f} for {t['metric']} {t['target']:g} "
+                f"(leave-one-out: recall {t['recall']:.1%}, FPR {t['fpr']:.1%})"
+            )
+        out(line)
 
 
 @app.command("eval")
@@ -407,6 +378,7 @@ def eval_command(
     size: Annotated[
         str | None, typer.Option("--size", help="Plot size in pixels, WIDTHxHEIGHT [default 1200x500]")
     ] = None,
+    threads: ThreadsOption = None,
     as_json: JsonOption = False,
 ):
     """Measure a policy on a labelled file: SAV (as 'guard check' decides) next to baselines, same model, same split."""
@@ -421,8 +393,10 @@ def eval_command(
         _fail("--plot draws the sweeps: give --shots and/or --heads")
     _quiet_transformers()
     from guard.evaluate import evaluate, print_evaluation
+    from guard.models import set_threads
     from guard.store import Store
 
+    set_threads(threads)
     ev = evaluate(
         policy,
         test_file,

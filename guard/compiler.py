@@ -16,11 +16,10 @@ import torch
 
 from guard import calibration, sav
 from guard.artifact import Artifact
-from guard.capture import extract
+from guard.features import features
 from guard.models import LoadedModel, load_model
-from guard.models.inputs import ModelInput
 from guard.policy import Policy, load_policy
-from guard.store import Store, input_hash
+from guard.store import Store
 
 
 @dataclass
@@ -31,59 +30,17 @@ class CompileReport:
     cached: int  # exemplars whose activations came from the cache
     seconds: float
 
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def cache_key(item: str | ModelInput) -> str:
-    """Activation cache key of one model input: its rendered prompt and its images' content."""
-    if isinstance(item, ModelInput):
-        return input_hash(item.text, item.image_hashes)
-    return input_hash(item)
-
-
-def first_index(keys: list[str]) -> dict[str, int]:
-    """Each distinct key, in order of first appearance, with the index where it first appears
-    (identical inputs run once)."""
-    first: dict[str, int] = {}
-    for i, key in enumerate(keys):
-        first.setdefault(key, i)
-    return first
-
-
-def exemplar_activations(
-    loaded: LoadedModel,
-    store: Store | None,
-    rendered: list[str | ModelInput],
-    batch_size: int,
-    progress: bool,
-    title: str = "exemplars",
-) -> tuple[torch.Tensor, int]:
-    """All heads' last-token outputs `[N, layers, heads, head_dim]` and how many were computed."""
-    keys = [cache_key(item) for item in rendered]
-    dtype = dtype_name(loaded.dtype)
-    found = store.cached_activations(loaded.fingerprint, dtype, sorted(set(keys))) if store else {}
-    first = first_index(keys)
-    todo_keys = [key for key in first if key not in found]  # unique, in exemplar order
-    todo = [rendered[first[key]] for key in todo_keys]
-    if todo:
-
-        def keep(batch: list[int], outputs: torch.Tensor) -> None:
-            fresh = {todo_keys[i]: outputs[j] for j, i in enumerate(batch)}
-            found.update(fresh)
-            if store:
-                store.put_activations(loaded.fingerprint, dtype, fresh)
-
-        extract(
-            loaded,
-            todo,
-            range(loaded.layout.num_layers),
-            batch_size,
-            progress=title if progress else None,
-            on_batch=keep,
-        )
-    return torch.stack([found[key] for key in keys]), len(todo)
+    def to_dict(self) -> dict:
+        art = self.artifact
+        return {
+            **art.summary().to_dict(),
+            "exemplars": self.exemplars,
+            "computed": self.computed,
+            "cached": self.cached,
+            "selected_heads": [{"rank": r, "layer": la, "head": h} for r, (la, h) in enumerate(art.heads, start=1)],
+            "metrics": art.metrics,
+            "seconds": round(self.seconds, 2),
+        }
 
 
 def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
@@ -155,13 +112,13 @@ def compile_policy(
     store = store or Store.open(db, create=True)
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
     rendered = [loaded.prepare(policy.render(ex.prompt_fields()), ex.load_images()) for ex in policy.exemplars]
-    acts, computed = exemplar_activations(loaded, store, rendered, batch_size, progress)
-    artifact = fit(policy, acts, loaded)
+    found = features(loaded, rendered, store=store, batch_size=batch_size, progress="exemplars" if progress else None)
+    artifact = fit(policy, found.heads, loaded)
     store.save_artifact(artifact)
     return CompileReport(
         artifact=artifact,
         exemplars=len(rendered),
-        computed=computed,
-        cached=len(set(rendered)) - computed,
+        computed=found.computed,
+        cached=found.cached,
         seconds=time.perf_counter() - started,
     )

@@ -4,9 +4,10 @@ One run, one model, one split. Every input is run through the model at most once
 
 - without baselines, head outputs come from the activation cache (compile put the exemplars
   there) and only inputs never seen are run, early-exit, and cached;
-- with baselines, each input gets one full forward (`guard.baselines.readout`) that yields the
-  head outputs (cached inputs keep their cached ones), the last hidden state and the answer
-  words' log-probabilities together.
+- with baselines, each input gets one full forward that yields the head outputs (cached inputs
+  keep their cached ones), the last hidden state and the answer words' log-probabilities together.
+
+Both go through `guard.features.features`, the one way from inputs to features.
 
 SAV is fitted exactly as `guard compile` fits it (`guard.compiler.fit`, calibration included)
 and judged with the runtime's own verdict code, so the SAV row is what `guard check` would say.
@@ -27,9 +28,10 @@ from pathlib import Path
 import torch
 
 from guard import baselines, metrics, sav
-from guard.compiler import cache_key, dtype_name, exemplar_activations, first_index, fit
+from guard.compiler import fit
 from guard.data import Exemplar, read_exemplar_file
 from guard.errors import GuardError, PolicyError
+from guard.features import Features, features
 from guard.models import LoadedModel, load_model
 from guard.policy import Policy, load_policy, validate_items
 from guard.runtime import PolicyHeads
@@ -182,43 +184,6 @@ def parse_int_list(text: str | None, what: str) -> list[int]:
     return sorted(set(values))
 
 
-# --- activations: each input through the model at most once ---------------------------------------
-
-
-@dataclass
-class Features:
-    heads: torch.Tensor  # [N, L, H, D]
-    hidden: torch.Tensor | None = None  # [N, hidden]
-    answer_logprobs: torch.Tensor | None = None  # [N, C]
-
-
-def _features(
-    loaded: LoadedModel, store: Store, rendered: list, answer_ids: list[int] | None, batch_size: int, progress: bool
-) -> tuple[Features, int, int]:
-    """Features of each model input (chat-rendered string, or ModelInput with images), plus
-    (forwards run, inputs with cached head outputs). Inputs are the same when their cache keys are."""
-    all_keys = [cache_key(r) for r in rendered]
-    if answer_ids is None:
-        heads, computed = exemplar_activations(loaded, store, rendered, batch_size, progress, title="model inputs")
-        return Features(heads), computed, len(set(all_keys)) - computed
-    first = first_index(all_keys)
-    keys = list(first)
-    unique = [rendered[first[key]] for key in keys]
-    dtype = dtype_name(loaded.dtype)
-    cached = store.cached_activations(loaded.fingerprint, dtype, keys)
-
-    def keep(batch: list[int], outputs: torch.Tensor) -> None:
-        fresh = {keys[i]: outputs[j] for j, i in enumerate(batch) if keys[i] not in cached}
-        if fresh:
-            store.put_activations(loaded.fingerprint, dtype, fresh)
-
-    out = baselines.readout(loaded, unique, answer_ids, batch_size, "model inputs" if progress else None, keep)
-    heads = torch.stack([cached[key] if key in cached else out.heads[i] for i, key in enumerate(keys)])
-    where = {key: i for i, key in enumerate(keys)}
-    order = torch.tensor([where[key] for key in all_keys], dtype=torch.long)
-    return Features(heads[order], out.hidden[order], out.answer_logprobs[order]), len(unique), len(cached)
-
-
 # --- the evaluation ------------------------------------------------------------------------------
 
 
@@ -268,7 +233,16 @@ def evaluate(
     n_ex = len(policy.exemplars)
     pairs = [*zip(policy.exemplars, exemplar_images), *((items[i], item_images[i]) for i in kept)]
     rendered = [loaded.prepare(policy.render(item.prompt_fields()), imgs) for item, imgs in pairs]
-    feats, forwards, cached = _features(loaded, store, rendered, answer_ids, batch_size, progress)
+    feats = features(
+        loaded,
+        rendered,
+        store=store,
+        batch_size=batch_size,
+        progress="model inputs" if progress else None,
+        hidden=with_baselines,
+        answer_ids=answer_ids,
+    )
+    forwards, cached = feats.computed, feats.cached
     ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
     y = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
     truth = [names.index(item.label) for item in tests]

@@ -26,7 +26,7 @@ class Neighbour:
 
 @dataclass
 class HeadNeighbours:
-    rank: int  # 0 = best-ranked selected head
+    rank: int  # 1 = best-ranked selected head (ranks are numbered from 1 everywhere)
     layer: int
     head: int
     voted: str  # the label this head voted for
@@ -57,7 +57,7 @@ def nearest_exemplars(
         layer, head = art.heads[rank]
         out.append(
             HeadNeighbours(
-                rank,
+                rank + 1,
                 layer,
                 head,
                 votes[rank],
@@ -74,6 +74,6 @@ def explain(art, verdict, top_heads: int = 3, per_head: int = 3) -> dict:
         raise ValueError("this verdict carries no head vectors to explain")
     heads = nearest_exemplars(art, verdict.vectors, [v.label for v in verdict.votes], top_heads, per_head)
     return {
-        "votes": [{"rank": r, **v.to_dict()} for r, v in enumerate(verdict.votes)],
+        "votes": [v.to_dict() for v in verdict.votes],
         "nearest_exemplars": [h.to_dict() for h in heads],
     }

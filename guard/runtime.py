@@ -9,16 +9,18 @@ import torch
 
 from guard import calibration, sav
 from guard.artifact import Artifact
-from guard.capture import extract
 from guard.errors import GuardError, ModelError
+from guard.explain import explain as explain_verdict
+from guard.features import features
 from guard.images import as_image
 from guard.models import LoadedModel, load_model
 
 
-@dataclass
+@dataclass(kw_only=True)
 class HeadVote:
-    layer: int  # numbered from 0
-    head: int  # numbered from 0
+    rank: int  # 1 = the best-ranked selected head (ranks are numbered from 1 everywhere)
+    layer: int  # numbered from 0, as in the model
+    head: int  # numbered from 0, as in the model
     label: str  # the label this head voted for
     similarity: dict[str, float]  # cosine similarity to each label's centroid
 
@@ -29,6 +31,7 @@ class HeadVote:
 
     def to_dict(self) -> dict:
         return {
+            "rank": self.rank,
             "layer": self.layer,
             "head": self.head,
             "label": self.label,
@@ -38,7 +41,7 @@ class HeadVote:
         }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Verdict:
     policy: str
     version: str
@@ -49,20 +52,39 @@ class Verdict:
     calibrated: dict[str, float] | None = None  # calibrated probability per label (None: no calibration)
     margin: float = 0.0  # (most votes - second most) / heads
     uncertain: bool = False  # margin below the policy's uncertain_margin
+    explanation: dict | None = field(default=None, compare=False)  # guard.explain.explain, when asked for
     vectors: torch.Tensor | None = field(default=None, repr=False, compare=False)  # [k, head_dim] at the selected heads
 
-    def to_dict(self) -> dict:
-        return {
+    def to_dict(self, votes: bool = True) -> dict:
+        """The verdict as JSON-ready data (`guard check --json`, the server); `votes=False`
+        leaves out the per-head votes."""
+        out = {
             "policy": self.policy,
             "version": self.version,
             "flagged": self.flagged,
             "label": self.label,
             "scores": {k: round(v, 6) for k, v in self.scores.items()},
-            "votes": [vote.to_dict() for vote in self.votes],
-            "calibrated": None if self.calibrated is None else {k: round(v, 6) for k, v in self.calibrated.items()},
-            "margin": round(self.margin, 6),
-            "uncertain": self.uncertain,
         }
+        if votes:
+            out["votes"] = [vote.to_dict() for vote in self.votes]
+        out["calibrated"] = None if self.calibrated is None else {k: round(v, 6) for k, v in self.calibrated.items()}
+        out["margin"] = round(self.margin, 6)
+        out["uncertain"] = self.uncertain
+        if self.explanation is not None:
+            out["explanation"] = self.explanation
+        return out
+
+
+class CheckResult(dict):
+    """One input's verdicts, `{policy name: Verdict}` in the order the policies were given.
+    One shape for one policy and for several."""
+
+    @property
+    def flagged(self) -> bool:
+        return any(verdict.flagged for verdict in self.values())
+
+    def to_dict(self, votes: bool = True) -> dict:
+        return {"flagged": self.flagged, "verdicts": {name: v.to_dict(votes) for name, v in self.items()}}
 
 
 class PolicyHeads:
@@ -73,8 +95,9 @@ class PolicyHeads:
         self.layers = sorted({layer for layer, _ in artifact.heads})
         self.flagged = {label.name for label in artifact.labels if label.flagged}
 
-    def verdicts(self, selected: torch.Tensor) -> list[Verdict]:
-        """Verdicts from the selected heads' outputs `[B, k, head_dim]` (heads in rank order)."""
+    def verdicts(self, selected: torch.Tensor, explain: bool = False) -> list[Verdict]:
+        """Verdicts from the selected heads' outputs `[B, k, head_dim]` (heads in rank order),
+        each with its explanation when `explain`."""
         art = self.artifact
         names = art.label_names
         sims = sav.head_similarities(selected, art.centroids)  # [B, k, C]
@@ -85,7 +108,13 @@ class PolicyHeads:
         results = []
         for b, winner in enumerate(winners.tolist()):
             head_votes = [
-                HeadVote(layer, head, names[votes_list[b][r]], dict(zip(names, sims_list[b][r])))
+                HeadVote(
+                    rank=r + 1,
+                    layer=layer,
+                    head=head,
+                    label=names[votes_list[b][r]],
+                    similarity=dict(zip(names, sims_list[b][r])),
+                )
                 for r, (layer, head) in enumerate(art.heads)
             ]
             # calibrated scores, thresholds and the uncertain mark: guard.calibration.decide
@@ -93,18 +122,20 @@ class PolicyHeads:
             calibrated = None if decision.calibrated is None else dict(zip(names, decision.calibrated))
             results.append(
                 Verdict(
-                    art.name,
-                    art.version,
-                    names[decision.label],
-                    decision.flagged,
-                    dict(zip(names, shares[b])),
-                    head_votes,
-                    calibrated,
-                    decision.margin,
-                    decision.uncertain,
-                    selected[b],
+                    policy=art.name,
+                    version=art.version,
+                    label=names[decision.label],
+                    flagged=decision.flagged,
+                    scores=dict(zip(names, shares[b])),
+                    votes=head_votes,
+                    calibrated=calibrated,
+                    margin=decision.margin,
+                    uncertain=decision.uncertain,
+                    vectors=selected[b],
                 )
             )
+            if explain:
+                results[-1].explanation = explain_verdict(art, results[-1])
         return results
 
 
@@ -185,34 +216,38 @@ class GuardSet:
             raise GuardError(f"the policy prompt needs a value for {{{exc.args[0]}}}") from None
         return self.loaded.prepare(prompt, [as_image(image) for image in images])
 
-    def check(self, text: str | None = None, *, images: Sequence = (), **fields: str) -> dict[str, Verdict]:
+    def check(
+        self, text: str | None = None, *, images: Sequence = (), explain: bool = False, **fields: str
+    ) -> CheckResult:
         item = {"text": text, **fields} if text is not None else fields
-        return self.check_batch([{**item, "images": images} if images else item])[0]
+        return self.check_batch([{**item, "images": images} if images else item], explain=explain)[0]
 
     def check_batch(
-        self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False
-    ) -> list[dict[str, Verdict]]:
+        self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False, explain: bool = False
+    ) -> list[CheckResult]:
         """Verdicts of every policy for each input, in input order: `[{policy name: Verdict}]`.
-        An input is a text, or a dict of prompt fields with an optional "images" list."""
+        An input is a text, or a dict of prompt fields with an optional "images" list.
+        `explain` attaches each verdict's explanation (votes and closest exemplars).
+
+        Safe to call from many threads at once on one GuardSet: no state is shared between calls
+        but the model, whose hooks read per-call state (see guard.capture)."""
         items = [item if isinstance(item, dict) else {"text": item} for item in inputs]
         # read each image once, however many prompt templates the policies have
         items = [
             {**item, "images": [as_image(i) for i in item["images"]]} if item.get("images") else item for item in items
         ]
-        results: list[dict[str, Verdict]] = [{} for _ in items]
-        if not items:
-            return results
+        by_policy: dict[str, list[Verdict]] = {}
         for template, group in self.groups.items():
             rendered = [self.render(template, **item) for item in items]
             layers = sorted({layer for policy in group for layer in policy.layers})
-            acts = extract(self.loaded, rendered, layers, batch_size, progress="checking" if progress else None)
+            title = "checking" if progress else None
+            acts = features(self.loaded, rendered, layers=layers, batch_size=batch_size, progress=title).heads
             for policy in group:
                 positions = [layers.index(layer) for layer, _ in policy.artifact.heads]
                 heads = [head for _, head in policy.artifact.heads]
-                for result, verdict in zip(results, policy.verdicts(acts[:, positions, heads])):
-                    result[policy.artifact.name] = verdict
+                by_policy[policy.artifact.name] = policy.verdicts(acts[:, positions, heads], explain)
         # keep the caller's policy order in each result
-        return [{name: result[name] for name in self.names} for result in results]
+        return [CheckResult((name, by_policy[name][i]) for name in self.names) for i in range(len(items))]
 
 
 class Guard:
@@ -240,10 +275,8 @@ class Guard:
         """
         from guard.store import Store
 
-        artifact = Store.open(db).load_artifact(policy)
-        if not isinstance(model, LoadedModel):
-            model = load_model(model or artifact.model_reference, device=device, dtype=dtype)
-        return cls(artifact, model)
+        guards = GuardSet.with_model([Store.open(db).load_artifact(policy)], model, device=device, dtype=dtype)
+        return cls(guards.policies[0].artifact, guards.loaded)
 
     @property
     def name(self) -> str:
@@ -254,12 +287,14 @@ class Guard:
         models, a ModelInput with the images for vision-language models)."""
         return self._set.render(self.artifact.prompt, text, images, **fields)
 
-    def check(self, text: str | None = None, *, images: Sequence = (), **fields: str) -> Verdict:
+    def check(self, text: str | None = None, *, images: Sequence = (), explain: bool = False, **fields: str) -> Verdict:
         """Check one input; `text` fills the policy prompt's {text}, other fields their {name};
-        `images` (paths, PIL images or GuardImages) go with it, in prompt order."""
-        return self._set.check(text, images=images, **fields)[self.name]
+        `images` (paths, PIL images or GuardImages) go with it, in prompt order. Thread-safe."""
+        return self._set.check(text, images=images, explain=explain, **fields)[self.name]
 
-    def check_batch(self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False) -> list[Verdict]:
+    def check_batch(
+        self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False, explain: bool = False
+    ) -> list[Verdict]:
         """Check many inputs in length-bucketed batches; verdicts come back in input order.
-        An input is a text, or a dict of prompt fields with an optional "images" list."""
-        return [result[self.name] for result in self._set.check_batch(inputs, batch_size, progress)]
+        An input is a text, or a dict of prompt fields with an optional "images" list. Thread-safe."""
+        return [result[self.name] for result in self._set.check_batch(inputs, batch_size, progress, explain)]

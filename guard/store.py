@@ -7,7 +7,6 @@ and recorded in `guard_migrations`, so a database says which schema it has.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -18,7 +17,7 @@ import sqlalchemy as sa
 import torch
 from sqlalchemy import orm
 
-from guard.artifact import Artifact
+from guard.artifact import Artifact, ArtifactSummary
 from guard.calibration import Calibration, Platt, Threshold
 from guard.errors import StoreError
 from guard.policy import Label
@@ -137,14 +136,6 @@ def to_blob(tensor: torch.Tensor) -> bytes:
 
 def from_blob(blob: bytes, shape: Iterable[int]) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(blob, dtype="<f4").reshape(tuple(shape)).copy())
-
-
-def input_hash(rendered: str, extra: Iterable[str] = ()) -> str:
-    """Cache key of one model input: the rendered prompt, plus image content hashes if any."""
-    digest = hashlib.sha256(rendered.encode())
-    for part in extra:
-        digest.update(b"\0" + part.encode())
-    return digest.hexdigest()
 
 
 def database_url(db: str | os.PathLike | None) -> str:
@@ -282,6 +273,38 @@ class Store:
     def policy_names(self) -> list[str]:
         with orm.Session(self.engine) as session:
             return list(session.scalars(sa.select(PolicyRow.name).order_by(PolicyRow.name)))
+
+    def summaries(self) -> list[ArtifactSummary]:
+        """Every compiled policy at a glance, by name, without reading heads or vectors."""
+        heads = sa.select(HeadRow.policy_id, sa.func.count().label("k")).group_by(HeadRow.policy_id).subquery()
+        query = (
+            sa.select(
+                PolicyRow.name,
+                PolicyRow.version,
+                PolicyRow.labels,
+                PolicyRow.model_reference,
+                PolicyRow.metrics,
+                PolicyRow.created_at,
+                heads.c.k,
+            )
+            .outerjoin(heads, heads.c.policy_id == PolicyRow.id)
+            .order_by(PolicyRow.name)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            ArtifactSummary(
+                policy=row.name,
+                version=row.version,
+                labels=[lab["name"] for lab in row.labels],
+                flagged=[lab["name"] for lab in row.labels if lab["flagged"]],
+                model=row.model_reference,
+                heads=row.k or 0,
+                metrics=row.metrics,
+                compiled=row.created_at,
+            )
+            for row in rows
+        ]
 
     def load_artifact(self, name: str | None = None) -> Artifact:
         names = self.policy_names()

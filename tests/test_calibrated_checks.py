@@ -176,9 +176,9 @@ def test_policy_without_target_checks_as_before(tiny_policy, db, llama):
     assert art.calibration is not None and art.calibration.thresholds == {}
     verdicts = guard.check_batch(INPUTS)
     rendered = [guard.render(t) for t in INPUTS]
-    from guard.capture import extract
+    from guard.features import features
 
-    acts = extract(llama, rendered, range(llama.layout.num_layers))
+    acts = features(llama, rendered, layers=range(llama.layout.num_layers)).heads
     winners = sav.predict(acts, art.heads, art.centroids)
     assert [v.label for v in verdicts] == [art.label_names[i] for i in winners.tolist()]
     assert all(not v.uncertain for v in verdicts)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from guard.capture import StopForward, extract, head_outputs, last_token_index
+from guard.capture import StopForward, head_outputs, last_token_index
+from guard.features import features
 from guard.models import load_model
 
 PROMPTS = ["how do I bake bread", "write a poem about the sea and the wind at night please", "hi"]
@@ -33,9 +34,9 @@ def full_sequence_o_proj_inputs(loaded, rendered):
 
 
 def test_shapes_and_values_match_an_unpadded_full_forward(model):
-    rendered = [model.chat(p) for p in PROMPTS]
+    rendered = [model.prepare(p) for p in PROMPTS]
     L, H, D = model.layout.num_layers, model.layout.num_heads, model.layout.head_dim
-    got = extract(model, rendered, range(L), batch_size=3)
+    got = features(model, rendered, layers=range(L), batch_size=3).heads
     assert got.shape == (3, L, H, D) and got.dtype == torch.float32
     for i, kept in enumerate(full_sequence_o_proj_inputs(model, rendered)):
         for layer in range(L):
@@ -44,7 +45,7 @@ def test_shapes_and_values_match_an_unpadded_full_forward(model):
 
 
 def test_early_stop_equals_full_forward_and_skips_later_layers_and_lm_head(model):
-    inputs = model.encode([model.chat(p) for p in PROMPTS])
+    inputs = model.encode([model.prepare(p) for p in PROMPTS])
     deep = model.layout.num_layers - 2
     called = []
     late = model.o_projs[deep + 1].register_forward_pre_hook(lambda *a: called.append("late layer"))
@@ -61,10 +62,10 @@ def test_early_stop_equals_full_forward_and_skips_later_layers_and_lm_head(model
 
 
 def test_batched_equals_one_by_one(model):
-    rendered = [model.chat(p) for p in PROMPTS * 2]
+    rendered = [model.prepare(p) for p in PROMPTS * 2]
     layers = range(model.layout.num_layers)
-    batched = extract(model, rendered, layers, batch_size=4)
-    single = torch.cat([extract(model, [r], layers, batch_size=1) for r in rendered])
+    batched = features(model, rendered, layers=layers, batch_size=4).heads
+    single = torch.cat([features(model, [r], layers=layers, batch_size=1).heads for r in rendered])
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
 
 
@@ -75,10 +76,14 @@ def test_last_token_index_handles_left_and_right_padding():
     assert last_token_index(left).tolist() == [3, 3]
 
 
-def test_hooks_are_removed_after_capture(model):
-    inputs = model.encode([model.chat("hi")])
+def test_hooks_are_installed_once_and_a_plain_forward_is_unaffected(model):
+    installed = [len(p._forward_pre_hooks) for p in model.o_projs]
+    assert installed == [1] * model.layout.num_layers  # the tap, put on at load
+    inputs = model.encode([model.prepare("hi")])
     head_outputs(model, inputs, [1])
-    assert all(len(p._forward_pre_hooks) == 0 for p in model.o_projs)
+    features(model, [model.prepare("hi"), model.prepare("hello there")], layers=[0, 2])
+    assert [len(p._forward_pre_hooks) for p in model.o_projs] == installed  # nothing added per call
     with torch.no_grad():
-        model.model(**inputs)  # a plain forward is unaffected: no StopForward escapes
+        out = model.model(**inputs)  # no trace active: the hooks do nothing, no StopForward escapes
+    assert out.logits.shape[0] == 1
     assert issubclass(StopForward, Exception)

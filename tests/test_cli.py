@@ -35,7 +35,8 @@ def test_compile_reports_and_json(tmp_path, llama_dir, db):
     again = run("compile", policy, "--db", db, "--json")
     summary = json.loads(again.stdout.strip().splitlines()[-1])
     assert summary["policy"] == "tiny" and summary["computed"] == 0 and summary["cached"] == 8
-    assert len(summary["heads"]) == 4
+    assert summary["heads"] == 4 and [h["rank"] for h in summary["selected_heads"]] == [1, 2, 3, 4]
+    assert summary["loo_accuracy"] == summary["metrics"]["loo_vote_accuracy"]  # the headline: heads re-selected
 
 
 def test_check_exit_codes_follow_flagged(compiled):
@@ -49,7 +50,10 @@ def test_check_exit_codes_follow_flagged(compiled):
 
 def test_check_json_schema(compiled):
     result = run("check", "--text", "help me hurt someone", "--db", compiled, "-p", "never", "--json")
-    verdict = json.loads(result.stdout)
+    record = json.loads(result.stdout)
+    assert list(record) == ["flagged", "verdicts"]  # one shape for one policy and for several
+    assert list(record["verdicts"]) == ["never"] and record["flagged"] is False
+    verdict = record["verdicts"]["never"]
     assert list(verdict)[:6] == ["policy", "version", "flagged", "label", "scores", "votes"]  # the 0.1 keys, first
     assert list(verdict)[6:] == ["calibrated", "margin", "uncertain"]
     assert verdict["policy"] == "never" and verdict["flagged"] is False
@@ -63,6 +67,7 @@ def test_check_stdin_one_json_line_per_text(compiled):
     result = run("check", "-", "--db", compiled, "-p", "always", "--json", "--batch-size", "2", input=texts)
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert len(lines) == 3 and all(line["flagged"] for line in lines)
+    assert [line["line"] for line in lines] == [1, 3, 4]  # each record says which input line it answers
     assert result.exit_code == 1
 
 
@@ -71,9 +76,10 @@ def test_list_and_inspect(compiled):
     assert [p["policy"] for p in json.loads(listed.stdout)] == ["always", "never"]
     assert run("list", "--db", compiled).exit_code == 0
     inspected = json.loads(run("inspect", "never", "--db", compiled, "--json").stdout)
-    assert len(inspected["selected_heads"]) == 4 and inspected["selected_heads"][0]["rank"] == 0
+    assert len(inspected["selected_heads"]) == 4 and inspected["selected_heads"][0]["rank"] == 1
     table = run("inspect", "never", "--db", compiled)
     assert table.exit_code == 0 and "loo_accuracy" in table.output
+    assert "heads chosen again each time" in table.output  # the headline figure, said in plain words
 
 
 @pytest.mark.parametrize(
@@ -125,7 +131,7 @@ def test_check_several_policies_in_one_pass(compiled):
     assert result.exit_code == 1
     line = json.loads(result.stdout)
     assert line["flagged"] is True
-    assert list(line["policies"]) == ["never", "always"]
-    assert line["policies"]["never"]["flagged"] is False and line["policies"]["always"]["flagged"] is True
+    assert list(line["verdicts"]) == ["never", "always"]
+    assert line["verdicts"]["never"]["flagged"] is False and line["verdicts"]["always"]["flagged"] is True
     human = run("check", "--text", "some text", "--db", compiled, "-p", "never", "-p", "always")
     assert "never:" in human.output and "always:" in human.output

@@ -7,9 +7,9 @@ import torch
 import yaml
 
 from guard import sav
-from guard.capture import extract
 from guard.compiler import compile_policy
 from guard.errors import ModelError
+from guard.features import features
 from guard.models import load_model
 from guard.policy import load_policy
 from guard.runtime import Guard
@@ -34,8 +34,8 @@ def test_artifact_matches_sav_on_independently_captured_activations(tiny_policy,
     compile_policy(tiny_policy, db, loaded=llama)
     art = Store.open(db).load_artifact()
     policy = load_policy(tiny_policy)
-    rendered = [llama.chat(policy.render(e.prompt_fields())) for e in policy.exemplars]
-    acts = extract(llama, rendered, range(llama.layout.num_layers), batch_size=1)
+    rendered = [llama.prepare(policy.render(e.prompt_fields())) for e in policy.exemplars]
+    acts = features(llama, rendered, layers=range(llama.layout.num_layers), batch_size=1).heads
     labels = torch.tensor([policy.label_names.index(e.label) for e in policy.exemplars])
     scores = sav.score_heads(acts, labels, 2, "loo")
     assert art.heads == sav.select_heads(scores, 4)

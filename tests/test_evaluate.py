@@ -11,6 +11,7 @@ from guard.capture import head_outputs, last_token_index
 from guard.compiler import compile_policy
 from guard.errors import GuardError, PolicyError
 from guard.evaluate import evaluate, parse_int_list
+from guard.features import features
 from guard.policy import load_policy
 from guard.runtime import Guard
 from guard.store import Store
@@ -69,9 +70,9 @@ def test_sav_row_is_what_check_says(tiny_policy, test_file, db, llama):
 
 def test_readout_matches_separate_forwards(tiny_policy, llama):
     policy = load_policy(tiny_policy)
-    rendered = [llama.chat(policy.render({"text": t})) for t, _ in TESTS]
+    rendered = [llama.prepare(policy.render({"text": t})) for t, _ in TESTS]
     ids = baselines.answer_token_ids(llama, ["Yes", "No"])
-    out = baselines.readout(llama, rendered, ids, batch_size=4)  # padded batches
+    out = features(llama, rendered, batch_size=4, hidden=True, answer_ids=ids)  # padded batches
     for i, r in enumerate(rendered):
         inputs = llama.encode([r])
         heads = head_outputs(llama, inputs, range(llama.layout.num_layers), early_stop=False)
@@ -134,11 +135,11 @@ def test_sweeps_refit_consistently(tmp_path, llama_dir, db, llama):
     p = load_policy(policy)
     y = torch.tensor([names.index(e.label) for e in p.exemplars])
     store = Store.open(db)
-    rendered = [llama.chat(p.render(e.prompt_fields())) for e in p.exemplars]
-    from guard.compiler import exemplar_activations
-
-    acts, _ = exemplar_activations(llama, store, rendered, 4, False)
-    test_acts, _ = exemplar_activations(llama, store, [llama.chat(p.render({"text": t})) for t, _ in TESTS], 4, False)
+    rendered = [llama.prepare(p.render(e.prompt_fields())) for e in p.exemplars]
+    acts = features(llama, rendered, store=store, batch_size=4).heads
+    test_acts = features(
+        llama, [llama.prepare(p.render({"text": t})) for t, _ in TESTS], store=store, batch_size=4
+    ).heads
     layer, head = sav.rank_heads(sav.score_heads(acts, y, 2, "loo"))[0]
     cents = [acts[y == c, layer, head].mean(0) for c in range(2)]
     pred = [

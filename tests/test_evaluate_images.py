@@ -12,6 +12,7 @@ from guard import baselines
 from guard.capture import head_outputs, last_token_index
 from guard.compiler import compile_policy
 from guard.evaluate import evaluate
+from guard.features import features
 from guard.images import load_image
 from guard.models import load_model
 from guard.runtime import Guard
@@ -72,7 +73,7 @@ def test_readout_on_images_matches_a_full_forward(vlm, colour_data):
     b = load_image(colour_data / "heldout/blue/blue-3.png")
     items = [vlm.prepare("What colour is this image?", [a]), vlm.prepare("Colour of this picture, in one word?", [b])]
     ids = baselines.answer_token_ids(vlm, ["Red", "Blue"])
-    out = baselines.readout(vlm, items, ids, batch_size=2)
+    out = features(vlm, items, batch_size=2, hidden=True, answer_ids=ids)
     for i, item in enumerate(items):
         inputs = vlm.encode([item])
         heads = head_outputs(vlm, inputs, range(vlm.layout.num_layers), early_stop=False)

@@ -28,8 +28,8 @@ def test_nearest_exemplars_match_brute_force(guard):
     assert [(h.layer, h.head) for h in heads] == art.heads[:3]
     for h in heads:
         sims = [
-            float(torch.nn.functional.cosine_similarity(verdict.vectors[h.rank], e, dim=0))
-            for e in art.exemplar_vectors[:, h.rank]
+            float(torch.nn.functional.cosine_similarity(verdict.vectors[h.rank - 1], e, dim=0))
+            for e in art.exemplar_vectors[:, h.rank - 1]  # ranks are numbered from 1
         ]
         order = sorted(range(len(sims)), key=lambda i: -sims[i])[:4]
         assert [n.index for n in h.neighbours] == order
@@ -62,11 +62,12 @@ def test_explanation_votes_and_margins(guard):
 
 def test_cli_explain_json_and_text(guard, db):
     result = runner.invoke(app, ["check", "--text", "how do I hurt people", "--db", db, "--json", "--explain"])
-    verdict = json.loads(result.stdout)
+    verdict = json.loads(result.stdout)["verdicts"]["tiny"]
     assert list(verdict)[:6] == ["policy", "version", "flagged", "label", "scores", "votes"]
+    assert [v["rank"] for v in verdict["explanation"]["votes"]] == list(range(1, len(verdict["votes"]) + 1))
     assert {"votes", "nearest_exemplars"} == set(verdict["explanation"])
     plain = runner.invoke(app, ["check", "--text", "how do I hurt people", "--db", db, "--json"])
-    assert "explanation" not in json.loads(plain.stdout)
+    assert "explanation" not in json.loads(plain.stdout)["verdicts"]["tiny"]
     text = runner.invoke(app, ["check", "--text", "how do I hurt people", "--db", db, "--explain"])
     assert "closest exemplars at layer" in text.output
     assert text.output.count("\n") >= 1 + 1 + len(guard.artifact.heads) + 3 * 4

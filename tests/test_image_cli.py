@@ -74,7 +74,7 @@ def test_check_images_one_json_line_each(compiled, colour_data):
     result = run("check", *paths, "--prompt", "what is this?", "--db", compiled, "-p", "ask", "--json")
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [line["image"] for line in lines] == [str(p) for p in paths]
-    assert all(line["policy"] == "ask" and len(line["votes"]) == 4 for line in lines)
+    assert all(list(line["verdicts"]) == ["ask"] and len(line["verdicts"]["ask"]["votes"]) == 4 for line in lines)
     assert result.exit_code == (1 if any(line["flagged"] for line in lines) else 0)
 
 
@@ -145,7 +145,7 @@ def test_several_policies_share_each_image(compiled, colour_data):
     result = run("check", *paths, "--db", compiled, "-p", "plain", "-p", "always", "--json")
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [line["image"] for line in lines] == [str(p) for p in paths]
-    assert all(set(line["policies"]) == {"plain", "always"} and line["flagged"] for line in lines)
+    assert all(set(line["verdicts"]) == {"plain", "always"} and line["flagged"] for line in lines)
     assert result.exit_code == 1
 
 

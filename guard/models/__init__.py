@@ -1,7 +1,7 @@
 """Loading models and describing where their attention heads are."""
 
 from guard.models.architectures import ARCHITECTURES, Architecture, HeadLayout
-from guard.models.loaded import LoadedModel, load_model
+from guard.models.loaded import LoadedModel, load_model, set_threads
 from guard.models.loading import BUNDLED, ModelSource, resolve
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "ModelSource",
     "load_model",
     "resolve",
+    "set_threads",
 ]

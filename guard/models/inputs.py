@@ -1,8 +1,11 @@
-"""Model inputs with images: chat rendering with image parts, and batches through the processor.
+"""The two input paths, chosen once when a model loads: `TextInputs` and `ImageInputs`.
 
-A `ModelInput` is what the model is run on: the chat-rendered prompt (with one placeholder per
-image, where the family's template puts it) and the images in prompt order. Text-only models keep
-plain strings as inputs (see LoadedModel), so their prompts, batches and cache keys are unchanged.
+Each renders a filled-in prompt the way the model expects it (its chat template, with the
+generation prompt added so the last token is where the answer would begin), encodes batches and
+estimates token counts. A `ModelInput` is what a vision-language model is run on: the
+chat-rendered prompt (with one placeholder per image, where the family's template puts it) and the
+images in prompt order. Text models keep plain strings as inputs, so their prompts, batches and
+cache keys are those of guard 0.1.
 
 Batches are right-padded as on the text path: the processor expands each image placeholder into
 that image's tokens (a count that can differ per image: Qwen2-VL's grid, LLaVA-NeXT/OneVision's
@@ -39,60 +42,103 @@ def chat_messages(prompt: str, num_images: int, placement: str) -> list[dict]:
     return [{"role": "user", "content": images + text if placement == "before" else text + images}]
 
 
-def render(loaded, prompt: str, num_images: int) -> str:
-    """The prompt as a vision-language model sees it, before the processor expands image tokens."""
-    arch, processor = loaded.arch, loaded.tokenizer
-    if arch.needs_image and num_images == 0:
-        raise GuardError(f"{arch.family} models need an image with every input; this one has none")
-    if arch.images == "prefix":
-        return processor.image_token * num_images + prompt
-    if not getattr(processor, "chat_template", None):
-        raise ModelError(
-            f"model '{loaded.source.reference}' has no chat template (chat_template.jinja or "
-            f"chat_template.json), so guard does not know where its images go"
+class TextInputs:
+    """Text models: a prompt is the chat-rendered string; batches come from the tokenizer."""
+
+    takes_images = False
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+
+    def prepare(self, prompt: str, images: Sequence[GuardImage] = ()) -> str:
+        if images:
+            loaded = self.loaded
+            raise GuardError(
+                f"model '{loaded.source.reference}' ({loaded.arch.family}) is a text model; it cannot take images"
+            )
+        tokenizer = self.loaded.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            return prompt
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
-    return processor.apply_chat_template(
-        chat_messages(prompt, num_images, arch.images), tokenize=False, add_generation_prompt=True
-    )
+
+    def encode(self, rendered: Sequence[str]) -> dict[str, torch.Tensor]:
+        tokenizer = self.loaded.tokenizer
+        batch = tokenizer(
+            list(rendered),
+            add_special_tokens=not getattr(tokenizer, "chat_template", None),
+            padding=True,
+            return_tensors="pt",
+        )
+        return {k: v.to(self.loaded.device) for k, v in batch.items()}
+
+    def token_count(self, rendered: str) -> int:
+        return len(self.loaded.tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
 
-def encode(loaded, items: Sequence[ModelInput | str]) -> dict[str, torch.Tensor]:
-    """One right-padded batch: token ids, attention mask and the processor's image tensors."""
-    processor = loaded.tokenizer
-    items = [item if isinstance(item, ModelInput) else ModelInput(item) for item in items]
-    texts = [item.text for item in items]
-    kwargs = dict(text=texts, padding=True, padding_side="right", return_tensors="pt")
-    if any(item.images for item in items):
-        kwargs["images"] = [[image.image for image in item.images] for item in items]
-    try:
-        batch = processor(**kwargs)
-    except GuardError:
-        raise
-    except Exception as exc:
-        names = ", ".join(image.name for item in items for image in item.images) or "no images"
-        raise ModelError(
-            f"the {loaded.arch.family} processor cannot prepare this input ({names}): {_short(exc)}"
-        ) from None
-    batch.pop("labels", None)  # PaliGemma's processor adds training labels; a forward needs none
-    out = {}
-    for key, value in batch.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        out[key] = value.to(loaded.device, loaded.dtype if value.is_floating_point() else None)
-    return out
+class ImageInputs:
+    """Vision-language models: a prompt becomes a ModelInput (chat-rendered text with one
+    placeholder per image, plus the images); batches come from the family's processor."""
 
+    takes_images = True
 
-def token_count(loaded, item: ModelInput | str) -> int:
-    """About how many tokens `item` becomes (orders batches by length; exactness not needed)."""
-    text = item.text if isinstance(item, ModelInput) else item
-    count = len(loaded.tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])
-    if isinstance(item, ModelInput) and item.images:
+    def __init__(self, loaded):
+        self.loaded = loaded
+
+    def prepare(self, prompt: str, images: Sequence[GuardImage] = ()) -> ModelInput:
+        """The prompt as the model sees it, before the processor expands image tokens."""
+        loaded = self.loaded
+        arch, processor = loaded.arch, loaded.tokenizer
+        if arch.needs_image and not images:
+            raise GuardError(f"{arch.family} models need an image with every input; this one has none")
+        if arch.images == "prefix":
+            return ModelInput(processor.image_token * len(images) + prompt, tuple(images))
+        if not getattr(processor, "chat_template", None):
+            raise ModelError(
+                f"model '{loaded.source.reference}' has no chat template (chat_template.jinja or "
+                f"chat_template.json), so guard does not know where its images go"
+            )
+        text = processor.apply_chat_template(
+            chat_messages(prompt, len(images), arch.images), tokenize=False, add_generation_prompt=True
+        )
+        return ModelInput(text, tuple(images))
+
+    def encode(self, items: Sequence[ModelInput | str]) -> dict[str, torch.Tensor]:
+        """One right-padded batch: token ids, attention mask and the processor's image tensors."""
+        loaded = self.loaded
+        items = [item if isinstance(item, ModelInput) else ModelInput(item) for item in items]
+        kwargs = dict(text=[item.text for item in items], padding=True, padding_side="right", return_tensors="pt")
+        if any(item.images for item in items):
+            kwargs["images"] = [[image.image for image in item.images] for item in items]
         try:
-            sizes = [(image.size[1], image.size[0]) for image in item.images]  # (height, width)
-            count += sum(loaded.tokenizer._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"])
-        except Exception:  # not every processor can tell without processing; the order is a heuristic
-            count += 256 * len(item.images)
-    return count
+            batch = loaded.tokenizer(**kwargs)
+        except GuardError:
+            raise
+        except Exception as exc:
+            names = ", ".join(image.name for item in items for image in item.images) or "no images"
+            raise ModelError(
+                f"the {loaded.arch.family} processor cannot prepare this input ({names}): {_short(exc)}"
+            ) from None
+        batch.pop("labels", None)  # PaliGemma's processor adds training labels; a forward needs none
+        return {
+            key: value.to(loaded.device, loaded.dtype if value.is_floating_point() else None)
+            for key, value in batch.items()
+            if isinstance(value, torch.Tensor)
+        }
+
+    def token_count(self, item: ModelInput | str) -> int:
+        """About how many tokens `item` becomes (orders batches by length; exactness not needed)."""
+        processor = self.loaded.tokenizer
+        text = item.text if isinstance(item, ModelInput) else item
+        count = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if isinstance(item, ModelInput) and item.images:
+            try:
+                sizes = [(image.size[1], image.size[0]) for image in item.images]  # (height, width)
+                count += sum(processor._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"])
+            except Exception:  # not every processor can tell without processing; the order is a heuristic
+                count += 256 * len(item.images)
+        return count
 
 
 def _short(exc: Exception) -> str:

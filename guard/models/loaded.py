@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,11 +11,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from guard.capture import HeadTap
 from guard.errors import GuardError, ModelError
 from guard.images import GuardImage
-from guard.models import inputs
 from guard.models.architectures import Architecture, HeadLayout, architecture_for, head_layout, o_proj_modules
-from guard.models.inputs import ModelInput
+from guard.models.inputs import ImageInputs, ModelInput, TextInputs
 from guard.models.loading import ModelSource, fingerprint, gguf_as_directory, hub_snapshot, resolve
 from guard.models.processors import load_processor
 
@@ -31,6 +33,26 @@ def pick_device(device: str = "auto") -> torch.device:
         raise ModelError(f"unknown device '{device}' (use cpu, cuda, cuda:N or auto)") from None
 
 
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads (per forward) to `threads`, else to $GUARD_THREADS when set;
+    otherwise leave torch's default (one per core). Returns the count in force.
+
+    Process-wide. One forward at a time (the CLI, a server's single model worker) is fastest with
+    every core; N threads checking at once on C cores are faster with about C / N each (on 2 cores
+    and 4 threads, 1 thread per forward was about twice as fast per check; see BENCHMARKS.md).
+    """
+    if threads is None and os.environ.get("GUARD_THREADS"):
+        try:
+            threads = int(os.environ["GUARD_THREADS"])
+        except ValueError:
+            raise GuardError(f"GUARD_THREADS must be a whole number, not '{os.environ['GUARD_THREADS']}'") from None
+    if threads is not None:
+        if threads < 1:
+            raise GuardError(f"threads must be at least 1 (got {threads})")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     if dtype is None:  # bfloat16 halves memory and time on GPUs; CPUs are fastest and exact in float32
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -41,6 +63,10 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 @dataclass
 class LoadedModel:
+    """A model ready for guard. Safe to share between threads: forwards run concurrently (the head
+    tap's hooks are installed once, see guard.capture), and tokenizer/processor calls take a lock
+    (Hugging Face fast tokenizers are not safe to call from several threads at once)."""
+
     source: ModelSource
     model: nn.Module
     tokenizer: object  # a transformers tokenizer (text models) or processor (vision-language models)
@@ -51,47 +77,35 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     info: dict = field(default_factory=dict)
+    tap: HeadTap = field(init=False, repr=False)
+    inputs: TextInputs | ImageInputs = field(init=False, repr=False)
 
-    def chat(self, prompt: str, num_images: int = 0) -> str:
-        """The full prompt text the model sees: chat template with the generation prompt added,
-        so the last token is where the answer would begin; vision-language models get one image
-        placeholder per image where their family puts it (see guard.models.inputs)."""
-        if self.arch.multimodal:
-            return inputs.render(self, prompt, num_images)
-        if num_images:
-            raise GuardError(
-                f"model '{self.source.reference}' ({self.arch.family}) is a text model; it cannot take images"
-            )
-        template = getattr(self.tokenizer, "chat_template", None)
-        if not template:
-            return prompt
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+    def __post_init__(self):
+        lm_head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        self.tap = HeadTap(self.o_projs, self.layout.num_heads, self.layout.head_dim, lm_head)
+        self.inputs = ImageInputs(self) if self.arch.multimodal else TextInputs(self)
+        self._lock = threading.RLock()
+
+    @property
+    def takes_images(self) -> bool:
+        return self.inputs.takes_images
 
     def prepare(self, prompt: str, images: Sequence[GuardImage] = ()) -> str | ModelInput:
-        """What `encode` takes for one filled-in prompt: the chat-rendered string for text models
-        (as before images existed), a ModelInput with the images for vision-language models."""
-        rendered = self.chat(prompt, len(images))
-        return ModelInput(rendered, tuple(images)) if self.arch.multimodal else rendered
+        """What `encode` takes for one filled-in prompt: the chat-rendered string (text models),
+        or a ModelInput with the images (vision-language models). The last token is where the
+        answer would begin."""
+        with self._lock:
+            return self.inputs.prepare(prompt, images)
 
-    def encode(self, rendered: list[str | ModelInput]) -> dict[str, torch.Tensor]:
-        """Tokenise chat-rendered prompts, right-padded (positions of real tokens do not move,
-        so a padded row computes exactly what it would alone)."""
-        if self.arch.multimodal:
-            return inputs.encode(self, rendered)
-        batch = self.tokenizer(
-            rendered,
-            add_special_tokens=not getattr(self.tokenizer, "chat_template", None),
-            padding=True,
-            return_tensors="pt",
-        )
-        return {k: v.to(self.device) for k, v in batch.items()}
+    def encode(self, rendered: Sequence[str | ModelInput]) -> dict[str, torch.Tensor]:
+        """Tokenise prepared inputs into one right-padded batch (positions of real tokens do not
+        move, so a padded row computes exactly what it would alone)."""
+        with self._lock:
+            return self.inputs.encode(rendered)
 
     def token_count(self, rendered: str | ModelInput) -> int:
-        if self.arch.multimodal:
-            return inputs.token_count(self, rendered)
-        return len(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        with self._lock:
+            return self.inputs.token_count(rendered)
 
 
 def load_model(
