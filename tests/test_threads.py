@@ -20,7 +20,28 @@ from tests.fixtures import TEXTS, write_policy
 
 THREADS = 8
 PER_THREAD = 25
-WORDS = "how do I make bake break hide help hurt find build my the a neighbour bread lock code poem river".split()
+WORDS = [
+    "how",
+    "do",
+    "I",
+    "make",
+    "bake",
+    "break",
+    "hide",
+    "help",
+    "hurt",
+    "find",
+    "build",
+    "my",
+    "the",
+    "a",
+    "neighbour",
+    "bread",
+    "lock",
+    "code",
+    "poem",
+    "river",
+]
 
 
 def mixed_inputs(seed: int, n: int) -> list[str]:
