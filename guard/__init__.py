@@ -1,10 +1,15 @@
 """guard: few-shot content-safety moderation with Sparse Attention Vectors (SAV)."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from guard.errors import GuardError, ModelError, PolicyError, StoreError
 from guard.images import ImageError
 from guard.policy import Policy, load_policy
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("guard")  # one source of truth: pyproject.toml
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name):

@@ -85,6 +85,14 @@ def friendly(command):
     return wrapper
 
 
+def _need_extra(module: str, what: str, extra: str) -> None:
+    """One line instead of an ImportError when an optional part is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        _fail(f"{what} needs the '{extra}' extra: pip install 'guard[{extra}]'")
+
+
 def _quiet_transformers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
@@ -287,6 +295,8 @@ def inspect_command(
 
     art = Store.open(db).load_artifact(name)
     if plot:
+        _need_extra("matplotlib", "--plot", "eval")
+        _need_extra("sklearn", "--plot", "eval")
         from guard.plots import POLICY_SIZE, parse_size, policy_figure
 
         policy_figure(art, plot, parse_size(size, POLICY_SIZE))
@@ -382,6 +392,9 @@ def eval_command(
     as_json: JsonOption = False,
 ):
     """Measure a policy on a labelled file: SAV (as 'guard check' decides) next to baselines, same model, same split."""
+    _need_extra("sklearn", "guard eval", "eval")
+    if plot:
+        _need_extra("matplotlib", "--plot", "eval")
     from guard.evaluate import parse_int_list
     from guard.plots import SWEEP_SIZE, parse_size
     from guard.policy import load_policy

@@ -480,28 +480,58 @@ def read_folder(source: Source) -> list[Exemplar]:
 
 # --- registry -------------------------------------------------------------------------------------
 
-# format name -> reader(source). A reader may append to source.skipped; it raises PolicyError
-# for a file it cannot read at all.
-READERS: dict[str, Callable[[Source], list[Exemplar]]] = {
-    "jsonl": lambda source: read_jsonl(source.path, source.display, source),
-    "csv": lambda source: read_csv(source.path, source.display, source),
-    "vlguard": read_vlguard,
-    "mhalubench": read_mhalubench,
-    "sav-shots": read_sav_shots,
-    "folder": read_folder,
-}
-# formats whose `from:` is a folder; formats that take an `images:` folder; formats that take `text:`
-FOLDER_FORMATS = {"folder"}
-TEXT_OPTION_FORMATS = {"folder"}
-TASK_OPTION_FORMATS = {"mhalubench"}  # formats that take `task_type:` (keep items of that task)
 
-_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+@dataclass(frozen=True)
+class Reader:
+    """An exemplar format: `read(source)` returns its exemplars; it may append to `source.skipped`
+    and raises PolicyError for a file it cannot read at all."""
+
+    read: Callable[[Source], list[Exemplar]]
+    folder: bool = False  # `from:` names a folder, not a file
+    takes_text: bool = False  # takes a `text:` option (the text that goes with every item)
+    takes_task: bool = False  # takes a `task_type:` option (keep only items of that task)
+    extensions: tuple[str, ...] = ()  # file name endings that mean this format, like ".jsonl"
+
+
+READERS: dict[str, Reader] = {}
+
+
+def register_reader(name: str, reader: Reader | Callable[[Source], list[Exemplar]], *, replace: bool = False) -> None:
+    """Add an exemplar format (`format: NAME` in a policy); a plain function is a file reader."""
+    if not isinstance(reader, Reader):
+        if not callable(reader):
+            raise PolicyError(f"reader '{name}' must be a guard.data.Reader or a function, not {type(reader).__name__}")
+        reader = Reader(read=reader)
+    if name in READERS and not replace and READERS[name] != reader:
+        raise PolicyError(f"exemplar format '{name}' is already registered; pass replace=True to override it")
+    READERS[name] = reader
+
+
+def readers() -> dict[str, Reader]:
+    """Every known format: guard's own and those that plugins register (entry points load once)."""
+    from guard import plugins
+
+    plugins.load_entry_points(plugins.READERS_GROUP, register_reader)
+    return READERS
+
+
+register_reader(
+    "jsonl", Reader(lambda source: read_jsonl(source.path, source.display, source), extensions=(".jsonl", ".ndjson"))
+)
+register_reader("csv", Reader(lambda source: read_csv(source.path, source.display, source), extensions=(".csv",)))
+register_reader("vlguard", Reader(read_vlguard))
+register_reader("mhalubench", Reader(read_mhalubench, takes_task=True))
+register_reader("sav-shots", Reader(read_sav_shots))
+register_reader("folder", Reader(read_folder, folder=True, takes_text=True))
 
 
 def guess_format(path: Path) -> str | None:
+    known = readers()
     if path.is_dir():
-        return "folder"
-    return _EXTENSIONS.get(path.suffix.lower())
+        folders = [name for name, reader in known.items() if reader.folder]
+        return folders[0] if len(folders) == 1 else None
+    suffix = path.suffix.lower()
+    return next((name for name, reader in known.items() if suffix in reader.extensions), None)
 
 
 def sample_per_label(exemplars: list[Exemplar], shots: int, seed: int) -> tuple[list[Exemplar], dict[str, int]]:
@@ -547,21 +577,20 @@ def read_exemplar_file(
     `root` is the data root (image paths start there, or at `images`); `shots` samples that many
     per label with `seed`. Lines about skipped items and sampling are appended to `notes`.
     """
+    known = readers()
     fmt = fmt or guess_format(path)
     if fmt is None:
-        raise PolicyError(
-            f"{where}: cannot tell the format of '{display}'; add 'format: {' | '.join(sorted(READERS))}'"
-        )
-    if fmt not in READERS:
-        raise PolicyError(f"{where}: unknown format '{fmt}' (known: {', '.join(sorted(READERS))})")
+        raise PolicyError(f"{where}: cannot tell the format of '{display}'; add 'format: {' | '.join(sorted(known))}'")
+    if fmt not in known:
+        raise PolicyError(f"{where}: unknown format '{fmt}' (known: {', '.join(sorted(known))})")
     if not path.exists():
-        kind = "folder" if fmt in FOLDER_FORMATS else "file"
+        kind = "folder" if known[fmt].folder else "file"
         raise PolicyError(f"{where}: exemplar {kind} '{display}' does not exist")
     if images is not None and not images.is_dir():
         raise PolicyError(f"{where}: image folder '{images}' does not exist")
     source = Source(path=path, display=display, root=root or path.parent, images=images, text=text, task=task)
     try:
-        exemplars = READERS[fmt](source)
+        exemplars = known[fmt].read(source)
     except UnicodeDecodeError:
         raise PolicyError(f"{where}: '{display}' is not UTF-8 text") from None
     if notes is not None:

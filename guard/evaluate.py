@@ -327,10 +327,17 @@ def _calibration_quality(verdicts, truth: list[int], names: list[str], flagged: 
             }
             for i, (n, total, hits) in enumerate(bins)
         ]
+    from sklearn.metrics import brier_score_loss
+
     for source in ("calibrated", "scores"):
         out[f"brier_{'calibrated' if source == 'calibrated' else 'vote_share'}"] = {
             name: round(
-                statistics.fmean((getattr(v, source)[name] - (t == c)) ** 2 for v, t in zip(verdicts, truth)), 6
+                float(
+                    brier_score_loss(
+                        [t == c for t in truth], [getattr(v, source)[name] for v in verdicts], pos_label=True
+                    )
+                ),
+                6,
             )
             for c, name in enumerate(names)
         }

@@ -1,4 +1,4 @@
-"""Classification metrics from true and predicted label indices: pure Python, no torch, no I/O.
+"""Classification metrics from true and predicted label indices (scikit-learn's, `guard[eval]`).
 
 Conventions (stated once, used everywhere):
 - the confusion matrix is `matrix[true][predicted]`, counts;
@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 def confusion_matrix(true: Sequence[int], pred: Sequence[int], num_labels: int) -> list[list[int]]:
     if len(true) != len(pred):
         raise ValueError(f"{len(true)} true labels but {len(pred)} predictions")
-    matrix = [[0] * num_labels for _ in range(num_labels)]
-    for t, p in zip(true, pred):
-        matrix[t][p] += 1
-    return matrix
+    if not true:
+        return [[0] * num_labels for _ in range(num_labels)]
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    return sk_confusion(list(true), list(pred), labels=list(range(num_labels))).tolist()
 
 
 def _ratio(num: float, den: float) -> float:
@@ -72,14 +73,18 @@ def report(true: Sequence[int], pred: Sequence[int], labels: Sequence[str], flag
     n, num_labels = len(true), len(labels)
     matrix = confusion_matrix(true, pred, num_labels)
     per_label = {}
+    if n:
+        from sklearn.metrics import precision_recall_fscore_support
+
+        prf = precision_recall_fscore_support(true, pred, labels=list(range(num_labels)), zero_division=0)
+        precision, recall, f1 = (v.tolist() for v in prf[:3])
+    else:
+        precision = recall = f1 = [0.0] * num_labels
     for c, name in enumerate(labels):
-        tp = matrix[c][c]
         predicted = sum(matrix[t][c] for t in range(num_labels))
         support = sum(matrix[c])
-        precision, recall = _ratio(tp, predicted), _ratio(tp, support)
-        f1 = _ratio(2 * precision * recall, precision + recall)
-        fp = predicted - tp
-        per_label[name] = LabelMetrics(precision, recall, f1, support, predicted, _ratio(fp, n - support))
+        fp = predicted - matrix[c][c]  # one-vs-rest FPR: scikit-learn has no direct function for it
+        per_label[name] = LabelMetrics(precision[c], recall[c], f1[c], support, predicted, _ratio(fp, n - support))
     correct = sum(matrix[c][c] for c in range(num_labels))
     macro_f1 = sum(m.f1 for m in per_label.values()) / num_labels if num_labels else 0.0
     return Report(list(labels), n, _ratio(correct, n), macro_f1, per_label, matrix, [f for f in flagged if f in labels])

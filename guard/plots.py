@@ -50,21 +50,21 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of `x` [N, D] projected on their first two principal components, and the share of
-    variance each explains. Signs fixed so the largest loading of each component is positive."""
-    x = x.double()
-    centred = x - x.mean(0, keepdim=True)
-    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-    comps = vh[:2]
-    if comps.shape[0] < 2:  # one feature: pad with a zero component
-        comps = torch.cat([comps, torch.zeros_like(comps)])
-    largest = comps.gather(1, comps.abs().argmax(1, keepdim=True))
-    comps = comps * torch.where(largest >= 0, 1.0, -1.0).to(comps.dtype)
-    var = s**2
-    share = (var[:2] / var.sum().clamp(min=1e-12)) if len(var) else torch.zeros(2)
-    if len(share) < 2:
-        share = torch.cat([share, torch.zeros(2 - len(share))])
-    return centred @ comps.T, share
+    """Rows of `x` [N, D] projected on their first two principal components (scikit-learn's PCA:
+    signs fixed so the largest loading of each component is positive), and the share of variance
+    each explains; padded with zeros when there are fewer than two components."""
+    from sklearn.decomposition import PCA
+
+    data = x.double().numpy()
+    n = min(2, *data.shape)
+    points, share = torch.zeros((len(data), 2), dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    if n == 0:
+        return points, share
+    pca = PCA(n_components=n, svd_solver="full").fit(data)
+    points[:, :n] = torch.from_numpy(pca.transform(data))
+    if len(data) > 1:
+        share[:n] = torch.from_numpy(pca.explained_variance_ratio_)
+    return points, share
 
 
 def centroid_axis_2d(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, float]:

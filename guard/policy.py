@@ -18,16 +18,18 @@ import string
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Literal, get_args
 
 import yaml
 
-from guard.data import FOLDER_FORMATS, TASK_OPTION_FORMATS, TEXT_OPTION_FORMATS, Exemplar, read_exemplar_file
+from guard.data import Exemplar, read_exemplar_file, readers
 from guard.errors import PolicyError
 from guard.images import file_hash
 
 DATA_ROOT_ENV = "GUARD_DATA_ROOT"
 
-SCORINGS = ("loo", "in_sample")
+Scoring = Literal["loo", "in_sample"]  # head scoring: leave-one-out (default) or in-sample (the paper)
+SCORINGS: tuple[str, ...] = get_args(Scoring)
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_HEADS = 20
 
@@ -58,7 +60,7 @@ class Policy:
     labels: list[Label]
     exemplars: list[Exemplar]
     heads: int = DEFAULT_HEADS
-    scoring: str = "loo"
+    scoring: Scoring = "loo"
     description: str = ""
     uncertain_margin: float = 0.0  # verdicts whose vote margin is below this are marked uncertain
     source_text: str = ""  # the YAML as written, stored with the artifact
@@ -423,22 +425,15 @@ def _read_source(item: _Map, check: _Checker, root: Path, where: str, notes: lis
         check.fail(item.key_lines["seed"], "'seed' chooses which exemplars 'shots' samples; add 'shots: N'")
     if "images" in item:
         options["images"] = root / check.string(item, "images")
-    if "text" in item:
-        if fmt not in TEXT_OPTION_FORMATS:
-            check.fail(
-                item.key_lines["text"],
-                f"'text' applies to 'format: {' | '.join(sorted(TEXT_OPTION_FORMATS))}' sources only",
-            )
-        options["text"] = check.string(item, "text")
-    if "task_type" in item:
-        if fmt not in TASK_OPTION_FORMATS:
-            check.fail(
-                item.key_lines["task_type"],
-                f"'task_type' applies to 'format: {' | '.join(sorted(TASK_OPTION_FORMATS))}' sources only",
-            )
-        options["task"] = check.string(item, "task_type")
+    known = readers()
+    for key, flag, option in (("text", "takes_text", "text"), ("task_type", "takes_task", "task")):
+        if key in item:
+            if fmt not in known or not getattr(known[fmt], flag):
+                formats = " | ".join(sorted(name for name, reader in known.items() if getattr(reader, flag)))
+                check.fail(item.key_lines[key], f"'{key}' applies to 'format: {formats}' sources only")
+            options[option] = check.string(item, key)
     path = root / rel
-    if fmt in FOLDER_FORMATS and "images" in item:
+    if fmt in known and known[fmt].folder and "images" in item:
         check.fail(
             item.key_lines["images"], f"'images' is for data files; 'format: {fmt}' reads images from its folder"
         )

@@ -45,24 +45,27 @@ def make_tokenizer():
 
 
 def make_text_model(directory: Path, family: str = "llama", layers: int = 4, heads: int = 4, seed: int = 0) -> Path:
-    """Save a tiny random-init causal LM of `family` (llama or qwen2) and its tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    """Save a tiny random-init causal LM of `family` (any text row of the architecture table,
+    built from its real transformers config and class) and a small tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     tokenizer = make_tokenizer()
-    common = dict(
+    config = AutoConfig.for_model(
+        family,
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=2,
+        head_dim=64 // heads,  # families with their own default head size (Gemma, Qwen3) get the same geometry
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[family]
     torch.manual_seed(seed)
-    model = model_cls(config_cls(**common))
+    model = AutoModelForCausalLM.from_config(config)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -135,3 +135,15 @@ def test_check_several_policies_in_one_pass(compiled):
     assert line["verdicts"]["never"]["flagged"] is False and line["verdicts"]["always"]["flagged"] is True
     human = run("check", "--text", "some text", "--db", compiled, "-p", "never", "-p", "always")
     assert "never:" in human.output and "always:" in human.output
+
+
+def test_help_shows_every_option_in_full_and_version():
+    help_text = " ".join(run("check", "--help").output.split())  # joined: help wraps to the terminal
+    assert "[env GUARD_DB, default ./guard.db]" in help_text  # square brackets survive (no Rich markup)
+    assert "[env GUARD_THREADS" in help_text and "--threads" in help_text
+    compile_help = " ".join(run("compile", "--help").output.split())
+    assert "[env GUARD_DATA_ROOT]" in compile_help
+    from guard import __version__
+
+    version = run("--version")
+    assert version.exit_code == 0 and version.output.strip() == f"guard {__version__}"

@@ -1,6 +1,6 @@
 """Loading models and describing where their attention heads are."""
 
-from guard.models.architectures import ARCHITECTURES, Architecture, HeadLayout
+from guard.models.architectures import ARCHITECTURES, Architecture, HeadLayout, register_architecture
 from guard.models.loaded import LoadedModel, load_model, set_threads
 from guard.models.loading import BUNDLED, ModelSource, resolve
 
@@ -12,6 +12,7 @@ __all__ = [
     "LoadedModel",
     "ModelSource",
     "load_model",
+    "register_architecture",
     "resolve",
     "set_threads",
 ]

@@ -16,10 +16,16 @@ chat template and guard writes one image token per image before the prompt (Pali
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch.nn as nn
 
+from guard import plugins
 from guard.errors import ModelError
+
+# where a family's images go: before / after the text in the user turn, or image tokens first
+ImagePlacement = Literal["before", "after", "prefix"]
+IMAGE_PLACEMENTS: tuple[str, ...] = get_args(ImagePlacement)
 
 
 @dataclass(frozen=True)
@@ -30,17 +36,15 @@ class Architecture:
     auto_class: str = "AutoModelForCausalLM"  # transformers class that loads the whole model
     multimodal: bool = False
     processor: str | None = None  # transformers processor class (vision-language models)
-    images: str = "before"  # where images go: "before" / "after" the text in the user turn, or "prefix"
+    images: ImagePlacement = "before"  # where images go: "before" / "after" the text in the user turn, or "prefix"
     needs_image: bool = False  # the model cannot run without at least one image per input
+    attention: str = "sdpa"  # transformers attn_implementation; "eager" where a family has no SDPA path
 
     def __post_init__(self):
         if self.multimodal and not self.processor:
             raise ValueError(f"{self.family}: a multimodal row needs its processor class")
         if self.images not in IMAGE_PLACEMENTS:
             raise ValueError(f"{self.family}: images must be one of {IMAGE_PLACEMENTS}")
-
-
-IMAGE_PLACEMENTS = ("before", "after", "prefix")
 
 
 def _vlm(family: str, processor: str, layers: str = "model.language_model.layers", **kw) -> Architecture:
@@ -59,7 +63,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen2": Architecture("qwen2", _TEXT),
     "qwen3": Architecture("qwen3", _TEXT),
     "gemma": Architecture("gemma", _TEXT),
-    "gemma2": Architecture("gemma2", _TEXT),
+    "gemma2": Architecture("gemma2", _TEXT, attention="eager"),  # no SDPA path in transformers
     "gemma3_text": Architecture("gemma3_text", _TEXT),
     "phi3": Architecture("phi3", _TEXT),
     "smollm3": Architecture("smollm3", _TEXT),
@@ -94,7 +98,18 @@ class HeadLayout:
     head_dim: int
 
 
+def register_architecture(model_type: str, arch: Architecture, *, replace: bool = False) -> None:
+    """Teach guard a model family: `model_type` is the config's `model_type`. Refuses to replace a
+    known row unless `replace` (a plugin fixing a row on purpose)."""
+    if not isinstance(arch, Architecture):
+        raise ModelError(f"architecture '{model_type}' must be a guard.models.Architecture, not {type(arch).__name__}")
+    if model_type in ARCHITECTURES and not replace and ARCHITECTURES[model_type] != arch:
+        raise ModelError(f"architecture '{model_type}' is already registered; pass replace=True to override it")
+    ARCHITECTURES[model_type] = arch
+
+
 def architecture_for(config) -> Architecture:
+    plugins.load_entry_points(plugins.ARCHITECTURES_GROUP, register_architecture)
     arch = ARCHITECTURES.get(config.model_type)
     if arch is None:
         known = ", ".join(sorted(ARCHITECTURES))

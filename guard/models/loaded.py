@@ -140,7 +140,7 @@ def _load_directory(
     layout = head_layout(config)
     auto = getattr(transformers, arch.auto_class)
     try:
-        model = auto.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa")
+        model = auto.from_pretrained(directory, dtype=dtype, attn_implementation=arch.attention)
         if arch.multimodal:
             tokenizer = load_processor(directory, arch.processor)
         else:

@@ -16,10 +16,13 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from guard.errors import ModelError
+
+SourceKind = Literal["bundled", "gguf", "directory", "hub"]  # the bundled alias, a .gguf file, a model folder, a hub id
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class ModelSource:
     """A resolved reference: `reference` is stable (absolute path, hub id or alias) and is stored."""
 
     reference: str
-    kind: str  # "bundled" | "gguf" | "directory" | "hub"
+    kind: SourceKind
     path: Path | None = None  # the .gguf file or the directory; None for a hub id not resolved yet
 
 
