@@ -213,25 +213,15 @@ def evaluate(
         policy = load_policy(policy)
     notes: list[str] = []
     items = read_test_items(policy, test_file, fmt, images, text, notes, task=task)
-    # each item's images are read and decoded once: for the overlap check and for the model
-    exemplar_images = [ex.load_images() for ex in policy.exemplars]
-    item_images = [item.load_images() for item in items]
-    exemplar_keys = {item_key(policy, ex, imgs) for ex, imgs in zip(policy.exemplars, exemplar_images)}
-    item_keys = [item_key(policy, item, imgs) for item, imgs in zip(items, item_images)]
-    kept = [i for i, key in enumerate(item_keys) if key not in exemplar_keys]
-    excluded = [item for item, key in zip(items, item_keys) if key in exemplar_keys]
-    tests = [items[i] for i in kept]
-    if not tests:
-        raise GuardError(f"{test_file}: every item is also an exemplar of '{policy.name}'; nothing left to evaluate")
+    pairs, tests, excluded = _exemplars_then_tests(policy, items, test_file)
 
     store = store or Store.open(db, create=True)
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
-    names, num_labels = policy.label_names, len(policy.labels)
+    names = policy.label_names
     answers = policy.answer_words
     answer_ids = baselines.answer_token_ids(loaded, answers) if with_baselines else None
 
     n_ex = len(policy.exemplars)
-    pairs = [*zip(policy.exemplars, exemplar_images), *((items[i], item_images[i]) for i in kept)]
     rendered = [loaded.prepare(policy.render(item.prompt_fields()), imgs) for item, imgs in pairs]
     feats = features(
         loaded,
@@ -242,51 +232,26 @@ def evaluate(
         hidden=with_baselines,
         answer_ids=answer_ids,
     )
-    forwards, cached = feats.computed, feats.cached
     ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
     y = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
     truth = [names.index(item.label) for item in tests]
 
     artifact = fit(policy, ex_acts, loaded)
-    verdicts = PolicyHeads(artifact).verdicts(sav.at_heads(test_acts, artifact.heads))  # as guard check decides
-    flagged = policy.flagged_labels
-
-    def result(key: str, pred: Sequence[int], extra: dict | None = None) -> MethodResult:
-        title = METHOD_TITLES[key]
-        if key == "sav":
-            title += f", k={len(artifact.heads)}"
-        if key == "zero_shot":
-            title += f" {'/'.join(answers)}"
-        pred = [int(p) for p in pred]
-        return MethodResult(key, title, pred, metrics.report(truth, pred, names, flagged), extra or {})
-
-    quality = _calibration_quality(verdicts, truth, names, flagged)
-    methods = {"sav": result("sav", [names.index(v.label) for v in verdicts], quality)}
-    vote_pred = sav.predict(test_acts, artifact.heads, artifact.centroids)
-    if artifact.calibration is not None and artifact.calibration.thresholds:
-        methods["sav_vote"] = result("sav_vote", vote_pred.tolist())
-    if with_baselines:
-        methods["zero_shot"] = result("zero_shot", baselines.zero_shot(feats.answer_logprobs[n_ex:]).tolist())
-        methods["linear_probe"] = result("linear_probe", baselines.linear_probe(ex_acts, y, test_acts).tolist())
-        hidden = feats.hidden
-        methods["hidden_centroid"] = result(
-            "hidden_centroid", baselines.nearest_centroid(hidden[:n_ex], y, num_labels, hidden[n_ex:]).tolist()
-        )
-
+    methods = _methods(policy, artifact, feats, y, truth, answers, with_baselines)
     ev = Evaluation(
         policy=policy.name,
         version=policy.version,
         model=loaded.source.reference,
         test_file=str(test_file),
         labels=names,
-        flagged=flagged,
+        flagged=policy.flagged_labels,
         heads=len(artifact.heads),
         exemplars=n_ex,
         total_items=len(items),
         excluded=excluded,
         methods=methods,
-        forwards=forwards,
-        cached=cached,
+        forwards=feats.computed,
+        cached=feats.cached,
         answers=answers if with_baselines else [],
         fit_metrics=artifact.metrics,
         notes=notes,
@@ -297,6 +262,50 @@ def evaluate(
         _heads_sweep(ev, policy, ex_acts, y, test_acts, truth, heads)
     ev.seconds = time.perf_counter() - started
     return ev
+
+
+def _exemplars_then_tests(policy: Policy, items: list[Exemplar], test_file) -> tuple[list, list, list]:
+    """(exemplars then kept test items, each with its decoded images; kept test items; test items
+    dropped because they are also exemplars). Each image is read and decoded once."""
+    exemplar_images = [ex.load_images() for ex in policy.exemplars]
+    item_images = [item.load_images() for item in items]
+    exemplar_keys = {item_key(policy, ex, imgs) for ex, imgs in zip(policy.exemplars, exemplar_images)}
+    item_keys = [item_key(policy, item, imgs) for item, imgs in zip(items, item_images)]
+    kept = [i for i, key in enumerate(item_keys) if key not in exemplar_keys]
+    if not kept:
+        raise GuardError(f"{test_file}: every item is also an exemplar of '{policy.name}'; nothing left to evaluate")
+    excluded = [item for item, key in zip(items, item_keys) if key in exemplar_keys]
+    pairs = [*zip(policy.exemplars, exemplar_images), *((items[i], item_images[i]) for i in kept)]
+    return pairs, [items[i] for i in kept], excluded
+
+
+def _methods(policy, artifact, feats: Features, y, truth, answers, with_baselines) -> dict[str, MethodResult]:
+    """SAV as `guard check` decides (and its plain vote when thresholds apply), then the baselines."""
+    names, flagged, n_ex = policy.label_names, policy.flagged_labels, len(y)
+    ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
+
+    def result(key: str, pred: Sequence[int], extra: dict | None = None) -> MethodResult:
+        title = METHOD_TITLES[key]
+        if key == "sav":
+            title += f", k={len(artifact.heads)}"
+        if key == "zero_shot":
+            title += f" {'/'.join(answers)}"
+        pred = [int(p) for p in pred]
+        return MethodResult(key, title, pred, metrics.report(truth, pred, names, flagged), extra or {})
+
+    verdicts = PolicyHeads(artifact).verdicts(sav.at_heads(test_acts, artifact.heads))  # as guard check decides
+    quality = _calibration_quality(verdicts, truth, names, flagged)
+    methods = {"sav": result("sav", [names.index(v.label) for v in verdicts], quality)}
+    if artifact.calibration is not None and artifact.calibration.thresholds:
+        methods["sav_vote"] = result("sav_vote", sav.predict(test_acts, artifact.heads, artifact.centroids).tolist())
+    if with_baselines:
+        hidden = feats.hidden
+        methods["zero_shot"] = result("zero_shot", baselines.zero_shot(feats.answer_logprobs[n_ex:]).tolist())
+        methods["linear_probe"] = result("linear_probe", baselines.linear_probe(ex_acts, y, test_acts).tolist())
+        methods["hidden_centroid"] = result(
+            "hidden_centroid", baselines.nearest_centroid(hidden[:n_ex], y, len(names), hidden[n_ex:]).tolist()
+        )
+    return methods
 
 
 RELIABILITY_BINS = 5
@@ -456,24 +465,30 @@ def print_evaluation(ev: Evaluation, console=None) -> None:
         console.print(rel)
     for kind in ("shots", "heads"):
         points = [p for p in ev.sweeps if p.sweep == kind]
-        if not points:
-            continue
-        methods = list(dict.fromkeys(p.method for p in points))
-        sweep = Table(
-            f"{kind} {'per label' if kind == 'shots' else '(k)'}",
-            *[METHOD_TITLES[m] for m in methods],
-            title=f"accuracy vs {kind}" + (" (mean ± std over draws)" if kind == "shots" else ""),
-        )
-        for value in sorted({p.value for p in points}):
-            cells = []
-            for method in methods:
-                p = next((p for p in points if p.value == value and p.method == method), None)
-                cells.append(
-                    ""
-                    if p is None
-                    else f"{p.mean:.1%}" + (f" ± {p.std:.1%} ({len(p.accuracies)})" if len(p.accuracies) > 1 else "")
-                )
-            sweep.add_row(str(value), *cells)
-        console.print(sweep)
+        if points:
+            console.print(_sweep_table(kind, points))
     for note in ev.notes:
         console.print(f"note: {note}")
+
+
+def _sweep_table(kind: str, points: list[SweepPoint]):
+    """Accuracy against shots or heads, one column per method (mean ± std over draws)."""
+    from rich.table import Table
+
+    methods = list(dict.fromkeys(p.method for p in points))
+    sweep = Table(
+        f"{kind} {'per label' if kind == 'shots' else '(k)'}",
+        *[METHOD_TITLES[m] for m in methods],
+        title=f"accuracy vs {kind}" + (" (mean ± std over draws)" if kind == "shots" else ""),
+    )
+    for value in sorted({p.value for p in points}):
+        cells = []
+        for method in methods:
+            p = next((p for p in points if p.value == value and p.method == method), None)
+            cells.append(
+                ""
+                if p is None
+                else f"{p.mean:.1%}" + (f" ± {p.std:.1%} ({len(p.accuracies)})" if len(p.accuracies) > 1 else "")
+            )
+        sweep.add_row(str(value), *cells)
+    return sweep
