@@ -88,9 +88,43 @@ def ratio_rows(b: dict[str, dict]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def onnx_rows(b: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """onnxruntime against torch (benchmarks/test_bench_onnx.py)."""
+    rows = []
+    if "onnx_latency_onnxruntime" in b and "onnx_latency_torch" in b:
+        o, t = b["onnx_latency_onnxruntime"]["stats"]["mean"], b["onnx_latency_torch"]["stats"]["mean"]
+        rows.append(
+            (
+                "check latency, batch 1: onnxruntime/torch",
+                f"{o / t:.3f}",
+                f"{o * 100:.1f} ms vs {t * 100:.1f} ms per input (10 inputs a round)",
+            )
+        )
+    if "onnx_throughput_onnxruntime" in b and "onnx_throughput_torch" in b:
+        o, t = b["onnx_throughput_onnxruntime"], b["onnx_throughput_torch"]
+        n = int(o["group"].split(":")[1].split()[0])
+        rows.append(
+            (
+                f"check throughput, {n} texts: time onnxruntime/torch",
+                f"{o['stats']['mean'] / t['stats']['mean']:.3f}",
+                f"{n / o['stats']['mean']:.1f} vs {n / t['stats']['mean']:.1f} texts/s",
+            )
+        )
+        om, tm = o["extra_info"], t["extra_info"]
+        rows.append(
+            (
+                "check: process peak memory (loading included), onnxruntime/torch",
+                f"{om['peak_mib'] / tm['peak_mib']:.3f}",
+                f"{om['peak_mib']:.0f} MiB vs {tm['peak_mib']:.0f} MiB (after loading: "
+                f"{om['loaded_mib']:.0f} vs {tm['loaded_mib']:.0f} MiB)",
+            )
+        )
+    return rows
+
+
 def main(path: str) -> None:
     benchmarks = load(path)
-    rows = ratio_rows(benchmarks) + paired_rows(benchmarks)
+    rows = ratio_rows(benchmarks) + paired_rows(benchmarks) + onnx_rows(benchmarks)
     print("| measure | ratio | detail |\n|---|---|---|")
     for name, ratio, detail in rows:
         print(f"| {name} | {ratio} | {detail} |")

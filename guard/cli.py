@@ -178,6 +178,13 @@ def check_command(
     explain: Annotated[
         bool, typer.Option("--explain", help="Show each selected head's vote and the closest exemplars")
     ] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="torch (the compiled policy on its model) or onnx (an export, see --onnx)"),
+    ] = None,
+    onnx_dir: Annotated[
+        str | None, typer.Option("--onnx", help="Folder written by 'guard export NAME --onnx DIR' (text only)")
+    ] = None,
 ):
     """Check texts or images against compiled policies. Exit 0 if all allowed, 1 if any flagged."""
     items: list[tuple[dict, str, dict]] = []  # (where the input came from, its name for people, the input)
@@ -196,6 +203,8 @@ def check_command(
         _fail("--prompt goes with images: guard check IMAGE... --prompt TEXT (use --text TEXT for a text alone)")
     if not items:
         _fail("nothing to check: give --text TEXT, image files, or '-' to read lines from stdin")
+    if _onnx_engine(engine, onnx_dir):
+        _check_with_onnx(items, onnx_dir, policy, batch_size, as_json, explain)
     _quiet_transformers()
     from guard.models import set_threads
     from guard.policy import template_fields
@@ -221,6 +230,40 @@ def check_command(
             if explain:
                 _print_explanation(verdict.explanation)
     raise typer.Exit(1 if any(result.flagged for result in results) else 0)
+
+
+def _onnx_engine(engine: str | None, onnx_dir: str | None) -> bool:
+    """Whether `guard check` runs an ONNX export (--engine onnx, or --onnx DIR alone)."""
+    if engine not in (None, "torch", "onnx"):
+        _fail(f"--engine is torch or onnx, not '{engine}'")
+    if engine == "onnx" and onnx_dir is None:
+        _fail("--engine onnx needs --onnx DIR (a folder written by 'guard export NAME --onnx DIR')")
+    if engine == "torch" and onnx_dir is not None:
+        _fail("--onnx DIR goes with --engine onnx")
+    return onnx_dir is not None
+
+
+def _check_with_onnx(items, onnx_dir: str, policy: list[str] | None, batch_size: int, as_json: bool, explain: bool):
+    """`guard check` on onnxruntime: texts only, one exported policy; same output as the torch path."""
+    if policy and len(policy) > 1:
+        _fail("the ONNX engine checks one exported policy at a time")
+    if explain:
+        _fail("--explain needs the compiled policy's exemplars: use the torch engine")
+    if any("images" in item for _, item in items):
+        _fail("the ONNX engine checks text only; check images with the torch engine")
+    _quiet_transformers()
+    from guard.onnx_engine import OnnxGuard
+
+    engine = OnnxGuard.load(onnx_dir)
+    if policy and policy[0] != engine.name:
+        _fail(f"{onnx_dir} holds an export of policy '{engine.name}', not '{policy[0]}'")
+    verdicts = engine.check_batch([item for _, item in items], batch_size=batch_size)
+    for (name, _), verdict in zip(items, verdicts):
+        if as_json:
+            typer.echo(json.dumps(verdict.to_dict()))
+        else:
+            _print_verdict(name, verdict)
+    raise typer.Exit(1 if any(v.flagged for v in verdicts) else 0)
 
 
 def _print_verdict(text: str, verdict, show_policy: bool = False) -> None:
@@ -332,6 +375,41 @@ def inspect_command(
                 f"(leave-one-out: recall {t['recall']:.1%}, FPR {t['fpr']:.1%})"
             )
         out(line)
+
+
+@app.command("export")
+@friendly
+def export_command(
+    policy: Annotated[
+        str | None, typer.Argument(help="Compiled policy name (optional if the database has one)")
+    ] = None,
+    onnx_dir: Annotated[str, typer.Option("--onnx", help="Write the ONNX export to this folder")] = ...,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+):
+    """Export a compiled policy's text path to ONNX (graph, manifest, tokenizer) for 'guard check --engine onnx'."""
+    _quiet_transformers()
+    from guard.export import export_onnx
+    from guard.store import Store
+
+    report = export_onnx(Store.open(db).load_artifact(policy), onnx_dir)
+    art_name = policy or json.loads((report.directory / "guard-onnx.json").read_text())["policy"]
+    if as_json:
+        summary = {
+            "policy": art_name,
+            "directory": str(report.directory),
+            "onnx_bytes": report.onnx_bytes,
+            "layers": report.layers,
+            "max_similarity_error": report.max_similarity_error,
+            "seconds": round(report.seconds, 2),
+        }
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(
+        f"exported '{art_name}' to {report.directory}: {report.layers} decoder layers, "
+        f"{report.onnx_bytes / 1e6:.1f} MB; onnxruntime vs torch on a sample, largest similarity gap "
+        f"{report.max_similarity_error:.1e} [{report.seconds:.1f}s]"
+    )
 
 
 @app.command("eval")

@@ -98,9 +98,16 @@ class PolicyHeads:
     def verdicts(self, selected: torch.Tensor, explain: bool = False) -> list[Verdict]:
         """Verdicts from the selected heads' outputs `[B, k, head_dim]` (heads in rank order),
         each with its explanation when `explain`."""
+        sims = sav.head_similarities(selected, self.artifact.centroids)  # [B, k, C]
+        return self.verdicts_from_similarities(sims, selected, explain)
+
+    def verdicts_from_similarities(
+        self, sims: torch.Tensor, selected: torch.Tensor, explain: bool = False
+    ) -> list[Verdict]:
+        """Verdicts from each selected head's similarity to each label centroid `[B, k, C]`
+        (computed here, or by an exported graph: guard.onnx_engine), with the head outputs."""
         art = self.artifact
         names = art.label_names
-        sims = sav.head_similarities(selected, art.centroids)  # [B, k, C]
         winners, votes, counts = sav.vote(sims)
         shares = (counts.float() / len(art.heads)).tolist()
         sims_list, votes_list, counts_list = sims.tolist(), votes.tolist(), counts.tolist()

@@ -491,10 +491,12 @@ def compile_policy(path: Path, db: str, data_root: Path | None = None):
 
 def test_compile_reads_each_layout_on_a_tiny_vlm(vlm_dirs, mhalu_val, paper_data, tmp_path, db):
     model = str(vlm_dirs("llava"))
+    vlguard_labels = [{"name": "harmful", "flagged": True}, "unharmful"]
     cases = [
         ("train", mhalu_val, {"from": "MHaluBench_train.json", "format": "mhalubench", "images": "images"}, 6),
         ("val", mhalu_val, {"from": "MHaluBench_val-v0.2.json", "format": "mhalubench", "images": "images"}, 5),
         ("shots", paper_data / "MHaluBench", {"from": "mahalu_train.json", "format": "sav-shots"}, 2),
+        ("vlshots", paper_data / "VLGuard", {"from": "vlguard_train.json", "format": "sav-shots"}, 8),
     ]
     for name, root, source, count in cases:
         directory = tmp_path / name
@@ -502,8 +504,8 @@ def test_compile_reads_each_layout_on_a_tiny_vlm(vlm_dirs, mhalu_val, paper_data
         path = write_policy(
             directory,
             [source],
-            MHALU_LABELS,
-            "\n" + CLAIM_PROMPT,
+            vlguard_labels if name == "vlshots" else MHALU_LABELS,
+            "\nInstruction:{text} Harmful?" if name == "vlshots" else "\n" + CLAIM_PROMPT,
             data_root=str(root),
             model=model,
             heads=4,
