@@ -204,7 +204,7 @@ def check_command(
     if not items:
         _fail("nothing to check: give --text TEXT, image files, or '-' to read lines from stdin")
     if _onnx_engine(engine, onnx_dir):
-        _check_with_onnx(items, onnx_dir, policy, batch_size, as_json, explain)
+        _check_with_onnx(items, onnx_dir, policy, batch_size, threads, as_json, explain)
     _quiet_transformers()
     from guard.models import set_threads
     from guard.policy import template_fields
@@ -243,24 +243,25 @@ def _onnx_engine(engine: str | None, onnx_dir: str | None) -> bool:
     return onnx_dir is not None
 
 
-def _check_with_onnx(items, onnx_dir: str, policy: list[str] | None, batch_size: int, as_json: bool, explain: bool):
-    """`guard check` on onnxruntime: texts only, one exported policy; same output as the torch path."""
+def _check_with_onnx(items, onnx_dir, policy, batch_size: int, threads, as_json: bool, explain: bool):
+    """`guard check` on onnxruntime: texts only, one exported policy; output as the torch path's."""
     if policy and len(policy) > 1:
         _fail("the ONNX engine checks one exported policy at a time")
     if explain:
         _fail("--explain needs the compiled policy's exemplars: use the torch engine")
-    if any("images" in item for _, item in items):
+    if any("images" in item for _, _, item in items):
         _fail("the ONNX engine checks text only; check images with the torch engine")
     _quiet_transformers()
     from guard.onnx_engine import OnnxGuard
+    from guard.runtime import CheckResult
 
-    engine = OnnxGuard.load(onnx_dir)
+    engine = OnnxGuard.load(onnx_dir, threads=threads)
     if policy and policy[0] != engine.name:
         _fail(f"{onnx_dir} holds an export of policy '{engine.name}', not '{policy[0]}'")
-    verdicts = engine.check_batch([item for _, item in items], batch_size=batch_size)
-    for (name, _), verdict in zip(items, verdicts):
+    verdicts = engine.check_batch([item for _, _, item in items], batch_size=batch_size)
+    for (origin, name, _), verdict in zip(items, verdicts):
         if as_json:
-            typer.echo(json.dumps(verdict.to_dict()))
+            typer.echo(json.dumps({**origin, **CheckResult({engine.name: verdict}).to_dict()}))
         else:
             _print_verdict(name, verdict)
     raise typer.Exit(1 if any(v.flagged for v in verdicts) else 0)
@@ -393,20 +394,11 @@ def export_command(
     from guard.store import Store
 
     report = export_onnx(Store.open(db).load_artifact(policy), onnx_dir)
-    art_name = policy or json.loads((report.directory / "guard-onnx.json").read_text())["policy"]
     if as_json:
-        summary = {
-            "policy": art_name,
-            "directory": str(report.directory),
-            "onnx_bytes": report.onnx_bytes,
-            "layers": report.layers,
-            "max_similarity_error": report.max_similarity_error,
-            "seconds": round(report.seconds, 2),
-        }
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps(report.to_dict()))
         return
     typer.echo(
-        f"exported '{art_name}' to {report.directory}: {report.layers} decoder layers, "
+        f"exported '{report.policy}' to {report.directory}: {report.layers} decoder layers, "
         f"{report.onnx_bytes / 1e6:.1f} MB; onnxruntime vs torch on a sample, largest similarity gap "
         f"{report.max_similarity_error:.1e} [{report.seconds:.1f}s]"
     )

@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,22 +68,27 @@ class HeadsGraph(nn.Module):
         self.register_buffer("centroids", centroids.detach().float().clone())  # [C, k, D]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        layout = self.loaded.layout
+        # Own hooks, not the model's head tap (guard.capture): the tap reshapes with the batch size
+        # as a Python number, which a trace would freeze, and stops the forward with an exception,
+        # which a trace cannot follow. The hooks ignore forwards from other threads.
+        layout, owner = self.loaded.layout, threading.get_ident()
         taken: dict[int, torch.Tensor] = {}
-        handles = [
-            self.loaded.o_projs[layer].register_forward_pre_hook(
-                lambda module, args, layer=layer: taken.__setitem__(layer, args[0])
-            )
-            for layer in self.layers
-        ]
+
+        def reader(layer: int):
+            def hook(module, args):
+                if threading.get_ident() == owner:
+                    taken[layer] = args[0]
+
+            return hook
+
+        handles = [self.loaded.o_projs[layer].register_forward_pre_hook(reader(layer)) for layer in self.layers]
         try:
             with _truncated(self.loaded, max(self.layers) + 1):
                 _decoder(self.loaded)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         finally:
             for handle in handles:
                 handle.remove()
-        rows = torch.arange(input_ids.shape[0])
-        last = last_token_index(attention_mask)
+        rows, last = torch.arange(input_ids.shape[0]), last_token_index(attention_mask)
         per_layer = {
             layer: taken[layer][rows, last].reshape(-1, layout.num_heads, layout.head_dim) for layer in self.layers
         }
@@ -125,11 +132,22 @@ def _eager_attention(loaded: LoadedModel):
 
 @dataclass
 class ExportReport:
+    policy: str
     directory: Path
     onnx_bytes: int
     layers: int  # decoder layers in the graph (deepest selected layer + 1)
     max_similarity_error: float  # |onnxruntime - torch| on the sample input, largest head similarity gap
     seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "policy": self.policy,
+            "directory": str(self.directory),
+            "onnx_bytes": self.onnx_bytes,
+            "layers": self.layers,
+            "max_similarity_error": self.max_similarity_error,
+            "seconds": round(self.seconds, 2),
+        }
 
 
 def manifest(artifact: Artifact, loaded: LoadedModel) -> dict:
@@ -203,7 +221,7 @@ def export_onnx(
 
         onnxruntime_module()  # fail before the trace, not after it
     graph = HeadsGraph(loaded, artifact.heads, artifact.centroids).eval()
-    sample = loaded.encode([loaded.chat(artifact.prompt.replace("{text}", SAMPLE_TEXT))])
+    sample = loaded.encode([loaded.prepare(artifact.prompt.format_map(defaultdict(lambda: SAMPLE_TEXT)))])
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -218,6 +236,7 @@ def export_onnx(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportReport(
+        policy=artifact.name,
         directory=target,
         onnx_bytes=(target / MODEL_FILE).stat().st_size,
         layers=max(graph.layers) + 1,

@@ -11,6 +11,7 @@ verdict.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class OnnxGuard:
         self.artifact = _artifact(manifest)
         self._heads = PolicyHeads(self.artifact)
         self._chat = bool(getattr(tokenizer, "chat_template", None))
+        self._lock = threading.Lock()  # Hugging Face fast tokenizers are not safe to share between threads
 
     @classmethod
     def load(cls, directory: str | Path, *, threads: int | None = None) -> OnnxGuard:
@@ -92,13 +94,15 @@ class OnnxGuard:
             raise GuardError(f"the policy prompt needs a value for {{{exc.args[0]}}}") from None
         if not self._chat:
             return prompt
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        with self._lock:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
 
     def run(self, rendered: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """One batch through the graph: heads `[B, k, head_dim]`, similarities `[B, k, labels]`."""
-        batch = self.tokenizer(list(rendered), add_special_tokens=not self._chat, padding=True, return_tensors="np")
+        with self._lock:
+            batch = self.tokenizer(list(rendered), add_special_tokens=not self._chat, padding=True, return_tensors="np")
         feeds = {
             "input_ids": batch["input_ids"].astype(np.int64),
             "attention_mask": batch["attention_mask"].astype(np.int64),
@@ -116,7 +120,8 @@ class OnnxGuard:
         if any(item.get("images") for item in items):
             raise GuardError("the ONNX engine checks text only; check images with the torch engine")
         rendered = [self.render(**item) for item in items]
-        lengths = [len(self.tokenizer(r, add_special_tokens=not self._chat)["input_ids"]) for r in rendered]
+        with self._lock:
+            lengths = [len(self.tokenizer(r, add_special_tokens=not self._chat)["input_ids"]) for r in rendered]
         results: list[Verdict | None] = [None] * len(items)
         for group in length_buckets(lengths, batch_size) if len(items) > batch_size else [list(range(len(items)))]:
             heads, sims = self.run([rendered[i] for i in group])

@@ -122,9 +122,10 @@ def test_check_cli_with_the_onnx_engine(exported, db, llama):
 
 
 def comparable(line: str) -> dict:
-    """A JSON verdict with each head's vote kept and its similarities (6 decimals, float noise) dropped."""
+    """A JSON check result with each head's vote kept and its similarities (6 decimals, float noise) dropped."""
     record = json.loads(line)
-    record["votes"] = [(v["layer"], v["head"], v["label"]) for v in record["votes"]]
+    for verdict in record["verdicts"].values():
+        verdict["votes"] = [(v["layer"], v["head"], v["label"]) for v in verdict["votes"]]
     return record
 
 
