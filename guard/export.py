@@ -199,7 +199,8 @@ def export_onnx(
 ) -> ExportReport:
     """Write `directory` (created, or replaced if it holds an earlier export) with the ONNX graph,
     its manifest and the tokenizer. The model is loaded on CPU in float32 unless `loaded` is given
-    (it must be). With `check`, onnxruntime runs the graph once and the gap to torch is reported."""
+    (which must be on CPU in float32 too). With `check`, onnxruntime runs the graph once and the
+    gap to torch is reported."""
     started = time.perf_counter()
     target = Path(directory)
     _check_target(target)
