@@ -19,6 +19,10 @@ def __getattr__(name):
         from guard import runtime
 
         return getattr(runtime, name)
+    if name == "scan":  # guard.scan(items, guards, ...): the streaming bulk scanner
+        from guard.scanner import scan
+
+        return scan
     if name == "compile_policy":
         from guard.compiler import compile_policy
 
@@ -39,4 +43,5 @@ __all__ = [
     "Verdict",
     "compile_policy",
     "load_policy",
+    "scan",
 ]

@@ -186,14 +186,12 @@ def check_command(
         str | None, typer.Option("--onnx", help="Folder written by 'guard export NAME --onnx DIR' (text only)")
     ] = None,
 ):
-    """Check texts or images against compiled policies. Exit 0 if all allowed, 1 if any flagged."""
+    """Check texts or images against compiled policies. Exit 0 if all allowed, 1 if any flagged, 2 if any input error."""
     items: list[tuple[dict, str, dict]] = []  # (where the input came from, its name for people, the input)
     if text is not None:
         items.append(({}, text, {"text": text}))
     image_paths = [item for item in inputs or [] if item != "-"]
-    if "-" in (inputs or []):
-        lines = sys.stdin.read().splitlines()
-        items.extend(({"line": n}, line, {"text": line}) for n, line in enumerate(lines, start=1) if line.strip())
+    from_stdin = "-" in (inputs or [])  # streamed below, one record per line
     if image_paths:
         from guard.images import load_image
 
@@ -201,7 +199,7 @@ def check_command(
         items.extend(({"image": path}, path, {**fields, "images": [load_image(path)]}) for path in image_paths)
     elif prompt is not None:
         _fail("--prompt goes with images: guard check IMAGE... --prompt TEXT (use --text TEXT for a text alone)")
-    if not items:
+    if not items and not from_stdin:
         _fail("nothing to check: give --text TEXT, image files, or '-' to read lines from stdin")
     if _onnx_engine(engine, onnx_dir):
         _check_with_onnx(items, onnx_dir, policy, batch_size, threads, as_json, explain)
@@ -222,14 +220,218 @@ def check_command(
         [item for _, _, item in items], batch_size=batch_size, progress=len(items) > batch_size, explain=explain
     )
     for (origin, name, _), result in zip(items, results):
-        if as_json:
-            typer.echo(json.dumps({**origin, **result.to_dict()}))
-            continue
-        for verdict in result.values():
-            _print_verdict(name, verdict, show_policy=len(result) > 1)
-            if explain:
-                _print_explanation(verdict.explanation)
-    raise typer.Exit(1 if any(result.flagged for result in results) else 0)
+        _show_result(origin, name, result, as_json, explain)
+    flagged = any(result.flagged for result in results)
+    errors = 0
+    if from_stdin:
+        lines_flagged, errors = _check_stdin(guards, batch_size, as_json, explain)
+        flagged = flagged or lines_flagged
+    raise typer.Exit(2 if errors else 1 if flagged else 0)
+
+
+def _show_result(origin: dict, name: str, result, as_json: bool, explain: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({**origin, **result.to_dict()}))
+        return
+    for verdict in result.values():
+        _print_verdict(name, verdict, show_policy=len(result) > 1)
+        if explain:
+            _print_explanation(verdict.explanation)
+
+
+def _check_stdin(guards, batch_size: int, as_json: bool, explain: bool) -> tuple[bool, int]:
+    """Stream stdin through the scanner: one output per line, blank and undecodable lines
+    included (as errors), each written as its window completes. Returns (any flagged, errors)."""
+    from guard.scan_input import Shard, read_text
+    from guard.scanner import WINDOW_BATCHES, check_items, windows
+
+    flagged, errors = False, 0
+    for chunk in windows(read_text(Shard("-", "text")), batch_size * WINDOW_BATCHES):
+        for item, outcome in zip(chunk, check_items(guards, chunk, batch_size, explain=explain)):
+            if isinstance(outcome, str):
+                errors += 1
+                typer.echo(
+                    json.dumps({"line": item.id, "error": outcome})
+                    if as_json
+                    else f"{'error':8} line {item.id}: {outcome}"
+                )
+            else:
+                flagged = flagged or outcome.flagged
+                _show_result({"line": item.id}, item.fields["text"], outcome, as_json, explain)
+        sys.stdout.flush()
+    return flagged, errors
+
+
+@app.command("scan")
+@friendly
+def scan_command(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="JSONL, CSV, Parquet, text (one item per line), a folder of images, or '-' (stdin)"),
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="Results file: .jsonl or .parquet")],
+    db: DbOption = None,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option("--policy", "-p", help="Compiled policy name; repeat for several (one forward per shared prompt)"),
+    ] = None,
+    id_field: Annotated[
+        str | None, typer.Option("--id-field", help="Column holding each item's id [default: the line or row number]")
+    ] = None,
+    text_field: Annotated[str, typer.Option("--text-field", help="Column holding the text to check")] = "text",
+    image_field: Annotated[
+        str | None, typer.Option("--image-field", help="Column naming an image file (a manifest of images)")
+    ] = None,
+    images: Annotated[
+        str | None, typer.Option("--images", help="Folder --image-field paths start from [default: the manifest's]")
+    ] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="Text that goes with each image (fills {text})")
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="Input format if the extension does not say: jsonl, csv, parquet, text, images"),
+    ] = None,
+    batch_size: BatchOption = 16,
+    window: Annotated[
+        int | None, typer.Option("--window", min=1, help="Items read and length-bucketed together [default: 8 batches]")
+    ] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Add each selected head's vote to the records")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted scan into the same --out")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = None,
+    threads: ThreadsOption = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Data (pip install 'guard[ray]')")] = False,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="An existing Ray cluster [default: start Ray locally]")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="--ray: model actors (each loads the model once)")
+    ] = 1,
+):
+    """Check a whole corpus: streamed, one record per item in input order, resumable.
+    Exit 0 nothing flagged, 1 something flagged, 2 the scan failed."""
+    import time
+
+    from guard.scan_input import Columns, detect_format, read_items
+    from guard.scan_output import existing, output_format, skip_done
+
+    output_format(out)
+    kinds = {detect_format(path, fmt) for path in inputs}
+    if "parquet" in kinds or output_format(out) == "parquet":
+        from guard.scan_input import _pyarrow_parquet
+
+        _pyarrow_parquet()  # fail now, not after the scan
+    _quiet_transformers()
+    from guard.models import set_threads
+    from guard.policy import template_fields
+    from guard.store import Store
+
+    store = Store.open(db)
+    artifacts = [store.load_artifact(name) for name in policy] if policy else [store.load_artifact()]
+    set_threads(threads)
+    needed = set().union(*(template_fields(art.prompt) for art in artifacts))
+    if "images" in kinds and "text" in needed and prompt is None:
+        _fail("the policy prompt has {text}: add --prompt TEXT to go with each image")
+    columns = Columns(
+        id=id_field,
+        text=text_field,
+        image=image_field,
+        extra=tuple(sorted(needed - {"text"})),
+        prompt=prompt,
+        images=images,
+    )
+    done = existing(out, resume, overwrite)
+    items = skip_done(read_items(inputs, columns, fmt), done)
+    started = time.monotonic()
+    if ray:
+        from guard.scan_ray import ray_scan_windows
+
+        batches = ray_scan_windows(
+            items,
+            artifacts,
+            address=ray_address,
+            workers=workers,
+            batch_size=batch_size,
+            window=window,
+            votes=explain,
+            device=device,
+            dtype=dtype,
+        )
+    else:
+        from guard.runtime import GuardSet
+        from guard.scanner import scan_windows
+
+        guards = GuardSet.with_model(artifacts, device=device, dtype=dtype)
+        batches = scan_windows(items, guards, batch_size=batch_size, window=window, votes=explain)
+    summary = _write_scan(batches, out, done, artifacts, inputs, fmt, quiet, explain)
+    _print_scan_summary(summary, out, time.monotonic() - started, done.records, as_json)
+    raise typer.Exit(1 if summary.flagged else 0)
+
+
+def _write_scan(batches, out: str, done, artifacts, inputs, fmt, quiet: bool, votes: bool):
+    """Write each window's records as it completes, with a progress bar; convert at the end."""
+    import signal
+
+    from tqdm.auto import tqdm
+
+    from guard.scan_input import count_items
+    from guard.scan_output import JsonlWriter, finish, record_schema, staging_path
+
+    show = not quiet and sys.stderr.isatty()
+    total = count_items(inputs, fmt) if show else None
+    summary = done.summary
+    writer = JsonlWriter(staging_path(out))
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a polite kill keeps what was written, as Ctrl-C does
+    try:
+        with tqdm(total=total, initial=done.records, unit="item", disable=not show, file=sys.stderr) as bar:
+            for records in batches:
+                writer.write(records)
+                for record in records:
+                    summary.add(record)
+                bar.update(len(records))
+    except KeyboardInterrupt:
+        writer.close()
+        typer.echo(f"guard: interrupted after {summary.items} items; continue with --resume", err=True)
+        raise typer.Exit(130) from None
+    except OSError as exc:  # a full disk, say: what was written stays, and --resume continues it
+        _fail(f"cannot write {out} ({exc.strerror or exc}); continue with --resume once fixed")
+    finally:
+        writer.close()
+        signal.signal(signal.SIGTERM, previous)
+    finish(out, record_schema({a.name: a.label_names for a in artifacts}, votes=votes))
+    return summary
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _print_scan_summary(summary, out: str, seconds: float, resumed: int, as_json: bool) -> None:
+    new = summary.items - resumed
+    rate = new / seconds if seconds > 0 else 0.0
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    **summary.to_dict(),
+                    "resumed": resumed,
+                    "seconds": round(seconds, 3),
+                    "items_per_second": round(rate, 2),
+                    "out": out,
+                }
+            )
+        )
+        return
+    typer.echo(
+        f"scanned {summary.items} items into {out}: {summary.checked} checked, {summary.flagged} flagged, "
+        f"{summary.errors} errors ({new} now at {rate:.1f} items/s{f', {resumed} before' if resumed else ''})"
+    )
+    for name, labels in summary.labels.items():
+        typer.echo(f"  {name}: " + ", ".join(f"{label} {n}" for label, n in labels.items()))
 
 
 def _onnx_engine(engine: str | None, onnx_dir: str | None) -> bool:

@@ -66,9 +66,10 @@ def test_check_stdin_one_json_line_per_text(compiled):
     texts = "first text\n\nsecond text\nthird one\n"
     result = run("check", "-", "--db", compiled, "-p", "always", "--json", "--batch-size", "2", input=texts)
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
-    assert len(lines) == 3 and all(line["flagged"] for line in lines)
-    assert [line["line"] for line in lines] == [1, 3, 4]  # each record says which input line it answers
-    assert result.exit_code == 1
+    assert [line["line"] for line in lines] == [1, 2, 3, 4]  # the blank line keeps its place, as an error
+    assert lines[1] == {"line": 2, "error": "empty text: nothing to check"}
+    assert all(line["flagged"] for i, line in enumerate(lines) if i != 1)
+    assert result.exit_code == 2
 
 
 def test_list_and_inspect(compiled):
