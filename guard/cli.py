@@ -345,14 +345,16 @@ def scan_command(
         images=images,
     )
     done = existing(out, resume, overwrite)
-    items = skip_done(read_items(inputs, columns, fmt), done)
     started = time.monotonic()
     if ray:
         from guard.scan_ray import ray_scan_windows
 
         batches = ray_scan_windows(
-            items,
+            inputs,
             artifacts,
+            columns,
+            fmt=fmt,
+            progress=done,
             address=ray_address,
             workers=workers,
             batch_size=batch_size,
@@ -365,6 +367,7 @@ def scan_command(
         from guard.runtime import GuardSet
         from guard.scanner import scan_windows
 
+        items = skip_done(read_items(inputs, columns, fmt), done)
         guards = GuardSet.with_model(artifacts, device=device, dtype=dtype)
         batches = scan_windows(items, guards, batch_size=batch_size, window=window, votes=explain)
     summary = _write_scan(batches, out, done, artifacts, inputs, fmt, quiet, explain)

@@ -67,42 +67,130 @@ def detect_format(path: str, fmt: str | None = None) -> str:
     return _BY_SUFFIX.get(p.suffix.lower(), "text")
 
 
-def read_items(paths: Iterable[str], columns: Columns = Columns(), fmt: str | None = None) -> Iterator[Item]:
-    """Every item of every input, in order. With several inputs a default id is 'PATH:N'."""
+@dataclass
+class Shard:
+    """A piece of one input that a reader can take alone: a byte range of lines (JSONL, text),
+    a Parquet row group, some files of an image folder, or a whole file. `first` is the number
+    of its first line, row or file (ids count from there); `skip` drops its first items (resume)."""
+
+    path: str
+    kind: str
+    prefix: str = ""  # put before default ids when there are several inputs ('PATH:')
+    first: int = 1
+    start: int = 0  # byte offset (lines) or row group (Parquet)
+    end: int | None = None  # byte offset where the next shard starts (lines)
+    files: list[str] | None = None  # image folders: the files of this shard, relative to `path`
+    count: int | None = None  # items in the shard, where known without reading it
+    skip: int = 0
+
+
+def plan(paths: Iterable[str], fmt: str | None = None, shard_bytes: int | None = None) -> list[Shard]:
+    """Shards covering the inputs, in order. `shard_bytes` None: one shard per input (no
+    pre-pass, so stdin works); else line files are cut at line starts about every
+    `shard_bytes`, Parquet files at row groups and image folders every IMAGES_PER_SHARD files."""
     paths = list(paths)
-    formats = [detect_format(path, fmt) for path in paths]  # fail on a missing file before reading any
-    for path, kind in zip(paths, formats):
+    kinds = [detect_format(path, fmt) for path in paths]  # fail on a missing file before reading any
+    shards = []
+    for path, kind in zip(paths, kinds):
         prefix = f"{path}:" if len(paths) > 1 else ""
-        for item in READERS[kind](path, columns):
-            if prefix and (columns.id is None or item.id is None or kind == "images"):
-                item.id = f"{prefix}{item.id}"
+        if shard_bytes is None or kind == "csv":  # quoted CSV fields may hold newlines: no byte cuts
+            shards.append(Shard(path, kind, prefix))
+        elif kind == "parquet":
+            shards.extend(_parquet_shards(path, prefix))
+        elif kind == "images":
+            files = image_files(path)
+            for i in range(0, max(len(files), 1), IMAGES_PER_SHARD):
+                part = files[i : i + IMAGES_PER_SHARD]
+                shards.append(Shard(path, kind, prefix, first=i + 1, files=part, count=len(part)))
+        else:
+            shards.extend(_line_shards(path, kind, prefix, shard_bytes))
+    return shards
+
+
+IMAGES_PER_SHARD = 1000
+
+
+def _parquet_shards(path: str, prefix: str) -> list[Shard]:
+    meta = _pyarrow_parquet().ParquetFile(path).metadata
+    shards, first = [], 1
+    for group in range(meta.num_row_groups):
+        rows = meta.row_group(group).num_rows
+        shards.append(Shard(path, "parquet", prefix, first=first, start=group, count=rows))
+        first += rows
+    return shards
+
+
+def _line_shards(path: str, kind: str, prefix: str, shard_bytes: int) -> list[Shard]:
+    """Cut a line file at line starts about every `shard_bytes`; count each piece's lines."""
+    shards, start, first = [], 0, 1
+    with open(path, "rb") as f:
+        size = f.seek(0, io.SEEK_END)
+        while start < size:
+            f.seek(min(start + shard_bytes, size))
+            if f.tell() < size:
+                f.readline()  # on to the next line start
+            end = f.tell()
+            f.seek(start)
+            lines, left, last = 0, end - start, b"\n"
+            while left and (chunk := f.read(min(left, 1 << 20))):
+                lines, left, last = lines + chunk.count(b"\n"), left - len(chunk), chunk[-1:]
+            lines += last != b"\n"
+            shards.append(Shard(path, kind, prefix, first=first, start=start, end=end, count=lines))
+            start, first = end, first + lines
+    return shards or [Shard(path, kind, prefix, count=0)]
+
+
+def read_shard(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
+    """The items of one shard, with the ids the whole input would give them."""
+    items = READERS[shard.kind](shard, columns)
+    for n, item in enumerate(items):
+        if shard.prefix and (columns.id is None or item.id is None or shard.kind == "images"):
+            item.id = f"{shard.prefix}{item.id}"
+        if n >= shard.skip:
             yield item
 
 
-def decoded_lines(stream: io.RawIOBase | io.BufferedIOBase) -> Iterator[tuple[int, str | None]]:
-    """(line number from 1, text without its line ending, or None if not UTF-8), lazily.
-    Bytes are decoded line by line, so one bad line spoils only itself."""
-    for number, raw in enumerate(stream, start=1):
+def read_items(paths: Iterable[str], columns: Columns = Columns(), fmt: str | None = None) -> Iterator[Item]:
+    """Every item of every input, in order. With several inputs a default id is 'PATH:N'."""
+    for shard in plan(paths, fmt):
+        yield from read_shard(shard, columns)
+
+
+def decoded_lines(stream, first: int = 1, size: int | None = None) -> Iterator[tuple[int, str | None]]:
+    """(line number, text without its line ending, or None if not UTF-8), lazily, for the next
+    `size` bytes (None: to the end). Bytes are decoded line by line: one bad line spoils only itself."""
+    for number, raw in enumerate(stream, start=first):
+        if size is not None:
+            if size <= 0:
+                return
+            size -= len(raw)
         try:
             yield number, raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             yield number, None
 
 
-def _open_binary(path: str):
+def _open_binary(path: str, start: int = 0):
     if path == "-":
         return sys.stdin.buffer
     try:
-        return open(path, "rb")  # noqa: SIM115 - closed by the reader that owns it
+        stream = open(path, "rb")  # noqa: SIM115 - closed by the reader that owns it
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    stream.seek(start)
+    return stream
 
 
-def read_text(path: str, columns: Columns = Columns()) -> Iterator[Item]:
+def _lines(shard: Shard, stream) -> Iterator[tuple[int, str | None]]:
+    size = None if shard.end is None else shard.end - shard.start
+    return decoded_lines(stream, shard.first, size)
+
+
+def read_text(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
     """One text per line; the id is the line number."""
-    stream = _open_binary(path)
+    stream = _open_binary(shard.path, shard.start)
     try:
-        for number, line in decoded_lines(stream):
+        for number, line in _lines(shard, stream):
             if line is None:
                 yield Item(number, error="not valid UTF-8")
             else:
@@ -112,11 +200,12 @@ def read_text(path: str, columns: Columns = Columns()) -> Iterator[Item]:
             stream.close()
 
 
-def read_jsonl(path: str, columns: Columns = Columns()) -> Iterator[Item]:
+def read_jsonl(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
     """One JSON object per line; a blank line is an item with empty text."""
-    stream = _open_binary(path)
+    base = Path(shard.path).parent
+    stream = _open_binary(shard.path, shard.start)
     try:
-        for number, line in decoded_lines(stream):
+        for number, line in _lines(shard, stream):
             where = f"line {number}"
             if line is None:
                 yield unreadable(number, where, "not valid UTF-8", columns)
@@ -128,14 +217,15 @@ def read_jsonl(path: str, columns: Columns = Columns()) -> Iterator[Item]:
                 except json.JSONDecodeError as exc:
                     yield unreadable(number, where, f"not valid JSON ({exc.msg})", columns)
                     continue
-                yield row_item(row, number, where, columns, Path(path).parent)
+                yield row_item(row, number, where, columns, base)
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
 
 
-def read_csv(path: str, columns: Columns = Columns()) -> Iterator[Item]:
+def read_csv(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
     """A CSV file with a header row; the id is the data row number (the header is row 0)."""
+    path = shard.path
     stream = _open_binary(path)
     try:
         # surrogateescape keeps undecodable bytes as lone surrogates, caught per row below
@@ -159,8 +249,9 @@ def _has_surrogates(value) -> bool:
     return isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
-def read_parquet(path: str, columns: Columns = Columns()) -> Iterator[Item]:
-    """A Parquet file, read PARQUET_ROWS rows at a time (only the columns used)."""
+def read_parquet(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
+    """A Parquet file (or one row group of it), read PARQUET_ROWS rows at a time (only the columns used)."""
+    path = shard.path
     pq = _pyarrow_parquet()
     try:
         file = pq.ParquetFile(path)
@@ -168,13 +259,16 @@ def read_parquet(path: str, columns: Columns = Columns()) -> Iterator[Item]:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
     present = set(file.schema_arrow.names)
     wanted = [c for c in (columns.id, columns.text, columns.image, *columns.extra) if c and c in present]
-    number = 0
-    for batch in file.iter_batches(batch_size=PARQUET_ROWS, columns=sorted(set(wanted))):
+    groups = None if shard.count is None else [shard.start]  # a planned shard is one row group
+    rows = file.metadata.num_rows if groups is None else shard.count
+    number = shard.first - 1
+    batches = file.iter_batches(batch_size=PARQUET_ROWS, row_groups=groups, columns=sorted(set(wanted)))
+    for batch in batches if wanted else ():
         for row in batch.to_pylist():
             number += 1
             yield row_item(row, number, f"row {number}", columns, Path(path).parent)
-    if number == 0 and file.metadata.num_rows:  # no columns wanted: still one item per row
-        for number in range(1, file.metadata.num_rows + 1):
+    if not wanted:  # no column wanted (all missing): still one item per row, each saying so
+        for number in range(shard.first, shard.first + rows):
             yield row_item({}, number, f"row {number}", columns, Path(path).parent)
 
 
@@ -186,13 +280,20 @@ def _pyarrow_parquet():
     return pq
 
 
-def read_image_folder(path: str, columns: Columns = Columns()) -> Iterator[Item]:
-    """Every image file under a folder (by name, recursively); the id is its path inside it."""
+def image_files(path: str) -> list[str]:
+    """The image files under a folder, recursively, as sorted paths relative to it."""
     root = Path(path)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+
+
+def read_image_folder(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
+    """Every image file under a folder (by name, recursively); the id is its path inside it."""
+    files = image_files(shard.path) if shard.files is None else shard.files
     text = {} if columns.prompt is None else {"text": columns.prompt}
-    for file in files:
-        yield Item(file.relative_to(root).as_posix(), {**text, "images": [str(file)]})
+    for name in files:
+        yield Item(name, {**text, "images": [str(Path(shard.path) / name)]})
 
 
 def unreadable(number: int, where: str, reason: str, columns: Columns) -> Item:
@@ -248,7 +349,7 @@ def count_items(paths: Iterable[str], fmt: str | None = None) -> int | None:
         if path == "-":
             return None
         if kind == "images":
-            total += sum(1 for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            total += len(image_files(path))
         elif kind == "parquet":
             total += _pyarrow_parquet().ParquetFile(path).metadata.num_rows
         else:

@@ -341,3 +341,34 @@ def test_sigterm_keeps_what_was_written(tmp_path, scan_db):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and b"--resume" in err
     assert out.read_bytes().endswith(b"\n")  # only whole records
+
+
+def test_shards_read_the_same_items_as_whole_files(tmp_path, colour_data):
+    """Ray's shards (line ranges, Parquet row groups, folder slices) give exactly the items, ids
+    and numbering of reading each input whole; several inputs get 'PATH:N' ids."""
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import guard.scan_input as scan_input
+    from guard.scan_input import Columns, count_items, plan, read_items, read_shard
+
+    corpus = write_corpus(tmp_path / "posts.jsonl", 300)
+    (tmp_path / "tail.txt").write_bytes(b"one\n\xff bad\nthree")  # no newline at the end
+    pq.write_table(pa.table({"text": [f"t{i}" for i in range(130)]}), tmp_path / "t.parquet", row_group_size=40)
+    folder = colour_data / "heldout"
+    inputs = [str(corpus), str(tmp_path / "tail.txt"), str(tmp_path / "t.parquet"), str(folder)]
+    columns = Columns(prompt="what colour?")
+    whole = [dataclasses.asdict(item) for item in read_items(inputs, columns)]
+    scan_input.IMAGES_PER_SHARD, saved = 3, scan_input.IMAGES_PER_SHARD
+    try:
+        shards = plan(inputs, shard_bytes=700)
+    finally:
+        scan_input.IMAGES_PER_SHARD = saved
+    assert len({s.path for s in shards}) == 4 and len(shards) > 12
+    assert [dataclasses.asdict(item) for s in shards for item in read_shard(s, columns)] == whole
+    assert len(whole) == 300 + 3 + 130 + 20 == count_items(inputs)
+    assert whole[301]["id"] == f"{tmp_path / 'tail.txt'}:2" and whole[301]["error"] == "not valid UTF-8"
+    assert whole[302]["fields"] == {"text": "three"} and whole[303]["id"] == f"{tmp_path / 't.parquet'}:1"
+    assert whole[-1]["id"] == f"{folder}:red/" + sorted(p.name for p in (folder / "red").iterdir())[-1]
