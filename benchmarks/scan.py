@@ -51,6 +51,7 @@ def run(cmd: list[str], stdin: str | None = None) -> tuple[float, float]:
 
 
 def write_texts(directory: Path, texts: list[str], n: int) -> tuple[str, str]:
+    """n numbered texts (cycled from `texts`) as a text file and as JSONL with ids."""
     lines = [f"{texts[i % len(texts)]} (#{i})" for i in range(n)]
     txt, jsonl = directory / f"texts-{n}.txt", directory / f"texts-{n}.jsonl"
     txt.write_text("".join(t + "\n" for t in lines))
@@ -58,24 +59,38 @@ def write_texts(directory: Path, texts: list[str], n: int) -> tuple[str, str]:
     return str(txt), str(jsonl)
 
 
-def throughput(tmp: Path, n: int, batch: int) -> None:
-    from benchmarks.texts import POLICY, heldout_texts
-    from guard.compiler import compile_policy
-
-    db = str(tmp / "real.db")
-    compile_policy(POLICY, db, device="cpu")
-    txt, jsonl = write_texts(tmp, heldout_texts(), n)
+def throughput(tmp: Path, db: str, texts: list[str], n: int, batch: int, label: str) -> None:
+    txt, jsonl = write_texts(tmp, texts, n)
     common = ["--db", db, "--device", "cpu", "--batch-size", str(batch)]
     check_s, check_mib = run([GUARD, "check", "-", "--json", *common], stdin=txt)
-    scan_s, scan_mib = run([GUARD, "scan", jsonl, "--out", str(tmp / "real.jsonl"), "-q", *common])
-    print(f"\n### Throughput: SmolLM2-135M, default policy, {n} texts, batch {batch} (wall time includes model load)\n")
-    print("| command | seconds | items/s | peak RSS MiB |\n|---|---|---|---|")
-    print(f"| `guard check - --json` | {check_s:.1f} | {n / check_s:.1f} | {check_mib:.0f} |")
-    print(f"| `guard scan --out .jsonl` | {scan_s:.1f} | {n / scan_s:.1f} | {scan_mib:.0f} |")
-    print(f"\nscan / check - items/s: **{check_s / scan_s:.2f}x**")
+    scan_s, scan_mib = run([GUARD, "scan", jsonl, "--out", str(tmp / f"t-{n}.jsonl"), "-q", "--overwrite", *common])
+    say(f"\n### Throughput: {label}, {n} texts, batch {batch} (wall time includes loading the model)\n")
+    say("| command | seconds | items/s | peak RSS MiB |\n|---|---|---|---|")
+    say(f"| `guard check - --json` | {check_s:.1f} | {n / check_s:.1f} | {check_mib:.0f} |")
+    say(f"| `guard scan --out .jsonl` | {scan_s:.1f} | {n / scan_s:.1f} | {scan_mib:.0f} |")
+    say(f"\nscan / check - items/s: **{check_s / scan_s:.2f}x**")
 
 
-def memory(tmp: Path, sizes: list[int], batch: int) -> None:
+def memory(tmp: Path, db: str, texts: list[str], sizes: list[int], baseline: list[int], batch: int) -> None:
+    say(f"\n### Peak memory: tiny random-weight model, batch {batch}\n")
+    say("| items | command | seconds | peak RSS MiB |\n|---|---|---|---|")
+    for n in sorted(set(sizes) | set(baseline)):
+        _, jsonl = write_texts(tmp, texts, n)
+        if n in sizes:
+            out = str(tmp / f"m-{n}.jsonl")
+            seconds, mib = run([GUARD, "scan", jsonl, "--out", out, "-q", "--overwrite", "--db", db, "--device", "cpu",
+                                "--batch-size", str(batch)])  # fmt: skip
+            say(f"| {n:,} | `guard scan` | {seconds:.1f} | {mib:.0f} |")
+        if n in baseline:
+            seconds, mib = run([sys.executable, "-c", ALL_AT_ONCE, db, jsonl, str(batch)])
+            say(f"| {n:,} | all at once (`check_batch`, 0.1 `check -`) | {seconds:.1f} | {mib:.0f} |")
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def tiny_db(tmp: Path) -> tuple[str, list[str]]:
     from tests.fixtures import TEXTS, make_text_model, write_policy
 
     model = make_text_model(tmp / "tiny-model")
@@ -83,37 +98,41 @@ def memory(tmp: Path, sizes: list[int], batch: int) -> None:
     subprocess.run(
         [GUARD, "compile", str(write_policy(tmp, model, TEXTS)), "--db", db], check=True, capture_output=True
     )
-    words = [t for texts in TEXTS.values() for t in texts]
-    rows = []
-    for n in sizes:
-        _, jsonl = write_texts(tmp, words, n)
-        scan = run([GUARD, "scan", jsonl, "--out", str(tmp / f"tiny-{n}.jsonl"), "-q", "--overwrite", "--db", db,
-                    "--device", "cpu", "--batch-size", str(batch)])  # fmt: skip
-        whole = run([sys.executable, "-c", ALL_AT_ONCE, db, jsonl, str(batch)])
-        rows.append((n, scan, whole))
-    print(f"\n### Peak memory: tiny random-weight model, batch {batch}\n")
-    print("| items | `guard scan` s | scan peak RSS MiB | all at once (0.1 `check -`) s | all-at-once peak RSS MiB |")
-    print("|---|---|---|---|---|")
-    for n, (scan_s, scan_mib), (whole_s, whole_mib) in rows:
-        print(f"| {n:,} | {scan_s:.1f} | {scan_mib:.0f} | {whole_s:.1f} | {whole_mib:.0f} |")
-    (_, (_, small)), (_, (_, large)) = [(r[0], r[1]) for r in rows[:1]], [(r[0], r[1]) for r in rows[-1:]]
-    print(f"\nscan peak RSS, {sizes[-1]:,} vs {sizes[0]:,} items: **{large / small:.2f}x**")
+    return db, [t for texts in TEXTS.values() for t in texts]
+
+
+def real_db(tmp: Path) -> tuple[str, list[str]]:
+    from benchmarks.texts import POLICY, heldout_texts
+    from guard.compiler import compile_policy
+
+    db = str(tmp / "real.db")
+    compile_policy(POLICY, db, device="cpu")
+    return db, heldout_texts()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=2000)
-    parser.add_argument("--big", type=int, default=20000)
+    parser.add_argument("--items", type=int, default=2000, help="texts in the throughput runs")
+    parser.add_argument("--memory", default="2000,20000", help="scan sizes in the memory table")
+    parser.add_argument("--baseline", default="2000,20000", help="all-at-once sizes in the memory table")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--skip-real", action="store_true", help="only the memory table")
+    parser.add_argument("--only", choices=["memory", "tiny", "real"], action="append", help="run only these parts")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parts = args.only or ["memory", "tiny", "real"]
+    sizes = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        memory(tmp, [args.items, args.big], args.batch_size)
-        if not args.skip_real:
-            throughput(tmp, args.items, args.batch_size)
+        if "memory" in parts or "tiny" in parts:
+            db, texts = tiny_db(tmp)
+            if "memory" in parts:
+                memory(tmp, db, texts, sizes(args.memory), sizes(args.baseline), args.batch_size)
+            if "tiny" in parts:
+                throughput(tmp, db, texts, args.items, args.batch_size, "tiny random-weight model")
+        if "real" in parts:
+            db, texts = real_db(tmp)
+            throughput(tmp, db, texts, args.items, args.batch_size, "SmolLM2-135M, default policy")
 
 
 if __name__ == "__main__":
