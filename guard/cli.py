@@ -202,6 +202,13 @@ def check_command(
     if not items and not from_stdin:
         _fail("nothing to check: give --text TEXT, image files, or '-' to read lines from stdin")
     if _onnx_engine(engine, onnx_dir):
+        if from_stdin:  # the ONNX engine takes stdin whole; blank and undecodable lines stay as errors
+            from guard.scan_input import Shard, read_text
+
+            for line in read_text(Shard("-", "text")):
+                text_of_line = line.fields.get("text", "")
+                error = line.error or (None if text_of_line.strip() else "empty text: nothing to check")
+                items.append(({"line": line.id}, error or text_of_line, None if error else {"text": text_of_line}))
         _check_with_onnx(items, onnx_dir, policy, batch_size, threads, as_json, explain)
     _quiet_transformers()
     from guard.models import set_threads
@@ -454,7 +461,7 @@ def _check_with_onnx(items, onnx_dir, policy, batch_size: int, threads, as_json:
         _fail("the ONNX engine checks one exported policy at a time")
     if explain:
         _fail("--explain needs the compiled policy's exemplars: use the torch engine")
-    if any("images" in item for _, _, item in items):
+    if any(item and "images" in item for _, _, item in items):
         _fail("the ONNX engine checks text only; check images with the torch engine")
     _quiet_transformers()
     from guard.onnx_engine import OnnxGuard
@@ -463,13 +470,22 @@ def _check_with_onnx(items, onnx_dir, policy, batch_size: int, threads, as_json:
     engine = OnnxGuard.load(onnx_dir, threads=threads)
     if policy and policy[0] != engine.name:
         _fail(f"{onnx_dir} holds an export of policy '{engine.name}', not '{policy[0]}'")
-    verdicts = engine.check_batch([item for _, _, item in items], batch_size=batch_size)
-    for (origin, name, _), verdict in zip(items, verdicts):
+    checked = iter(engine.check_batch([item for _, _, item in items if item is not None], batch_size=batch_size))
+    flagged = errors = 0
+    for origin, name, item in items:
+        if item is None:  # a stdin line that cannot be checked: `name` is the reason
+            errors += 1
+            typer.echo(
+                json.dumps({**origin, "error": name}) if as_json else f"{'error':8} line {origin['line']}: {name}"
+            )
+            continue
+        verdict = next(checked)
+        flagged += verdict.flagged
         if as_json:
             typer.echo(json.dumps({**origin, **CheckResult({engine.name: verdict}).to_dict()}))
         else:
             _print_verdict(name, verdict)
-    raise typer.Exit(1 if any(v.flagged for v in verdicts) else 0)
+    raise typer.Exit(2 if errors else 1 if flagged else 0)
 
 
 def _print_verdict(text: str, verdict, show_policy: bool = False) -> None:
