@@ -731,6 +731,155 @@ def eval_command(
             typer.echo(f"wrote {plot}")
 
 
+@app.command("serve")
+@friendly
+def serve_command(
+    db: DbOption = None,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option("--policy", "-p", help="Policy to serve; repeat for several [default: all, of one model]"),
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to bind [default: 127.0.0.1]")] = None,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on")] = 8000,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most inputs in one forward pass")] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option("--max-wait-ms", min=0, help="Longest wait for a batch to fill, in milliseconds")
+    ] = 5.0,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=1, help="Inputs waiting at most; beyond, 503 with Retry-After")
+    ] = 256,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds a request may take; then 504")] = 30.0,
+    max_items: Annotated[int, typer.Option("--max-items", min=1, help="Inputs in one request")] = 64,
+    max_chars: Annotated[int, typer.Option("--max-chars", min=1, help="Characters in one text")] = 20_000,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Tokens in one text")] = 2048,
+    max_image_bytes: Annotated[int, typer.Option("--max-image-bytes", min=1, help="Bytes of one image")] = 5 * 2**20,
+    max_image_pixels: Annotated[
+        int, typer.Option("--max-image-pixels", min=1, help="Pixels (width x height) of one image")
+    ] = 4096 * 4096,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1, help="Bytes of one request body")] = 8
+    * 2**20,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key", help="Accepted API key; repeatable (GUARD_API_KEYS or --api-key-file keep keys out of ps)"
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        str | None, typer.Option("--api-key-file", help="File of API keys, one a line [env GUARD_API_KEYS_FILE]")
+    ] = None,
+    audit: Annotated[bool, typer.Option("--audit", help="Record every verdict in the database's audit log")] = False,
+    audit_text: Annotated[
+        bool, typer.Option("--audit-text", help="Also record the input text (by default only its SHA-256)")
+    ] = False,
+    audit_retention_days: Annotated[
+        float | None, typer.Option("--audit-retention-days", min=0, help="Delete audit rows older than this")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="CPU threads of the model worker [env GUARD_THREADS]")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
+    shutdown_timeout: Annotated[
+        float, typer.Option("--shutdown-timeout", min=0, help="Seconds in-flight requests get to finish on SIGTERM")
+    ] = 30.0,
+):
+    """Serve the compiled policies over HTTP: OpenAI's POST /v1/moderations and guard's POST /v1/check."""
+    if audit_text and not audit:
+        _fail("--audit-text goes with --audit")
+    _quiet_transformers()
+    from guard.serve.keys import load_keys
+    from guard.serve.limits import Limits
+    from guard.serve.main import serve
+    from guard.serve.service import ServeConfig
+
+    limits = Limits(
+        max_body_bytes=max_body_bytes,
+        max_items=max_items,
+        max_chars=max_chars,
+        max_tokens=max_tokens,
+        max_image_bytes=max_image_bytes,
+        max_image_pixels=max_image_pixels,
+        timeout_s=timeout,
+    )
+    config = ServeConfig(
+        limits=limits,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        keys=load_keys(api_key, api_key_file),
+        audit=audit,
+        audit_text=audit_text,
+        audit_retention_days=audit_retention_days,
+        threads=threads,
+    )
+    serve(
+        db=db,
+        policies=policy,
+        host=host,
+        port=port,
+        device=device,
+        dtype=dtype,
+        config=config,
+        log_level=log_level,
+        shutdown_timeout=shutdown_timeout,
+    )
+
+
+@app.command("audit")
+@friendly
+def audit_command(
+    db: DbOption = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only rows from then on: 30m, 12h, 7d, 2w or an ISO date/time")
+    ] = None,
+    policy: Annotated[str | None, typer.Option("--policy", "-p", help="Only this policy's rows")] = None,
+    flagged: Annotated[
+        bool | None, typer.Option("--flagged/--allowed", help="Only flagged (or only allowed) verdicts")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="The newest N rows [default: all with --json, else 50]")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Export as JSON lines, one row each")] = False,
+    prune_days: Annotated[
+        float | None, typer.Option("--prune-days", min=0, help="Delete rows older than this many days, then report")
+    ] = None,
+):
+    """List or export the audit log that 'guard serve --audit' writes; prune it with --prune-days."""
+    from datetime import datetime, timedelta, timezone
+
+    from guard.audit import AuditLog, parse_since
+    from guard.store import Store
+
+    log = AuditLog(Store.open(db))
+    if prune_days is not None:
+        before = datetime.now(timezone.utc) - timedelta(days=prune_days)
+        typer.echo(f"pruned {log.prune(before)} audit rows older than {before.isoformat(timespec='seconds')}")
+        return
+    start = parse_since(since) if since else None
+    rows = log.query(since=start, policy=policy, flagged=flagged, limit=limit or (None if as_json else 50))
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row.to_dict()))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("time (UTC)", "request", "policy", "version", "label", "flagged", "ms", "input sha256")
+    for row in rows:
+        table.add_row(
+            row.created_at[:23],
+            f"{row.request_id[:12]}/{row.item}",
+            row.policy,
+            row.policy_version,
+            row.label,
+            "yes" if row.flagged else "no",
+            f"{row.latency_ms:.0f}",
+            row.input_sha256[:16],
+        )
+    Console().print(table)
+
+
 def main() -> None:
     app()
 

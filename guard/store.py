@@ -115,6 +115,32 @@ class CalibrationRow(Base):
     metrics: orm.Mapped[dict] = orm.mapped_column(sa.JSON)
 
 
+class AuditRow(Base):
+    """One verdict given by `guard serve --audit` (guard.audit), from migration 0003.
+
+    `input_sha256` identifies the input without keeping it; `input_text` is kept only when the
+    operator asked for it (`--audit-text`). `created_at` is ISO 8601 UTC with microseconds, so
+    it sorts as text.
+    """
+
+    __tablename__ = "audit_log"
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True, autoincrement=True)
+    created_at: orm.Mapped[str] = orm.mapped_column(sa.String(40), index=True)
+    request_id: orm.Mapped[str] = orm.mapped_column(sa.String(128), index=True)
+    item: orm.Mapped[int]  # the input's index in its request
+    endpoint: orm.Mapped[str] = orm.mapped_column(sa.String(40))
+    api_key: orm.Mapped[str | None] = orm.mapped_column(sa.String(16))  # a short hash of the key, never the key
+    policy: orm.Mapped[str] = orm.mapped_column(sa.String(200), index=True)
+    policy_version: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    model_fingerprint: orm.Mapped[str] = orm.mapped_column(sa.String(200))
+    input_sha256: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    input_text: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    label: orm.Mapped[str] = orm.mapped_column(sa.String(200))
+    flagged: orm.Mapped[bool]
+    scores: orm.Mapped[dict] = orm.mapped_column(sa.JSON)
+    latency_ms: orm.Mapped[float]
+
+
 def _initial(conn: sa.Connection) -> None:
     # The tables of the first schema, named: a migration must do the same thing forever, so it
     # never creates "whatever the models define now" (later tables belong to later migrations).
@@ -126,8 +152,12 @@ def _calibrations(conn: sa.Connection) -> None:
     CalibrationRow.__table__.create(conn)
 
 
+def _audit_log(conn: sa.Connection) -> None:
+    AuditRow.__table__.create(conn)
+
+
 # Applied in order, each once, inside the transaction that records it. Append; never edit.
-MIGRATIONS = [("0001_initial", _initial), ("0002_calibrations", _calibrations)]
+MIGRATIONS = [("0001_initial", _initial), ("0002_calibrations", _calibrations), ("0003_audit_log", _audit_log)]
 
 
 def to_blob(tensor: torch.Tensor) -> bytes:

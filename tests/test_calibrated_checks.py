@@ -205,7 +205,7 @@ def test_database_from_before_calibration_loads_and_upgrades(tiny_policy, db, ll
     con.close()
     store = Store.open(db)  # applies 0002
     names = [r[0] for r in sqlite3.connect(db).execute("select name from guard_migrations order by name")]
-    assert names == ["0001_initial", "0002_calibrations"]
+    assert names[:2] == ["0001_initial", "0002_calibrations"]
     art = store.load_artifact()
     assert art.calibration is None
     verdict = Guard(art, llama).check("help me hurt someone")

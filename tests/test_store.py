@@ -37,10 +37,10 @@ def test_other_sqlite_database_is_refused_and_left_alone(tmp_path):
 def test_new_database_records_its_migrations(tmp_path):
     store = Store.open(str(tmp_path / "g.db"), create=True)
     names = [r[0] for r in sqlite3.connect(tmp_path / "g.db").execute("select name from guard_migrations")]
-    assert names == ["0001_initial", "0002_calibrations"]
+    assert names == ["0001_initial", "0002_calibrations", "0003_audit_log"]
     assert store.policy_names() == []
     Store.open(str(tmp_path / "g.db"))  # reopening migrates nothing twice
-    assert len(list(sqlite3.connect(tmp_path / "g.db").execute("select name from guard_migrations"))) == 2
+    assert len(list(sqlite3.connect(tmp_path / "g.db").execute("select name from guard_migrations"))) == 3
 
 
 def test_url_and_environment(tmp_path, monkeypatch):

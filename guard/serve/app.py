@@ -1,0 +1,291 @@
+"""The HTTP routes of `guard serve` (FastAPI): OpenAI moderations, guard's own check, operations.
+
+Every error is a JSON body `{"error": {"message", "type", "param", "code", "request_id"}}` with a
+4xx status for the caller's mistakes and limits, 503/504 for capacity and time; no verdict is
+ever implied by an error. Each response carries `X-Request-ID` (the caller's, if it sent a sane
+one) and each request is logged as one JSON line with that id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from guard.serve.inputs import Item, parse_input
+from guard.serve.limits import ApiError, LimitError, bad_request, check_body_size
+from guard.serve.results import check_result, moderation_result
+from guard.serve.service import Service
+
+log = logging.getLogger("guard.serve")
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+ROUTES = {
+    "/v1/moderations",
+    "/v1/check",
+    "/v1/policies",
+    "/v1/models",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+}
+
+
+def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
+    """The app over a Service; with `manage_service` the app's lifespan starts and stops it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if manage_service:
+            service.start()
+        log.info("ready", extra={"policies": service.policy_names, "model": service.guards.loaded.source.reference})
+        try:
+            yield
+        finally:
+            if manage_service:  # in-flight requests are done (uvicorn waited); finish the queue and the audit log
+                await asyncio.to_thread(service.stop)
+            log.info("stopped")
+
+    app = FastAPI(title="guard", summary="Content moderation with Sparse Attention Vectors", lifespan=lifespan)
+    app.state.service = service
+    app.add_middleware(RequestContext, service=service)
+    _add_error_handlers(app, service)
+    _add_routes(app, service)
+    return app
+
+
+def _add_routes(app: FastAPI, service: Service) -> None:
+    limits = service.config.limits
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request):
+        """OpenAI's moderation API: `{"model": POLICY (optional), "input": ...}`."""
+        api_key = authorize(request, service)
+        body = await read_json(request, service)
+        policies = service.resolve_policies(_optional_str(body, "model"))
+        items = await _items(body, limits)
+        outcomes = await service.check(items, policies)
+        request_id = request.state.request_id
+        await service.record(request_id, "moderations", items, outcomes, api_key)
+        flagged = {name: service.moderator.flagged_labels[name] for name in policies}
+        results = [
+            moderation_result(o.verdicts, flagged, item.input_types, single=len(policies) == 1)
+            for item, o in zip(items, outcomes)
+        ]
+        return {"id": f"modr-{request_id}", "model": ",".join(policies), "results": results}
+
+    @app.post("/v1/check")
+    async def check(request: Request):
+        """guard's verdicts: `{"input": ..., "policies": [...] (optional), "explain": false}`."""
+        api_key = authorize(request, service)
+        body = await read_json(request, service)
+        requested = body.get("policies", body.get("policy"))
+        if requested is not None and not (
+            isinstance(requested, str) or (isinstance(requested, list) and all(isinstance(p, str) for p in requested))
+        ):
+            raise bad_request("policies must be a policy name or a list of names", "policies")
+        explain = body.get("explain", False)
+        if not isinstance(explain, bool):
+            raise bad_request("explain must be true or false", "explain")
+        policies = service.resolve_policies(requested, "policies")
+        items = await _items(body, limits)
+        outcomes = await service.check(items, policies, explain=explain)
+        request_id = request.state.request_id
+        await service.record(request_id, "check", items, outcomes, api_key)
+        return {
+            "id": f"chk-{request_id}",
+            "policies": list(policies),
+            "results": [check_result(o.verdicts, o.explanations) for o in outcomes],
+        }
+
+    @app.get("/v1/policies")
+    async def policies(request: Request):
+        authorize(request, service)
+        return {"policies": [_policy_summary(art) for art in service.moderator.artifacts.values()]}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        """The policies as OpenAI "models", for clients that list models first."""
+        authorize(request, service)
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "guard"} for name in service.policy_names
+            ],
+        }
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        problems = await run_in_threadpool(_readiness_problems, service)
+        body = {"ready": not problems, "policies": service.policy_names, "queue_depth": service.batcher.depth}
+        if problems:
+            return JSONResponse({**body, "problems": problems}, status_code=503)
+        return body
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        authorize(request, service)
+        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+
+
+def _readiness_problems(service: Service) -> list[str]:
+    problems = []
+    if not service.batcher.alive:
+        problems.append("the model worker is not running")
+    if service.audit is not None and not service.audit.alive:
+        problems.append("the audit writer is not running")
+    if service.store is not None:
+        try:
+            stored = set(service.store.policy_names())
+        except Exception as exc:
+            problems.append(f"the policy database cannot be read ({str(exc).splitlines()[0]})")
+        else:
+            missing = [name for name in service.policy_names if name not in stored]
+            if missing:
+                problems.append(f"policies no longer in the database: {', '.join(missing)}")
+    return problems
+
+
+def _policy_summary(art) -> dict:
+    return {
+        "name": art.name,
+        "version": art.version,
+        "labels": [{"name": lab.name, "flagged": lab.flagged} for lab in art.labels],
+        "model": art.model_reference,
+        "model_fingerprint": art.model_fingerprint,
+        "heads": len(art.heads),
+        "calibrated": art.calibration is not None,
+        "compiled": art.created_at,
+    }
+
+
+def _optional_str(body: dict, key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise bad_request(f"{key} must be a string", key)
+    return value
+
+
+async def _items(body: dict, limits) -> list[Item]:
+    if "input" not in body:
+        raise bad_request("the request needs an 'input'", "input", code="missing_input")
+    value = body["input"]
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        return await run_in_threadpool(parse_input, value, limits)  # decoding images: off the event loop
+    return parse_input(value, limits)
+
+
+def authorize(request: Request, service: Service) -> str | None:
+    """The caller's key id, or 401 if keys are set and the request has no valid one."""
+    keys = service.config.keys
+    if not keys:
+        return None
+    key_id = keys.check(request.headers.get("authorization"))
+    if key_id is None:
+        raise ApiError(
+            401,
+            "invalid_api_key",
+            "a valid API key is required: send 'Authorization: Bearer KEY'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return key_id
+
+
+async def read_json(request: Request, service: Service) -> dict:
+    """The body as a JSON object, read no further than the body size limit."""
+    limits = service.config.limits
+    length = request.headers.get("content-length")
+    if length and length.isdigit():
+        check_body_size(int(length), limits)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        check_body_size(len(body), limits)
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise bad_request("the request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def _add_error_handlers(app: FastAPI, service: Service) -> None:
+    def error_response(request: Request, error: ApiError) -> JSONResponse:
+        service.metrics.errors.labels(error.code).inc()
+        request_id = getattr(request.state, "request_id", None)
+        return JSONResponse(error.body(request_id), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        if isinstance(exc, LimitError):
+            log.info("limit", extra={"request_id": request.state.request_id, "limit": exc.limit})
+        return error_response(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(request, ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+
+
+class RequestContext:
+    """Pure ASGI middleware: request id, the X-Request-ID header, one JSON log line and metrics per
+    request, and a JSON 500 (logged with its traceback) for any error that escaped the routes."""
+
+    def __init__(self, app, service: Service):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = message["status"], True
+                MutableHeaders(scope=message).append("x-request-id", request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("internal error", extra={"request_id": request_id, "path": scope["path"]})
+            if not status["sent"]:
+                error = ApiError(500, "internal_error", "internal error; nothing was decided", kind="server_error")
+                self.service.metrics.errors.labels(error.code).inc()
+                await JSONResponse(error.body(request_id), status_code=500)(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope["path"] if scope["path"] in ROUTES else "other"
+            self.service.metrics.requests.labels(route, str(status["code"])).inc()
+            self.service.metrics.request_seconds.labels(route).observe(seconds)
+            log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status["code"],
+                    "ms": round(seconds * 1000, 2),
+                    "client": (scope.get("client") or ("", 0))[0],
+                },
+            )

@@ -1,0 +1,154 @@
+"""The micro-batcher: one worker thread gathers queued items into batches for one model call each.
+
+Callers (the event loop, any thread) `submit` items and get `concurrent.futures.Future`s back at
+once; they never wait on the model. The worker takes the oldest item, waits at most `max_wait`
+for more to arrive (up to `max_batch`), and hands the gathered items to `run_batch` in one call.
+While a batch runs, new items queue up, so under load batches fill without any waiting.
+
+The queue is bounded: `submit` refuses with `QueueFull` rather than building a backlog that no
+caller will live to see answered. Items that are still gathering count towards the bound.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+
+class QueueFull(Exception):
+    """The queue cannot take these items now; try again shortly."""
+
+
+class BatcherStopped(Exception):
+    """The batcher is shutting down and takes no new items."""
+
+
+@dataclass
+class _Pending:
+    item: object
+    future: Future
+    enqueued: float  # time.monotonic()
+
+
+# run_batch(items) -> one result per item, in order; an Exception in the list fails that item only
+RunBatch = Callable[[list], Sequence[object]]
+# on_batch(size, seconds): called after each batch, for metrics
+OnBatch = Callable[[int, float], None]
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 256,
+        on_batch: OnBatch | None = None,
+        on_start: Callable[[], None] | None = None,
+        name: str = "guard-model-worker",
+    ):
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch and max_queue must be at least 1, max_wait_ms at least 0")
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self.on_start = on_start
+        self._queue: deque[_Pending] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    # --- the callers' side -------------------------------------------------------------------
+
+    def start(self) -> MicroBatcher:
+        self._thread.start()
+        return self
+
+    def submit(self, items: Sequence) -> list[Future]:
+        """Queue all of `items` (or none: raises QueueFull if they do not all fit)."""
+        now = time.monotonic()
+        pending = [_Pending(item, Future(), now) for item in items]
+        with self._cond:
+            if self._stopping:
+                raise BatcherStopped("the server is shutting down")
+            if len(self._queue) + len(pending) > self.max_queue:
+                raise QueueFull(f"the queue holds {len(self._queue)} of {self.max_queue} items")
+            self._queue.extend(pending)
+            self._cond.notify()
+        return [p.future for p in pending]
+
+    @property
+    def depth(self) -> int:
+        """Items waiting, those being gathered included (not the batch that is running)."""
+        return len(self._queue)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Take no new items, finish every queued one, and end the worker."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # --- the worker --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        if self.on_start is not None:
+            self.on_start()
+        while True:
+            batch = self._gather()
+            if batch is None:
+                return
+            # a caller that gave up (timeout) cancelled its future: skip it
+            live = [p for p in batch if p.future.set_running_or_notify_cancel()]
+            if live:
+                started = time.perf_counter()
+                self._process(live)
+                if self.on_batch is not None:
+                    self.on_batch(len(live), time.perf_counter() - started)
+
+    def _gather(self) -> list[_Pending] | None:
+        """Wait for the first item, then up to max_wait after it arrived for the batch to fill."""
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            deadline = self._queue[0].enqueued + self.max_wait
+            while len(self._queue) < self.max_batch and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            count = min(self.max_batch, len(self._queue))
+            return [self._queue.popleft() for _ in range(count)]
+
+    def _process(self, batch: list[_Pending]) -> None:
+        try:
+            results = list(self.run_batch([p.item for p in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            # one bad item must not fail the others: run each alone
+            for p in batch:
+                self._process([p])
+            return
+        for p, result in zip(batch, results):
+            if isinstance(result, BaseException):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)

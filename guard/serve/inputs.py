@@ -1,0 +1,164 @@
+"""Request `input` values (OpenAI moderation shapes) into guard inputs, within the limits.
+
+Accepted: a string; a list of strings (one input each); or a list of content parts
+`{"type": "text", "text": ...}` / `{"type": "image_url", "image_url": {"url": "data:..."}}`, which
+together make ONE input (texts joined by newlines, images in order), as in OpenAI's API.
+
+Images come only as base64 `data:` URLs. The server never fetches a URL and never opens a path a
+request names: anything else is refused before any work is done.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+from dataclasses import dataclass, field
+
+from guard.images import GuardImage, ImageError, decode_image
+from guard.serve.limits import LimitError, Limits, bad_request, check_items, check_text
+
+DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
+
+
+@dataclass
+class Item:
+    """One input to check: text for the prompt's {text} (None: none given) and decoded images."""
+
+    param: str  # where it was in the request, for error messages: input, input[2]
+    text: str | None
+    images: list[GuardImage] = field(default_factory=list)
+
+    def fields(self) -> dict:
+        """What `GuardSet.check_batch` takes for this input."""
+        item: dict = {} if self.text is None else {"text": self.text}
+        if self.images:
+            item["images"] = self.images
+        return item
+
+    @property
+    def input_types(self) -> list[str]:
+        return (["text"] if self.text is not None else []) + (["image"] if self.images else [])
+
+
+def parse_input(value, limits: Limits) -> list[Item]:
+    """The inputs of one request, in order; raises ApiError (400/413) naming what is wrong."""
+    if isinstance(value, str):
+        items = [_text_item(value, "input", limits)]
+    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        check_items(len(value), limits)
+        items = [_text_item(v, f"input[{i}]", limits) for i, v in enumerate(value)]
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        items = [_parts_item(value, limits)]
+    elif isinstance(value, list) and not value:
+        raise bad_request("input is an empty list: nothing to check", "input")
+    else:
+        raise bad_request(
+            "input must be a string, a list of strings, or a list of content parts "
+            '({"type": "text", ...} / {"type": "image_url", ...})',
+            "input",
+        )
+    return items
+
+
+def _text_item(text: str, param: str, limits: Limits) -> Item:
+    check_text(text, limits, param)
+    if not text.strip():
+        raise bad_request(f"{param} is empty: nothing to check", param, code="empty_input")
+    return Item(param, text)
+
+
+def _parts_item(parts: list[dict], limits: Limits) -> Item:
+    texts: list[str] = []
+    images: list[GuardImage] = []
+    for i, part in enumerate(parts):
+        param = f"input[{i}]"
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise bad_request(f'{param}.text must be a string (a part {{"type": "text", "text": "..."}})', param)
+            texts.append(text)
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url  # {"url": ...} as OpenAI, or the string
+            if not isinstance(url, str):
+                raise bad_request(f'{param}.image_url must be {{"url": "data:image/...;base64,..."}}', param)
+            if len(images) >= limits.max_images:
+                raise LimitError(
+                    "max_images", f"the input has more than {limits.max_images} images (the limit)", param=param
+                )
+            images.append(decode_data_url(url, f"{param}.image_url", limits))
+        else:
+            raise bad_request(f"{param}.type must be 'text' or 'image_url', not {kind!r}", param)
+    text = "\n".join(texts)
+    check_text(text, limits, "input")
+    if not text.strip() and not images:
+        raise bad_request("input is empty: nothing to check", "input", code="empty_input")
+    return Item("input", text if texts else None, images)
+
+
+def decode_data_url(url: str, param: str, limits: Limits) -> GuardImage:
+    """A `data:image/...;base64,...` URL decoded into a GuardImage, within the image limits."""
+    match = DATA_URL.match(url)
+    if not match:
+        what = "a URL to fetch" if re.match(r"[a-z][\w+.-]*://", url, re.I) else "not a data: URL"
+        raise bad_request(
+            f"{param}: images must be base64 data URLs (data:image/png;base64,...); {what} is refused: "
+            "the server never fetches URLs or reads files",
+            param,
+            code="invalid_image_url",
+        )
+    if not match["b64"]:
+        raise bad_request(f"{param}: the data URL must be base64 (data:image/png;base64,...)", param, "invalid_image")
+    payload = url[match.end() :]
+    # base64 is 4 characters per 3 bytes: refuse an oversized image before decoding it
+    if len(payload) * 3 // 4 > limits.max_image_bytes + 2:
+        raise _image_too_big(len(payload) * 3 // 4, param, limits)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request(f"{param}: the data URL is not valid base64", param, "invalid_image") from None
+    if len(data) > limits.max_image_bytes:
+        raise _image_too_big(len(data), param, limits)
+    _check_pixels(data, param, limits)
+    try:
+        return decode_image(data, param, max_pixels=limits.max_image_pixels)
+    except ImageError as exc:
+        raise bad_request(str(exc), param, "invalid_image") from None
+
+
+def _image_too_big(size: int, param: str, limits: Limits) -> LimitError:
+    return LimitError(
+        "max_image_bytes",
+        f"{param}: the image has {size:,} bytes; the limit is {limits.max_image_bytes:,}",
+        param=param,
+    )
+
+
+def _check_pixels(data: bytes, param: str, limits: Limits) -> None:
+    """Read only the header: refuse too many pixels before anything is decoded."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            width, height = Image.open(io.BytesIO(data)).size
+    except Image.DecompressionBombError:  # Pillow's own ceiling, far above any sane limit
+        raise LimitError(
+            "max_image_pixels",
+            f"{param}: the image has too many pixels; the limit is {limits.max_image_pixels:,}",
+            param=param,
+        ) from None
+    except Exception:
+        return  # not an image at all: decode_image says so in its own words
+    if width * height > limits.max_image_pixels:
+        raise LimitError(
+            "max_image_pixels",
+            f"{param}: the image has {width}x{height} = {width * height:,} pixels; the limit is "
+            f"{limits.max_image_pixels:,}",
+            param=param,
+        )

@@ -1,0 +1,119 @@
+"""Start `guard serve`: load the policies and the model once, then run the app under uvicorn.
+
+Everything that can fail on the operator's input (database, policy names, model, keys) fails
+before the port is opened, with a one-line GuardError. SIGTERM or Ctrl-C stops accepting
+connections, lets in-flight requests finish (up to `shutdown_timeout`), then finishes the queue
+and the audit log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Sequence
+
+from guard.errors import GuardError
+
+log = logging.getLogger("guard.serve")
+
+LOOPBACK = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_guards(db: str | None, policies: Sequence[str] | None, device: str, dtype: str | None):
+    """The chosen policies (all of the database's by default; they must share one model) on their model."""
+    from guard.runtime import GuardSet
+    from guard.store import Store
+
+    store = Store.open(db)
+    names = list(policies) if policies else store.policy_names()
+    if not names:
+        raise GuardError("the database holds no compiled policy; run 'guard compile POLICY.yaml' first")
+    artifacts = [store.load_artifact(name) for name in names]
+    models = {art.model_fingerprint: art.model_reference for art in artifacts}
+    if len(models) > 1:
+        listing = "; ".join(
+            f"{ref}: {', '.join(a.name for a in artifacts if a.model_fingerprint == fp)}" for fp, ref in models.items()
+        )
+        raise GuardError(f"the policies run on {len(models)} models ({listing}); choose those of one with -p NAME")
+    return store, GuardSet.with_model(artifacts, device=device, dtype=dtype)
+
+
+def serve(
+    *,
+    db: str | None,
+    policies: Sequence[str] | None,
+    host: str | None,
+    port: int,
+    device: str,
+    dtype: str | None,
+    config,
+    log_level: str = "info",
+    shutdown_timeout: float = 30.0,
+) -> None:
+    try:
+        import uvicorn
+
+        from guard.serve.app import create_app
+        from guard.serve.logs import setup_logging
+        from guard.serve.service import Service
+    except ImportError as exc:
+        raise GuardError(f"guard serve needs the serve extra: pip install 'guard[serve]' ({exc})") from None
+    setup_logging(log_level)
+    if host is None:
+        host = LOOPBACK
+    elif not config.keys and not is_loopback(host):
+        log.warning(
+            "serving without API keys on a non-loopback address: anyone who can reach it can use it",
+            extra={"host": host},
+        )
+    if config.threads is None and os.environ.get("GUARD_THREADS"):
+        config.threads = _threads_from_env(os.environ["GUARD_THREADS"])
+    store, guards = load_guards(db, policies, device, dtype)
+    service = Service(guards, config, store=store)
+    app = create_app(service)
+    log.info(
+        "serving",
+        extra={
+            "host": host,
+            "port": port,
+            "policies": guards.names,
+            "api_keys": len(config.keys),
+            "audit": config.audit,
+            "max_batch": config.max_batch,
+            "max_wait_ms": config.max_wait_ms,
+            "max_queue": config.max_queue,
+        },
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=shutdown_timeout,
+            server_header=False,
+        )
+    )
+    server.run()
+
+
+def _threads_from_env(value: str) -> int:
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise GuardError(f"GUARD_THREADS must be a positive whole number, not '{value}'")
+    return threads

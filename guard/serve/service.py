@@ -1,0 +1,276 @@
+"""The moderation service behind the routes: policies, the model worker, limits, audit, metrics.
+
+`Moderator.run_batch` is the only code that touches the model, always on the batcher's one
+worker thread; `Service.check` is what the (async) routes await. It never blocks the event loop:
+it queues the inputs and awaits their futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from guard.audit import AuditLog, AuditRecord, input_digest, now_iso
+from guard.errors import GuardError
+from guard.runtime import GuardSet, Verdict
+from guard.serve.audit import AuditWriter
+from guard.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
+from guard.serve.inputs import Item
+from guard.serve.keys import ApiKeys
+from guard.serve.limits import ApiError, LimitError, Limits, bad_request, check_tokens
+from guard.serve.metrics import Metrics
+
+log = logging.getLogger("guard.serve")
+
+# model names OpenAI clients send by default: they mean "this server's policies"
+OPENAI_MODELS = ("omni-moderation-", "text-moderation-")
+
+
+@dataclass
+class ServeConfig:
+    limits: Limits = field(default_factory=Limits)
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    keys: ApiKeys = field(default_factory=ApiKeys)
+    audit: bool = False
+    audit_text: bool = False
+    audit_retention_days: float | None = None
+    threads: int | None = None  # torch threads of the model worker (None: torch's default)
+    retry_after_s: int = 1  # what a 503 for a full queue tells the client to wait
+
+
+@dataclass
+class Work:
+    """One input on its way through the batcher."""
+
+    item: Item
+    policies: tuple[str, ...]
+    explain: bool = False
+
+
+@dataclass
+class Outcome:
+    verdicts: dict[str, Verdict]
+    explanations: dict[str, dict] | None = None
+    latency_s: float = 0.0  # from queueing to verdict
+
+
+class Moderator:
+    """Runs gathered inputs through the model: the batcher's `run_batch`, on its worker thread."""
+
+    def __init__(self, guards: GuardSet, limits: Limits):
+        self.guards = guards
+        self.limits = limits
+        self.artifacts = {p.artifact.name: p.artifact for p in guards.policies}
+        self.flagged_labels = {
+            name: [label.name for label in art.labels if label.flagged] for name, art in self.artifacts.items()
+        }
+        self._subsets: dict[tuple[str, ...], GuardSet] = {tuple(guards.names): guards}
+        tokenizer = guards.loaded.tokenizer
+        self._tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a VLM processor's text tokenizer
+
+    def run_batch(self, works: list[Work]) -> list[Outcome | Exception]:
+        results: list[Outcome | Exception | None] = [None] * len(works)
+        self._check_tokens(works, results)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, work in enumerate(works):
+            if results[i] is None:
+                groups.setdefault(work.policies, []).append(i)
+        for policies, indices in groups.items():
+            # policies sharing a prompt share one forward for the whole group
+            verdicts = self._subset(policies).check_batch(
+                [works[i].item.fields() for i in indices], batch_size=len(indices)
+            )
+            for i, by_policy in zip(indices, verdicts):
+                results[i] = Outcome(by_policy, self._explain(by_policy) if works[i].explain else None)
+        return results
+
+    def _check_tokens(self, works: list[Work], results: list) -> None:
+        texts = [(i, w.item.text) for i, w in enumerate(works) if w.item.text]
+        if not texts:
+            return
+        counts = self._tokenizer([t for _, t in texts], add_special_tokens=False)["input_ids"]
+        for (i, _), ids in zip(texts, counts):
+            try:
+                check_tokens(len(ids), self.limits, works[i].item.param)
+            except LimitError as exc:
+                results[i] = exc
+
+    def _subset(self, policies: tuple[str, ...]) -> GuardSet:
+        if policies not in self._subsets:
+            self._subsets[policies] = GuardSet([self.artifacts[n] for n in policies], self.guards.loaded)
+        return self._subsets[policies]
+
+    def _explain(self, verdicts: dict[str, Verdict]) -> dict[str, dict]:
+        from guard.explain import explain
+
+        return {name: explain(self.artifacts[name], v) for name, v in verdicts.items()}
+
+
+class Service:
+    def __init__(self, guards: GuardSet, config: ServeConfig | None = None, store=None):
+        self.config = config or ServeConfig()
+        self.guards = guards
+        self.store = store
+        self.metrics = Metrics()
+        self.moderator = Moderator(guards, self.config.limits)
+        self.batcher = MicroBatcher(
+            self.moderator.run_batch,
+            max_batch=self.config.max_batch,
+            max_wait_ms=self.config.max_wait_ms,
+            max_queue=self.config.max_queue,
+            on_batch=self.metrics.observe_batch,
+            on_start=self._worker_started,
+        )
+        self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        self.audit: AuditWriter | None = None
+        if self.config.audit:
+            if store is None:
+                raise GuardError("the audit log needs the policy database")
+            self.audit = AuditWriter(
+                AuditLog(store),
+                retention_days=self.config.audit_retention_days,
+                on_write=self._audit_written,
+            )
+
+    @property
+    def policy_names(self) -> list[str]:
+        return self.guards.names
+
+    @property
+    def multimodal(self) -> bool:
+        return self.guards.loaded.arch.multimodal
+
+    def start(self) -> None:
+        if self.audit is not None:
+            self.audit.start()
+        self.batcher.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Finish every queued input, write every audit row, stop the threads."""
+        self.batcher.stop(timeout)
+        if self.audit is not None:
+            self.audit.close(timeout)
+
+    def _worker_started(self) -> None:
+        if self.config.threads:
+            import torch
+
+            torch.set_num_threads(self.config.threads)  # per worker thread under OpenMP: set it here
+
+    def _audit_written(self, rows: int, seconds: float) -> None:
+        self.metrics.audit_rows.inc(rows)
+        self.metrics.audit_seconds.observe(seconds)
+
+    # --- which policies -------------------------------------------------------------------------
+
+    def resolve_policies(self, requested: str | Sequence[str] | None, param: str = "model") -> tuple[str, ...]:
+        """Policy names for a request: None (or an OpenAI model name) means all loaded policies."""
+        if requested is None or requested == "" or requested == []:
+            return tuple(self.policy_names)
+        if isinstance(requested, str):
+            if requested.startswith(OPENAI_MODELS):
+                return tuple(self.policy_names)
+            requested = [name.strip() for name in requested.split(",") if name.strip()]
+        unknown = [name for name in requested if name not in self.moderator.artifacts]
+        if unknown:
+            raise ApiError(
+                404,
+                "model_not_found",
+                f"no policy named {', '.join(map(repr, unknown))} is served here (serving: {', '.join(self.policy_names)})",
+                param=param,
+            )
+        return tuple(dict.fromkeys(requested))
+
+    # --- checking ---------------------------------------------------------------------------
+
+    async def check(self, items: list[Item], policies: tuple[str, ...], explain: bool = False) -> list[Outcome]:
+        """Verdicts for every item, or an ApiError: a request never gets part of its answers."""
+        if any(item.images for item in items) and not self.multimodal:
+            reference = self.guards.loaded.source.reference
+            raise bad_request(f"the policies run on '{reference}', a text model: it cannot take images", "input")
+        works = [Work(item, policies, explain) for item in items]
+        queued = time.monotonic()
+        try:
+            futures = self.batcher.submit(works)
+        except QueueFull:
+            self.metrics.rejected.inc(len(works))
+            raise ApiError(
+                503,
+                "queue_full",
+                "the server is at capacity (its queue is full); retry after a moment",
+                kind="server_error",
+                headers={"Retry-After": str(self.config.retry_after_s)},
+            ) from None
+        except BatcherStopped:
+            raise ApiError(
+                503, "shutting_down", "the server is shutting down", kind="server_error", headers={"Retry-After": "5"}
+            ) from None
+        waiting = [asyncio.wrap_future(f) for f in futures]
+        try:
+            outcomes = await asyncio.wait_for(asyncio.gather(*waiting), timeout=self.config.limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(
+                504,
+                "timeout",
+                f"no verdict within {self.config.limits.timeout_s:g} s (the request timeout); nothing was decided",
+                kind="server_error",
+            ) from None
+        except ApiError:
+            raise
+        except GuardError as exc:
+            raise bad_request(str(exc)) from None
+        finally:
+            for future in futures:
+                future.cancel()  # no-op for those done; drops the rest from the queue
+        latency = time.monotonic() - queued
+        for outcome in outcomes:
+            outcome.latency_s = latency
+            for name, verdict in outcome.verdicts.items():
+                self.metrics.check_seconds.labels(name).observe(latency)
+                self.metrics.verdicts.labels(name, verdict.label, str(verdict.flagged).lower()).inc()
+        return outcomes
+
+    async def record(
+        self, request_id: str, endpoint: str, items: list[Item], outcomes: list[Outcome], api_key: str | None
+    ) -> None:
+        """Write the audit rows of an answered request before it is answered (no-op without --audit)."""
+        if self.audit is None:
+            return
+        fingerprint = self.guards.loaded.fingerprint
+        created = now_iso()
+        records = []
+        for index, (item, outcome) in enumerate(zip(items, outcomes)):
+            digest = input_digest(item.text, [image.sha256 for image in item.images])
+            for name, verdict in outcome.verdicts.items():
+                records.append(
+                    AuditRecord(
+                        created_at=created,
+                        request_id=request_id,
+                        item=index,
+                        endpoint=endpoint,
+                        policy=name,
+                        policy_version=verdict.version,
+                        model_fingerprint=fingerprint,
+                        input_sha256=digest,
+                        input_text=item.text if self.config.audit_text else None,
+                        label=verdict.label,
+                        flagged=verdict.flagged,
+                        scores={k: round(v, 6) for k, v in (verdict.calibrated or verdict.scores).items()},
+                        latency_ms=round(outcome.latency_s * 1000, 3),
+                        api_key=api_key,
+                    )
+                )
+        try:
+            await asyncio.wrap_future(self.audit.write(records))
+        except Exception as exc:
+            raise ApiError(
+                503,
+                "audit_failed",
+                f"the verdict could not be recorded in the audit log ({exc}); nothing is reported",
+                kind="server_error",
+            ) from None
