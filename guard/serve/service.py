@@ -114,6 +114,11 @@ class Moderator:
 class Service:
     def __init__(self, guards: GuardSet, config: ServeConfig | None = None, store=None):
         self.config = config or ServeConfig()
+        if self.config.limits.max_items > self.config.max_queue:
+            raise GuardError(
+                f"--max-items ({self.config.limits.max_items}) is more than --max-queue ({self.config.max_queue}) "
+                "holds: such a request could never be queued"
+            )
         self.guards = guards
         self.store = store
         self.metrics = Metrics()
