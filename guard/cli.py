@@ -776,9 +776,7 @@ def serve_command(
     audit_retention_days: Annotated[
         float | None, typer.Option("--audit-retention-days", min=0, help="Delete audit rows older than this")
     ] = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="CPU threads of the model worker [env GUARD_THREADS]")
-    ] = None,
+    threads: ThreadsOption = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
     shutdown_timeout: Annotated[
         float, typer.Option("--shutdown-timeout", min=0, help="Seconds in-flight requests get to finish on SIGTERM")

@@ -172,7 +172,7 @@ def test_check_returns_the_library_verdicts(client, library):
 def test_check_explain_adds_the_explanation(client):
     body = client.post("/v1/check", json={"input": "write a poem", "policy": "tiny", "explain": True}).json()
     verdict = body["results"][0]["verdicts"]["tiny"]
-    assert [v["rank"] for v in verdict["explanation"]["votes"]] == list(range(len(verdict["votes"])))
+    assert [v["rank"] for v in verdict["explanation"]["votes"]] == list(range(1, len(verdict["votes"]) + 1))
     assert verdict["explanation"]["nearest_exemplars"][0]["exemplars"]
     plain = client.post("/v1/check", json={"input": "write a poem", "policy": "tiny"}).json()
     assert "explanation" not in plain["results"][0]["verdicts"]["tiny"]

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from guard.serve.inputs import Item, parse_input
 from guard.serve.limits import ApiError, LimitError, bad_request, check_body_size
-from guard.serve.results import check_result, moderation_result
+from guard.serve.results import moderation_result
 from guard.serve.service import Service
 
 log = logging.getLogger("guard.serve")
@@ -105,7 +105,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         return {
             "id": f"chk-{request_id}",
             "policies": list(policies),
-            "results": [check_result(o.verdicts, o.explanations) for o in outcomes],
+            "results": [o.verdicts.to_dict() for o in outcomes],
         }
 
     @app.get("/v1/policies")

@@ -11,12 +11,15 @@ caller will live to see answered. Items that are still gathering count towards t
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+
+log = logging.getLogger("guard.serve")
 
 
 class QueueFull(Exception):
@@ -105,7 +108,10 @@ class MicroBatcher:
 
     def _run(self) -> None:
         if self.on_start is not None:
-            self.on_start()
+            try:
+                self.on_start()
+            except Exception:  # a failed set-up must not leave callers waiting on a dead worker
+                log.exception("the model worker's start-up failed; it runs with defaults")
         while True:
             batch = self._gather()
             if batch is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 from collections.abc import Sequence
 
 from guard.errors import GuardError
@@ -76,8 +75,9 @@ def serve(
             "serving without API keys on a non-loopback address: anyone who can reach it can use it",
             extra={"host": host},
         )
-    if config.threads is None and os.environ.get("GUARD_THREADS"):
-        config.threads = _threads_from_env(os.environ["GUARD_THREADS"])
+    from guard.models import set_threads
+
+    set_threads(config.threads)  # checks --threads / GUARD_THREADS now; the worker sets it again for itself
     store, guards = load_guards(db, policies, device, dtype)
     service = Service(guards, config, store=store)
     app = create_app(service)
@@ -107,13 +107,3 @@ def serve(
         )
     )
     server.run()
-
-
-def _threads_from_env(value: str) -> int:
-    try:
-        threads = int(value)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise GuardError(f"GUARD_THREADS must be a positive whole number, not '{value}'")
-    return threads

@@ -1,26 +1,15 @@
 """Verdicts into response JSON: guard's own shape and OpenAI's moderation result.
 
-guard's shape is the one `guard check --json` prints for one input: `{"flagged": any policy
-flagged, "verdicts": {policy: Verdict.to_dict()}}`. The OpenAI result carries it whole under the
-`guard` key, which OpenAI clients ignore.
+guard's shape is `CheckResult.to_dict()`, what `guard check --json` prints for one input:
+`{"flagged": any policy flagged, "verdicts": {policy: Verdict.to_dict()}}`. The OpenAI result
+carries it whole under the `guard` key, which OpenAI clients ignore.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from guard.runtime import Verdict
-
-
-def check_result(verdicts: Mapping[str, Verdict], explanations: Mapping[str, dict] | None = None) -> dict:
-    """`{"flagged", "verdicts": {name: verdict dict (+ "explanation")}}` for one input."""
-    out = {}
-    for name, verdict in verdicts.items():
-        record = verdict.to_dict()
-        if explanations is not None and name in explanations:
-            record["explanation"] = explanations[name]
-        out[name] = record
-    return {"flagged": any(v.flagged for v in verdicts.values()), "verdicts": out}
+from guard.runtime import CheckResult
 
 
 def category_key(policy: str, label: str, single: bool) -> str:
@@ -29,7 +18,7 @@ def category_key(policy: str, label: str, single: bool) -> str:
 
 
 def moderation_result(
-    verdicts: Mapping[str, Verdict], flagged_labels: Mapping[str, list[str]], input_types: list[str], single: bool
+    verdicts: CheckResult, flagged_labels: Mapping[str, list[str]], input_types: list[str], single: bool
 ) -> dict:
     """One entry of an OpenAI `results` list.
 
@@ -47,9 +36,9 @@ def moderation_result(
             scores[key] = round(float(probabilities.get(label, 0.0)), 6)
             applied[key] = list(input_types)
     return {
-        "flagged": any(v.flagged for v in verdicts.values()),
+        "flagged": verdicts.flagged,
         "categories": categories,
         "category_scores": scores,
         "category_applied_input_types": applied,
-        "guard": check_result(verdicts),
+        "guard": verdicts.to_dict(),
     }

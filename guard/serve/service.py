@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from guard.audit import AuditLog, AuditRecord, input_digest, now_iso
 from guard.errors import GuardError
-from guard.runtime import GuardSet, Verdict
+from guard.runtime import CheckResult, GuardSet
 from guard.serve.audit import AuditWriter
 from guard.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
 from guard.serve.inputs import Item
@@ -39,7 +39,7 @@ class ServeConfig:
     audit: bool = False
     audit_text: bool = False
     audit_retention_days: float | None = None
-    threads: int | None = None  # torch threads of the model worker (None: torch's default)
+    threads: int | None = None  # torch threads of the model worker (None: GUARD_THREADS, else torch's default)
     retry_after_s: int = 1  # what a 503 for a full queue tells the client to wait
 
 
@@ -54,8 +54,7 @@ class Work:
 
 @dataclass
 class Outcome:
-    verdicts: dict[str, Verdict]
-    explanations: dict[str, dict] | None = None
+    verdicts: CheckResult  # {policy: Verdict}, with explanations when asked for
     latency_s: float = 0.0  # from queueing to verdict
 
 
@@ -70,45 +69,32 @@ class Moderator:
             name: [label.name for label in art.labels if label.flagged] for name, art in self.artifacts.items()
         }
         self._subsets: dict[tuple[str, ...], GuardSet] = {tuple(guards.names): guards}
-        tokenizer = guards.loaded.tokenizer
-        self._tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a VLM processor's text tokenizer
 
     def run_batch(self, works: list[Work]) -> list[Outcome | Exception]:
         results: list[Outcome | Exception | None] = [None] * len(works)
-        self._check_tokens(works, results)
-        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, work in enumerate(works):
+            if work.item.text:
+                try:
+                    check_tokens(self.guards.loaded.token_count(work.item.text), self.limits, work.item.param)
+                except LimitError as exc:
+                    results[i] = exc
+        groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
         for i, work in enumerate(works):
             if results[i] is None:
-                groups.setdefault(work.policies, []).append(i)
-        for policies, indices in groups.items():
+                groups.setdefault((work.policies, work.explain), []).append(i)
+        for (policies, explain), indices in groups.items():
             # policies sharing a prompt share one forward for the whole group
-            verdicts = self._subset(policies).check_batch(
-                [works[i].item.fields() for i in indices], batch_size=len(indices)
+            checked = self._subset(policies).check_batch(
+                [works[i].item.fields() for i in indices], batch_size=len(indices), explain=explain
             )
-            for i, by_policy in zip(indices, verdicts):
-                results[i] = Outcome(by_policy, self._explain(by_policy) if works[i].explain else None)
+            for i, verdicts in zip(indices, checked):
+                results[i] = Outcome(verdicts)
         return results
-
-    def _check_tokens(self, works: list[Work], results: list) -> None:
-        texts = [(i, w.item.text) for i, w in enumerate(works) if w.item.text]
-        if not texts:
-            return
-        counts = self._tokenizer([t for _, t in texts], add_special_tokens=False)["input_ids"]
-        for (i, _), ids in zip(texts, counts):
-            try:
-                check_tokens(len(ids), self.limits, works[i].item.param)
-            except LimitError as exc:
-                results[i] = exc
 
     def _subset(self, policies: tuple[str, ...]) -> GuardSet:
         if policies not in self._subsets:
             self._subsets[policies] = GuardSet([self.artifacts[n] for n in policies], self.guards.loaded)
         return self._subsets[policies]
-
-    def _explain(self, verdicts: dict[str, Verdict]) -> dict[str, dict]:
-        from guard.explain import explain
-
-        return {name: explain(self.artifacts[name], v) for name, v in verdicts.items()}
 
 
 class Service:
@@ -162,10 +148,11 @@ class Service:
             self.audit.close(timeout)
 
     def _worker_started(self) -> None:
-        if self.config.threads:
-            import torch
+        from guard.models import set_threads
 
-            torch.set_num_threads(self.config.threads)  # per worker thread under OpenMP: set it here
+        # --threads, else GUARD_THREADS, else torch's default; set on the thread that runs the
+        # forwards (OpenMP keeps the count per calling thread)
+        set_threads(self.config.threads)
 
     def _audit_written(self, rows: int, seconds: float) -> None:
         self.metrics.audit_rows.inc(rows)
