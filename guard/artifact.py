@@ -32,6 +32,9 @@ class Artifact:
     policy_text: str = ""
     created_at: str = ""
     calibration: Calibration | None = None  # None: compiled before calibration existed
+    revision: int = 0  # its number among the stored compiles of this policy (0: not stored)
+    dtype: str = ""  # the dtype it was compiled in ("" before guard recorded it)
+    device: str = ""  # the device type it was compiled on (cpu, cuda, ...)
 
     @property
     def label_names(self) -> list[str]:
@@ -55,6 +58,7 @@ class Artifact:
             heads=len(self.heads),
             metrics=self.metrics,
             compiled=self.created_at,
+            revision=self.revision,
         )
 
     def to_dict(self) -> dict:
@@ -98,6 +102,7 @@ class ArtifactSummary:
     heads: int
     metrics: dict
     compiled: str
+    revision: int = 0  # among the stored compiles of this policy (0: not stored)
 
     @property
     def headline_accuracy(self) -> float | None:
@@ -108,6 +113,7 @@ class ArtifactSummary:
         return {
             "policy": self.policy,
             "version": self.version,
+            "revision": self.revision,
             "labels": self.labels,
             "flagged": self.flagged,
             "model": self.model,

@@ -9,8 +9,10 @@ import functools
 import json
 import os
 import sys
+import traceback
 from typing import Annotated
 
+import click
 import typer
 
 from guard.errors import GuardError
@@ -70,19 +72,34 @@ def _fail(message: str) -> None:
 
 
 def friendly(command):
-    """Turn GuardError (bad input, missing model, bad database) into a one-line error, exit 2."""
+    """Every failure is one line on stderr and exit 2 (1 means "flagged", so a crash must never
+    exit 1): GuardError says what is wrong; anything else is a bug, reported as one line too, with
+    the traceback only when GUARD_DEBUG=1."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.ClickException):
+            raise
         except GuardError as exc:
-            _fail(str(exc))
+            _fail(_one_line(exc))
         except KeyboardInterrupt:
             typer.echo("guard: interrupted", err=True)
             raise typer.Exit(130) from None
+        except MemoryError:
+            _fail("out of memory")
+        except Exception as exc:
+            if os.environ.get("GUARD_DEBUG") == "1":
+                traceback.print_exc()
+            _fail(f"internal error ({type(exc).__name__}: {_one_line(exc)}); GUARD_DEBUG=1 shows the traceback")
 
     return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _need_extra(module: str, what: str, extra: str) -> None:
@@ -117,27 +134,39 @@ def compile_command(
             "--data-root", help="Folder holding the datasets a policy's 'data_root:' names [env GUARD_DATA_ROOT]"
         ),
     ] = None,
+    allow_path: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-path",
+            help="A folder exemplar files may also come from (besides the policy's folder and data root); repeatable",
+        ),
+    ] = None,
+    keep: Annotated[
+        int | None,
+        typer.Option("--keep", min=1, help="Keep only the newest N compiled versions of this policy [default: all]"),
+    ] = None,
 ):
-    """Run the model over the policy's exemplars, fit SAV and store the artifact."""
+    """Run the model over the policy's exemplars, fit SAV and store the result as the policy's next version."""
     from guard.policy import load_policy
 
-    policy = load_policy(policy_file, data_root=data_root)  # validate before loading any model
+    policy = load_policy(policy_file, data_root=data_root, allow_paths=allow_path or ())  # before any model loads
     for note in policy.notes:  # what the exemplar readers skipped or sampled
         typer.echo(f"guard: {note}", err=True)
     _quiet_transformers()
     from guard.compiler import compile_policy
     from guard.models import set_threads
-    from guard.store import Store
 
     set_threads(threads)
-    store = Store.open(db, create=True)
-    report = compile_policy(policy, store=store, device=device, dtype=dtype, batch_size=batch_size, progress=True)
+    # the database opens after the model loads: a model that cannot load leaves no empty database
+    report = compile_policy(policy, db, device=device, dtype=dtype, batch_size=batch_size, progress=True, keep=keep)
+    for warning in report.warnings:
+        typer.echo(f"guard: {warning}", err=True)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
         return
     art, m = report.artifact, report.artifact.metrics
     typer.echo(
-        f"compiled '{art.name}' (version {art.version}) on {art.model_info.get('model_type')}: "
+        f"compiled '{art.name}' (version {art.version}, revision {art.revision}) on {art.model_info.get('model_type')}: "
         f"{report.exemplars} exemplars ({report.computed} run, {report.cached} cached), "
         f"{len(art.heads)} heads, deepest layer {art.deepest_layer} [{report.seconds:.1f}s]"
     )
@@ -168,7 +197,11 @@ def check_command(
     db: DbOption = None,
     policy: Annotated[
         list[str] | None,
-        typer.Option("--policy", "-p", help="Compiled policy name; repeat to check several policies in one pass"),
+        typer.Option(
+            "--policy",
+            "-p",
+            help="Compiled policy name, or NAME@REVISION / NAME@VERSION for an older one; repeat for several",
+        ),
     ] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
@@ -188,14 +221,16 @@ def check_command(
 ):
     """Check texts or images against compiled policies. Exit 0 if all allowed, 1 if any flagged, 2 if any input error."""
     items: list[tuple[dict, str, dict]] = []  # (where the input came from, its name for people, the input)
+    from guard.limits import check_fields
+
     if text is not None:
-        items.append(({}, text, {"text": text}))
+        items.append(({}, text, check_fields({"text": text})))
     image_paths = [item for item in inputs or [] if item != "-"]
     from_stdin = "-" in (inputs or [])  # streamed below, one record per line
     if image_paths:
         from guard.images import load_image
 
-        fields = {} if prompt is None else {"text": prompt}
+        fields = {} if prompt is None else check_fields({"text": prompt})
         items.extend(({"image": path}, path, {**fields, "images": [load_image(path)]}) for path in image_paths)
     elif prompt is not None:
         _fail("--prompt goes with images: guard check IMAGE... --prompt TEXT (use --text TEXT for a text alone)")
@@ -221,8 +256,12 @@ def check_command(
     for art in artifacts:  # before the model loads: a usage error should cost nothing
         if image_paths and prompt is None and "text" in template_fields(art.prompt):
             _fail(f"policy '{art.name}' puts text with each image ({{text}} in its prompt): add --prompt TEXT")
+        if image_paths and not _takes_images(art):
+            _fail(f"policy '{art.name}' runs on '{art.model_reference}', which is a text model; it cannot take images")
     set_threads(threads)
     guards = GuardSet.with_model(artifacts, device=device, dtype=dtype)
+    for warning in guards.warnings:
+        typer.echo(f"guard: {warning}", err=True)
     results = guards.check_batch(
         [item for _, _, item in items], batch_size=batch_size, progress=len(items) > batch_size, explain=explain
     )
@@ -515,11 +554,22 @@ def _print_explanation(why: dict) -> None:
 
 @app.command("list")
 @friendly
-def list_command(db: DbOption = None, as_json: JsonOption = False):
-    """List the compiled policies in the database (read without their vectors)."""
+def list_command(
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    versions: Annotated[
+        bool, typer.Option("--versions", help="Every stored version of each policy, not only the current one")
+    ] = False,
+    name: Annotated[str | None, typer.Argument(help="Only this policy (with --versions)")] = None,
+):
+    """List the compiled policies in the database (read without their vectors); --versions: with their earlier versions."""
     from guard.store import Store
 
-    summaries = Store.open(db).summaries()
+    store = Store.open(db)
+    if versions or name:
+        _list_versions(store.versions(name), as_json)
+        return
+    summaries = store.summaries()
     if as_json:
         typer.echo(json.dumps([s.to_dict() for s in summaries]))
         return
@@ -534,6 +584,40 @@ def list_command(db: DbOption = None, as_json: JsonOption = False):
     console = Console()
     console.print(table, markup=False)
     console.print("LOO accuracy: " + _headline_words(), markup=False)
+
+
+def _list_versions(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("policy", "rev", "version", "current", "compiled", "dtype", "device")
+    for r in rows:
+        current = "*" if r["current"] else ""
+        table.add_row(
+            r["policy"], str(r["revision"]), r["version"], current, r["compiled"], r["dtype"] or "?", r["device"] or "?"
+        )
+    Console().print(table, markup=False)
+
+
+@app.command("rollback")
+@friendly
+def rollback_command(
+    name: Annotated[str, typer.Argument(help="Policy name")],
+    version: Annotated[str, typer.Argument(help="Revision number or content version (see 'guard list --versions')")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+):
+    """Make an earlier compiled version of a policy the one that 'guard check' uses."""
+    from guard.store import Store
+
+    row = Store.open(db).rollback(name, version)
+    if as_json:
+        typer.echo(json.dumps(row))
+    else:
+        typer.echo(f"'{name}' now checks with revision {row['revision']} (version {row['version']}, {row['compiled']})")
 
 
 def _headline_words() -> str:

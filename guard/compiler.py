@@ -9,14 +9,14 @@ a compile that fails or is interrupted leaves the old artifact as it was.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from guard import calibration, sav
 from guard.artifact import Artifact
-from guard.features import features
+from guard.features import dtype_name, features
 from guard.models import LoadedModel, load_model
 from guard.policy import Policy, load_policy
 from guard.store import Store
@@ -29,6 +29,7 @@ class CompileReport:
     computed: int  # forwards run now
     cached: int  # exemplars whose activations came from the cache
     seconds: float
+    warnings: list[str] = field(default_factory=list)  # what compiled but may not do what was meant
 
     def to_dict(self) -> dict:
         art = self.artifact
@@ -91,6 +92,8 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
         description=policy.description,
         policy_text=policy.source_text,
         calibration=cal,
+        dtype=dtype_name(loaded.dtype),
+        device=loaded.device.type,
     )
 
 
@@ -104,21 +107,38 @@ def compile_policy(
     dtype: str | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    keep: int | None = None,
 ) -> CompileReport:
-    """Compile a policy (object or YAML path) into the database and return what was done."""
+    """Compile a policy (object or YAML path) into the database as its next revision and return
+    what was done; `keep` N deletes all but the newest N revisions afterwards."""
     started = time.perf_counter()
     if not isinstance(policy, Policy):
         policy = load_policy(policy)
-    store = store or Store.open(db, create=True)
+    # the model first: a model that cannot load must not leave a new, empty database behind
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
     rendered = [loaded.prepare(policy.render(ex.prompt_fields()), ex.load_images()) for ex in policy.exemplars]
-    found = features(loaded, rendered, store=store, batch_size=batch_size, progress="exemplars" if progress else None)
-    artifact = fit(policy, found.heads, loaded)
-    store.save_artifact(artifact)
+    store = store or Store.open(db, create=True)
+    try:
+        found = features(
+            loaded, rendered, store=store, batch_size=batch_size, progress="exemplars" if progress else None
+        )
+        artifact = fit(policy, found.heads, loaded)
+        store.save_artifact(artifact, keep=keep)
+    except BaseException:
+        store.discard_if_unused()
+        raise
     return CompileReport(
         artifact=artifact,
         exemplars=len(rendered),
         computed=found.computed,
         cached=found.cached,
         seconds=time.perf_counter() - started,
+        warnings=compile_warnings(policy, loaded),
     )
+
+
+def compile_warnings(policy: Policy, loaded: LoadedModel) -> list[str]:
+    total = loaded.layout.num_layers * loaded.layout.num_heads
+    if policy.heads > total:
+        return [f"warning: 'heads: {policy.heads}' is more than the model has ({total}); all {total} heads vote"]
+    return []

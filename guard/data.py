@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from guard.errors import PolicyError
+from guard.limits import require_regular_file
 
 
 @dataclass(frozen=True)
@@ -586,6 +587,10 @@ def read_exemplar_file(
     if not path.exists():
         kind = "folder" if known[fmt].folder else "file"
         raise PolicyError(f"{where}: exemplar {kind} '{display}' does not exist")
+    if known[fmt].folder and not path.is_dir():
+        raise PolicyError(f"{where}: '{display}' is not a folder ('format: {fmt}' reads a folder of images)")
+    if not known[fmt].folder:  # never a device or FIFO: it would read forever or block
+        require_regular_file(path, f"{where}: exemplar file '{display}'", error=PolicyError)
     if images is not None and not images.is_dir():
         raise PolicyError(f"{where}: image folder '{images}' does not exist")
     source = Source(path=path, display=display, root=root or path.parent, images=images, text=text, task=task)

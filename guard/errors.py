@@ -15,3 +15,7 @@ class ModelError(GuardError):
 
 class StoreError(GuardError):
     """The database is missing, not a guard database, or lacks the requested policy."""
+
+
+class InputError(GuardError):
+    """One input to check cannot be used (empty, too long, not UTF-8, too large an image)."""

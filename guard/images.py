@@ -17,15 +17,16 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from guard.errors import GuardError
+from guard.errors import InputError
+from guard.limits import LIMITS, read_regular_file
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".webp", ".gif")
-MAX_PIXELS = 89_478_485  # Pillow's own bomb threshold (about 0.25 GiB as RGBA); a 9,459 x 9,459 image
+MAX_PIXELS = LIMITS.max_image_pixels  # Pillow's own bomb threshold (about 0.25 GiB as RGBA); 9,459 x 9,459
 PIPELINE = "guard-image-1"  # part of each image's hash: bump when the normalisation below changes
 
 
-class ImageError(GuardError):
+class ImageError(InputError):
     """An image file cannot be used; the message starts with the file's name."""
 
 
@@ -52,27 +53,27 @@ def content_hash(data: bytes) -> str:
 
 def file_hash(path: str | Path) -> str:
     """The hash `load_image` would give this file, without decoding it (for policy versions)."""
-    return content_hash(Path(path).read_bytes())
+    return content_hash(read_image_file(path, str(path)))
 
 
-def load_image(path: str | Path, name: str | None = None, max_pixels: int = MAX_PIXELS) -> GuardImage:
+def read_image_file(path: str | Path, name: str) -> bytes:
+    """An image file's bytes: a regular file (never a device or FIFO) of at most the byte limit."""
+    return read_regular_file(path, LIMITS.max_image_bytes, ImageError, name, kind="an image")
+
+
+def load_image(path: str | Path, name: str | None = None, max_pixels: int | None = None) -> GuardImage:
     """Read one image file; `name` (default: the path as given) is used in error messages."""
     name = name or str(path)
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{name}: is a directory, not an image") from None
-    except OSError as exc:
-        raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
-    return decode_image(data, name, max_pixels)
+    return decode_image(read_image_file(path, name), name, max_pixels)
 
 
-def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> GuardImage:
+def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> GuardImage:
     """Decode image bytes (see the module docstring for what is accepted and what is done)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    max_pixels = max_pixels or LIMITS.max_image_pixels
+    if len(data) > LIMITS.max_image_bytes:
+        raise ImageError(f"{name}: is {len(data):,} bytes, more than guard reads ({LIMITS.max_image_bytes:,})")
     if not data:
         raise ImageError(f"{name}: is empty (0 bytes)")
     with warnings.catch_warnings():

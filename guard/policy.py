@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,8 +26,10 @@ import yaml
 from guard.data import Exemplar, read_exemplar_file, readers
 from guard.errors import PolicyError
 from guard.images import file_hash
+from guard.limits import read_regular_file
 
 DATA_ROOT_ENV = "GUARD_DATA_ROOT"
+ALLOW_PATHS_ENV = "GUARD_ALLOW_PATHS"  # os.pathsep-separated folders exemplar files may also come from
 
 Scoring = Literal["loo", "in_sample"]  # head scoring: leave-one-out (default) or in-sample (the paper)
 SCORINGS: tuple[str, ...] = get_args(Scoring)
@@ -137,40 +140,86 @@ class _Seq(list):
     item_lines: list
 
 
-def _build(node, loader, display):
-    if isinstance(node, yaml.MappingNode):
-        result = _Map()
-        result.line, result.key_lines = node.start_mark.line + 1, {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if key in result:
-                raise PolicyError(f"{display}:{key_node.start_mark.line + 1}: duplicate key '{key}'")
-            result[key] = _build(value_node, loader, display)
-            result.key_lines[key] = key_node.start_mark.line + 1
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        result = _Seq(_build(item, loader, display) for item in node.value)
-        result.line = node.start_mark.line + 1
-        result.item_lines = [item.start_mark.line + 1 for item in node.value]
-        return result
-    return loader.construct_object(node, deep=True)
+MAX_POLICY_BYTES = 16 * 1024 * 1024  # a policy file; big exemplar sets belong in data files
+MAX_YAML_NODES = 1_000_000  # values after expanding aliases: a "billion laughs" stops here
+MAX_YAML_DEPTH = 64
+
+
+class _Budget:
+    """Counts the values built from a YAML document, so aliases cannot expand it exponentially
+    (a "billion laughs" document), and remembers the nodes being built to catch an alias that
+    refers to itself."""
+
+    def __init__(self, display: str):
+        self.display, self.nodes, self.open = display, 0, set()
+
+    def enter(self, node) -> None:
+        self.nodes += 1
+        line = node.start_mark.line + 1
+        if self.nodes > MAX_YAML_NODES:
+            raise PolicyError(
+                f"{self.display}:{line}: the policy expands to more than {MAX_YAML_NODES:,} values "
+                "(aliases that repeat aliases?)"
+            )
+        if id(node) in self.open:
+            raise PolicyError(f"{self.display}:{line}: an alias refers to the value that contains it")
+        if len(self.open) >= MAX_YAML_DEPTH:
+            raise PolicyError(f"{self.display}:{line}: values nested more than {MAX_YAML_DEPTH} deep")
+
+
+def _build(node, loader, budget: _Budget):
+    display = budget.display
+    budget.enter(node)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        budget.open.add(id(node))
+    try:
+        if isinstance(node, yaml.MappingNode):
+            result = _Map()
+            result.line, result.key_lines = node.start_mark.line + 1, {}
+            for key_node, value_node in node.value:
+                key = _build(key_node, loader, budget)
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    raise PolicyError(f"{display}:{key_node.start_mark.line + 1}: a key must be a plain value")
+                if key in result:
+                    raise PolicyError(f"{display}:{key_node.start_mark.line + 1}: duplicate key '{key}'")
+                result[key] = _build(value_node, loader, budget)
+                result.key_lines[key] = key_node.start_mark.line + 1
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            result = _Seq(_build(item, loader, budget) for item in node.value)
+            result.line = node.start_mark.line + 1
+            result.item_lines = [item.start_mark.line + 1 for item in node.value]
+            return result
+        return loader.construct_object(node, deep=True)
+    finally:
+        budget.open.discard(id(node))
 
 
 def _parse_yaml(text: str, display: str):
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # reads the first characters already: it can raise too
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{display}: invalid YAML: {_first_line(exc)}") from exc
     try:
         node = loader.get_single_node()
         if node is None:
             raise PolicyError(f"{display}:1: the policy file is empty")
-        return _build(node, loader, display)
+        return _build(node, loader, _Budget(display))
+    except RecursionError:
+        raise PolicyError(f"{display}: values nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise PolicyError(f"{display}:{line}: invalid YAML: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{display}: invalid YAML: {exc}") from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:  # PyYAML's constructors raise these too
+        raise PolicyError(f"{display}: invalid YAML: {_first_line(exc)}") from exc
     finally:
         loader.dispose()
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -195,6 +244,7 @@ _SOURCE_KEYS = {"from", "format", "shots", "seed", "images", "text", "task_type"
 class _Checker:
     def __init__(self, display: str):
         self.display = display
+        self.roots: list[Path] = []  # folders exemplar files may come from (resolved)
 
     def fail(self, line: int, message: str):
         raise PolicyError(f"{self.display}:{line}: {message}")
@@ -235,8 +285,30 @@ def validate_items(items: list[Exemplar], label_names: list[str], fields: set[st
             )
 
 
+def policy_warnings(labels: list[Label], exemplars: list[Exemplar], fields: set[str], display: str) -> list[str]:
+    """What compiles but probably does not do what was meant, one line each."""
+    warnings = []
+    if not any(label.flagged for label in labels):
+        warnings.append(f"{display}: warning: no label is flagged, so no input will ever be flagged")
+    seen: dict[tuple, Exemplar] = {}
+    for ex in exemplars:
+        values = ex.prompt_fields()
+        key = (tuple(sorted((f, values.get(f)) for f in fields)), ex.images)
+        first = seen.setdefault(key, ex)
+        if first.label != ex.label:
+            warnings.append(
+                f"{ex.origin}: warning: the same exemplar as {first.origin} under another label "
+                f"('{ex.label}' vs '{first.label}'); the model sees identical inputs"
+            )
+    return warnings
+
+
 def parse_policy(
-    text: str, display: str = "<policy>", base_dir: Path | None = None, data_root: str | Path | None = None
+    text: str,
+    display: str = "<policy>",
+    base_dir: Path | None = None,
+    data_root: str | Path | None = None,
+    allow_paths: Sequence[str | Path] = (),
 ) -> Policy:
     """Validate policy YAML text; the model path resolves against `base_dir`, exemplar files and
     images against the data root (see the module docstring; `data_root` is --data-root)."""
@@ -245,6 +317,7 @@ def parse_policy(
     doc = check.mapping(_parse_yaml(text, display), 1, "the policy")
     check.known_keys(doc, _TOP_KEYS, "the policy")
     root = _data_root(doc, check, base_dir, data_root)
+    check.roots = allowed_roots(base_dir, root, allow_paths)
 
     name = check.string(doc, "name")
     model = check.string(doc, "model", required=False, default=DEFAULT_MODEL)
@@ -279,6 +352,13 @@ def parse_policy(
     notes: list[str] = []
     exemplars = _parse_exemplars(doc, check, root, notes)
     validate_items(exemplars, label_names, fields)
+    if not fields and not any(ex.images for ex in exemplars):
+        check.fail(
+            doc.key_lines["prompt"],
+            "the prompt has no {text} (or other {field}) and no exemplar has images: every input would "
+            "give the model the same prompt, and so the same verdict",
+        )
+    notes.extend(policy_warnings(labels, exemplars, fields, display))
     counts = {n: sum(ex.label == n for ex in exemplars) for n in label_names}
     for label in labels:
         need = 2 if scoring == "loo" else 1
@@ -432,7 +512,11 @@ def _read_source(item: _Map, check: _Checker, root: Path, where: str, notes: lis
                 formats = " | ".join(sorted(name for name, reader in known.items() if getattr(reader, flag)))
                 check.fail(item.key_lines[key], f"'{key}' applies to 'format: {formats}' sources only")
             options[option] = check.string(item, key)
-    path = root / rel
+    path = confined(root, rel, check.roots, lambda why: check.fail(item.key_lines["from"], why))
+    if "images" in options:
+        options["images"] = confined(
+            root, check.string(item, "images"), check.roots, lambda why: check.fail(item.key_lines["images"], why)
+        )
     if fmt in known and known[fmt].folder and "images" in item:
         check.fail(
             item.key_lines["images"], f"'images' is for data files; 'format: {fmt}' reads images from its folder"
@@ -454,24 +538,51 @@ def _image_list(item: _Map, check: _Checker, root: Path) -> tuple[str, ...]:
     for image in values:
         if Path(image).is_absolute() or ".." in Path(image).parts:
             check.fail(line, f"image path '{image}' must be relative to the data root, without '..'")
+        confined(root, image, check.roots, lambda why: check.fail(line, why))
         if not (root / image).is_file():
             check.fail(line, f"image '{image}' not found in {root}")
     return tuple(values)
 
 
-def load_policy(path: str | Path, data_root: str | Path | None = None) -> Policy:
+def allowed_roots(base_dir: Path, data_root: Path, extra: Sequence[str | Path] = ()) -> list[Path]:
+    """The folders a policy's exemplar files may come from: its own folder, its data root, and
+    what the user allows explicitly (`--allow-path DIR`, or GUARD_ALLOW_PATHS)."""
+    env = [p for p in os.environ.get(ALLOW_PATHS_ENV, "").split(os.pathsep) if p.strip()]
+    return [Path(p).expanduser().resolve() for p in (base_dir, data_root, *extra, *env)]
+
+
+def confined(root: Path, rel: str, roots: Sequence[Path], fail) -> Path:
+    """`root / rel`, if it (symlinks followed) stays inside one of `roots`; else `fail(why)`.
+
+    A policy names files relative to its data root; an absolute path or a `..` that leads out of
+    the allowed folders would let a policy read any file the user can (README, "Paths")."""
+    path = Path(root) / Path(rel).expanduser()
+    real = path.resolve()
+    if not any(real == r or r in real.parents for r in roots):
+        fail(
+            f"'{rel}' is outside the policy's folder and data root; allow its folder explicitly with "
+            f"--allow-path DIR (or {ALLOW_PATHS_ENV})"
+        )
+    return path
+
+
+def load_policy(
+    path: str | Path, data_root: str | Path | None = None, allow_paths: Sequence[str | Path] = ()
+) -> Policy:
     """Read and validate a policy file; exemplar files are resolved relative to it, or to its
-    data root (`data_root` is --data-root: where a relative `data_root:` key starts)."""
+    data root (`data_root` is --data-root: where a relative `data_root:` key starts;
+    `allow_paths` are further folders that exemplar files may come from, see `allowed_roots`)."""
     path = Path(path)
     display = str(path)
     if not path.exists():
         raise PolicyError(f"{display}: policy file does not exist")
     if path.is_dir():
         raise PolicyError(f"{display}: is a directory, not a policy file")
+    data = read_regular_file(path, MAX_POLICY_BYTES, PolicyError, display)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise PolicyError(f"{display}: policy file is not UTF-8 text") from None
-    policy = parse_policy(text, display, base_dir=path.resolve().parent, data_root=data_root)
+    policy = parse_policy(text, display, base_dir=path.resolve().parent, data_root=data_root, allow_paths=allow_paths)
     policy.path = path
     return policy

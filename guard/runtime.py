@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from guard import calibration, sav
+from guard import calibration, limits, sav
 from guard.artifact import Artifact
-from guard.errors import GuardError, ModelError
+from guard.errors import GuardError, InputError, ModelError
 from guard.explain import explain as explain_verdict
 from guard.features import features
 from guard.images import as_image
@@ -146,6 +146,18 @@ class PolicyHeads:
         return results
 
 
+def dtype_warnings(artifacts: Sequence[Artifact], loaded: LoadedModel) -> list[str]:
+    """A policy checked in another dtype than it was compiled in can change verdicts (bfloat16
+    checks of a float32 policy changed 1 in 90 on SmolLM2): say so."""
+    now = str(loaded.dtype).removeprefix("torch.")
+    return [
+        f"warning: policy '{art.name}' was compiled in {art.dtype} and is checked in {now}; "
+        f"verdicts near the boundary can differ (use --dtype {art.dtype})"
+        for art in artifacts
+        if art.dtype and art.dtype != now
+    ]
+
+
 class GuardSet:
     """Several compiled policies on one model, checked together.
 
@@ -165,6 +177,7 @@ class GuardSet:
                     f"from '{loaded.source.reference}'); recompile it with 'guard compile'"
                 )
         self.loaded = loaded
+        self.warnings = dtype_warnings(artifacts, loaded)
         self.policies = [PolicyHeads(art) for art in artifacts]
         self.groups: dict[str, list[PolicyHeads]] = {}  # prompt template -> policies
         for policy in self.policies:
@@ -215,13 +228,15 @@ class GuardSet:
         ModelInput with the images for vision-language models)."""
         if text is not None:
             fields["text"] = text
-        if "text" in fields and not str(fields["text"]).strip() and not images:
-            raise GuardError("empty text: nothing to check")
+        limits.check_fields({**fields, "images": images})  # cheap refusals before any model work
         try:
             prompt = prompt_template.format_map(fields)
         except KeyError as exc:
-            raise GuardError(f"the policy prompt needs a value for {{{exc.args[0]}}}") from None
-        return self.loaded.prepare(prompt, [as_image(image) for image in images])
+            raise InputError(f"the policy prompt needs a value for {{{exc.args[0]}}}") from None
+        rendered = self.loaded.prepare(prompt, [as_image(image) for image in images])
+        if isinstance(rendered, str) and len(rendered.encode()) > limits.LIMITS.max_text_tokens:
+            limits.check_tokens(self.loaded.token_count(rendered))  # a token is at least one byte
+        return rendered
 
     def check(
         self, text: str | None = None, *, images: Sequence = (), explain: bool = False, **fields: str
@@ -264,6 +279,7 @@ class Guard:
         self._set = GuardSet([artifact], loaded)
         self.artifact = artifact
         self.loaded = loaded
+        self.warnings = self._set.warnings  # e.g. checked in another dtype than compiled in
 
     @classmethod
     def load(

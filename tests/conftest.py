@@ -63,3 +63,24 @@ def colour_data(tmp_path_factory):
     from tests.vlm_fixtures import write_colour_images
 
     return write_colour_images(tmp_path_factory.mktemp("colours"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server for the session (tests/postgres.py); skipped only where no
+    server binary exists."""
+    from tests.postgres import PostgresServer, server_bin
+
+    bindir = server_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binary (initdb, pg_ctl) on this machine")
+    pytest.importorskip("psycopg", reason="psycopg 3 is not installed: pip install -e '.[test]'")
+    server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_db(postgres_server):
+    """The URL of a new, empty PostgreSQL database."""
+    return postgres_server.new_database()

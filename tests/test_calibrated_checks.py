@@ -3,14 +3,16 @@ check(); old databases stay loadable; policies without the new keys keep their v
 
 import hashlib
 import json
+import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
-from guard import calibration, sav
+from guard import calibration, migrations, sav
 from guard.cli import app
 from guard.compiler import compile_policy
 from guard.errors import PolicyError
@@ -195,28 +197,33 @@ def test_too_few_exemplars_compile_without_calibration(tmp_path, llama_dir, db, 
     assert "calibration: none" in out.output
 
 
-def test_database_from_before_calibration_loads_and_upgrades(tiny_policy, db, llama):
-    compile_policy(tiny_policy, db, loaded=llama)
-    # make it what 0.1 wrote: no calibrations table, only the initial migration recorded
+def test_database_from_before_calibration_loads_and_upgrades(tmp_path, llama):
+    # guard 0.1's database, made what it was before calibration: no calibrations table, and
+    # only the initial migration recorded
+    db = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "data" / "guard-0.1.db", db)
     con = sqlite3.connect(db)
     con.execute("drop table calibrations")
     con.execute("delete from guard_migrations where name = '0002_calibrations'")
     con.commit()
     con.close()
-    store = Store.open(db)  # applies 0002
-    names = [r[0] for r in sqlite3.connect(db).execute("select name from guard_migrations order by name")]
-    assert names[:2] == ["0001_initial", "0002_calibrations"]
-    art = store.load_artifact()
+    store = Store.open(str(db))  # applies 0002 and what follows
+    assert store.schema_revision() == migrations.head()
+    assert sqlite3.connect(db).execute("select count(*) from calibrations").fetchone()[0] == 0
+    art = store.load_artifact("harm")
     assert art.calibration is None
     verdict = Guard(art, llama).check("help me hurt someone")
     assert verdict.calibrated is None and not verdict.uncertain
-    compile_policy(tiny_policy, db, loaded=llama)  # recompiling adds the calibration
-    assert Store.open(db).load_artifact().calibration is not None
+    path = write_policy(tmp_path, llama.source.reference, TEXTS, name="harm")
+    compile_policy(path, str(db), loaded=llama)  # recompiling adds the calibration
+    assert Store.open(str(db)).load_artifact("harm").calibration is not None
 
 
-def test_replacing_a_policy_replaces_its_calibration(tiny_policy, db, llama):
+def test_each_version_keeps_its_own_calibration(tiny_policy, db, llama):
     compile_policy(tiny_policy, db, loaded=llama)
     compile_policy(tiny_policy, db, loaded=llama)
+    assert sqlite3.connect(db).execute("select count(*) from calibrations").fetchone()[0] == 2
+    compile_policy(tiny_policy, db, loaded=llama, keep=1)
     assert sqlite3.connect(db).execute("select count(*) from calibrations").fetchone()[0] == 1
 
 

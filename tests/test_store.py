@@ -34,13 +34,15 @@ def test_other_sqlite_database_is_refused_and_left_alone(tmp_path):
     assert [r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master")] == ["users"]
 
 
-def test_new_database_records_its_migrations(tmp_path):
+def test_new_database_records_its_schema_revision(tmp_path):
+    from guard import migrations
+
     store = Store.open(str(tmp_path / "g.db"), create=True)
-    names = [r[0] for r in sqlite3.connect(tmp_path / "g.db").execute("select name from guard_migrations")]
-    assert names == ["0001_initial", "0002_calibrations", "0003_audit_log"]
+    revisions = [r[0] for r in sqlite3.connect(tmp_path / "g.db").execute("select version_num from guard_schema")]
+    assert revisions == [migrations.head()] and store.schema_revision() == migrations.head()
     assert store.policy_names() == []
     Store.open(str(tmp_path / "g.db"))  # reopening migrates nothing twice
-    assert len(list(sqlite3.connect(tmp_path / "g.db").execute("select name from guard_migrations"))) == 3
+    assert len(list(sqlite3.connect(tmp_path / "g.db").execute("select version_num from guard_schema"))) == 1
 
 
 def test_url_and_environment(tmp_path, monkeypatch):

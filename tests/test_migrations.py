@@ -1,0 +1,83 @@
+"""Schema migrations (Alembic): a database written by guard 0.1 upgrades in place and gives the
+same verdicts; new databases start at the head revision; a newer schema is refused."""
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from guard import migrations
+from guard.runtime import GuardSet
+from guard.store import Store
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def old_db(tmp_path):
+    path = tmp_path / "guard-0.1.db"
+    shutil.copy(DATA / "guard-0.1.db", path)
+    return path
+
+
+def tables(path) -> set[str]:
+    return {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master where type='table'")}
+
+
+def counts(path) -> dict[str, int]:
+    con = sqlite3.connect(path)
+    return {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in ("heads", "exemplars", "activations")}
+
+
+def test_guard_0_1_database_upgrades_in_place_and_keeps_its_verdicts(old_db, llama):
+    expected = json.loads((DATA / "guard-0.1-verdicts.json").read_text())
+    assert llama.fingerprint == expected["fingerprint"], "tests/fixtures.py makes the same tiny llama as in 0.1"
+    assert "guard_migrations" in tables(old_db) and "guard_schema" not in tables(old_db)
+    before = counts(old_db)
+    assert before["heads"] == 6 and before["activations"] == 8
+
+    store = Store.open(str(old_db))
+    assert store.schema_revision() == migrations.head()
+    assert "guard_migrations" not in tables(old_db)  # guard 0.1 now refuses it instead of misreading it
+    assert counts(old_db) == before  # the table copy did not cascade into heads or exemplars
+    assert store.policy_names() == ["harm", "loose"]
+    assert [v["revision"] for v in store.versions()] == [1, 1]
+
+    results = GuardSet.load(str(old_db), model=llama).check_batch(expected["texts"])
+    for got, want in zip(results, expected["verdicts"]):
+        for name, verdict in want.items():
+            now = got[name].to_dict()
+            assert {k: now[k] for k in verdict} == verdict
+
+
+def test_upgraded_database_keeps_versions_of_new_compiles(old_db, llama, tmp_path):
+    from guard.compiler import compile_policy
+    from tests.fixtures import TEXTS, write_policy
+
+    texts = {"harmful": TEXTS["harmful"][:3], "benign": TEXTS["benign"][:3]}
+    report = compile_policy(
+        write_policy(tmp_path, llama.source.reference, texts, name="harm"), str(old_db), loaded=llama
+    )
+    assert report.artifact.revision == 2
+    store = Store.open(str(old_db))
+    history = store.versions("harm")
+    assert [(v["revision"], v["current"]) for v in history] == [(2, True), (1, False)]
+    assert history[1]["dtype"] is None and history[0]["dtype"] == "float32"  # 0.1 did not record it
+
+
+def test_concurrent_first_opens_migrate_once(tmp_path):
+    import concurrent.futures
+
+    path = str(tmp_path / "fresh.db")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: Store.open(path, create=True), range(4)))
+    assert all(s.schema_revision() == migrations.head() for s in stores)
+    assert sqlite3.connect(path).execute("select count(*) from guard_schema").fetchone()[0] == 1
+
+
+def test_revisions_form_one_chain():
+    revisions = list(migrations.script().walk_revisions())
+    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004"]
+    assert migrations.head() == "0004"
