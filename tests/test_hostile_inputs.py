@@ -144,7 +144,7 @@ def test_a_bad_line_gets_an_error_record_and_the_good_lines_their_verdicts(compi
     records = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert result.exit_code == 2, result.output
     assert records[0] == {"line": 1, "error": "not UTF-8 text (byte 0xff at offset 4)"}
-    assert records[1]["line"] == 2 and records[1]["label"] in ("harmful", "benign")
+    assert records[1]["line"] == 2 and records[1]["verdicts"]["tiny"]["label"] in ("harmful", "benign")
     assert len(records) == 2
     assert "Traceback" not in result.output
 

@@ -46,10 +46,15 @@ def test_guard_0_1_database_upgrades_in_place_and_keeps_its_verdicts(old_db, lla
     assert [v["revision"] for v in store.versions()] == [1, 1]
 
     results = GuardSet.load(str(old_db), model=llama).check_batch(expected["texts"])
+    same = ("policy", "version", "flagged", "label", "scores", "calibrated", "margin", "uncertain")
     for got, want in zip(results, expected["verdicts"]):
         for name, verdict in want.items():
             now = got[name].to_dict()
-            assert {k: now[k] for k in verdict} == verdict
+            assert {k: now[k] for k in same} == {k: verdict[k] for k in same}
+            vote = ("layer", "head", "label", "similarity", "similarities", "margin")
+            assert [{k: v[k] for k in vote} for v in now["votes"]] == [
+                {k: v[k] for k in vote} for v in verdict["votes"]
+            ]
 
 
 def test_upgraded_database_keeps_versions_of_new_compiles(old_db, llama, tmp_path):

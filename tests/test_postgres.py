@@ -38,7 +38,7 @@ def test_compile_check_list_versions_rollback(pg_db, tmp_path, llama_dir):
     store = Store.open(pg_db)
     assert store.load_artifact().revision == 1 and store.schema_revision() == migrations.head()
     older = run("check", "--text", "bake bread", "--db", pg_db, "-p", "tiny@2", "--json")
-    assert json.loads(older.stdout)["version"] == versions[0]["version"]
+    assert json.loads(older.stdout)["verdicts"]["tiny"]["version"] == versions[0]["version"]
     assert run("compile", path, "--db", pg_db, "--keep", "1").exit_code == 0
     assert [v["revision"] for v in store.versions("tiny")] == [3]
 

@@ -52,7 +52,7 @@ def test_check_an_older_version_by_revision_or_hash(three_versions):
     for spec, want in (("tiny", hashes[2]), ("tiny@1", hashes[0]), (f"tiny@{hashes[1][:6]}", hashes[1])):
         result = run("check", "--text", "bake bread", "--db", db, "-p", spec, "--json")
         assert result.exit_code in (0, 1), result.output
-        assert json.loads(result.stdout)["version"] == want
+        assert json.loads(result.stdout)["verdicts"]["tiny"]["version"] == want
     missing = run("check", "--text", "bake bread", "--db", db, "-p", "tiny@9")
     assert missing.exit_code == 2 and "has no version '9'" in missing.stderr
 
@@ -63,7 +63,7 @@ def test_rollback_and_roll_forward(three_versions):
     assert back.exit_code == 0 and "revision 1" in back.output
     assert Store.open(db).load_artifact("tiny").version == hashes[0]
     check = run("check", "--text", "bake bread", "--db", db, "--json")
-    assert json.loads(check.stdout)["version"] == hashes[0]
+    assert json.loads(check.stdout)["verdicts"]["tiny"]["version"] == hashes[0]
     assert run("rollback", "tiny", hashes[2], "--db", db).exit_code == 0
     assert Store.open(db).load_artifact().revision == 3
     assert run("rollback", "nope", "1", "--db", db).exit_code == 2
