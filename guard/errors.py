@@ -4,6 +4,12 @@
 class GuardError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
+    def __init__(self, message: str = "", *args):
+        # one line, always: a user's value with a newline in it (a YAML key, a label) is shown escaped
+        if isinstance(message, str):
+            message = message.strip().replace("\r", "\\r").replace("\n", "\\n")
+        super().__init__(message, *args)
+
 
 class PolicyError(GuardError):
     """A policy file (or a file it points to) is invalid; the message starts with 'file:line:'."""
