@@ -275,6 +275,13 @@ def check_command(
     raise typer.Exit(2 if errors else 1 if flagged else 0)
 
 
+def _takes_images(art) -> bool:
+    from guard.models.architectures import ARCHITECTURES
+
+    arch = ARCHITECTURES.get(art.model_info.get("model_type"))
+    return arch is None or arch.multimodal  # unknown: let the model say
+
+
 def _show_result(origin: dict, name: str, result, as_json: bool, explain: bool) -> None:
     if as_json:
         typer.echo(json.dumps({**origin, **result.to_dict()}))
