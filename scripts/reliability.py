@@ -142,7 +142,8 @@ def main() -> None:
     report: dict = {}
     try:
         if "hostile" not in args.skip:
-            report["hostile"] = hostile(work / "hostile", model) if (work / "hostile").mkdir() is None else None
+            (work / "hostile").mkdir()
+            report["hostile"] = hostile(work / "hostile", model)
         if "kills" not in args.skip:
             results = crash.trials(work / "kills", str(model), args.kills, seed=13)
             report["kills"] = {
