@@ -39,7 +39,7 @@ def set_threads(threads: int | None = None) -> int:
 
     Process-wide. One forward at a time (the CLI, a server's single model worker) is fastest with
     every core; N threads checking at once on C cores are faster with about C / N each (on 2 cores
-    and 4 threads, 1 thread per forward was about twice as fast per check; benchmarks/test_bench_threads.py).
+    and 4 threads, 1 thread per forward was 1.23x faster than the default; see BENCHMARKS.md).
     """
     if threads is None and os.environ.get("GUARD_THREADS"):
         try:
