@@ -16,17 +16,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
+    """A field of /proc/self/status (VmRSS, VmHWM...) in kB."""
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(field)
 
 
-def measure(procedure: str, db: str, count: int) -> dict:
-    """Run `procedure` in a subprocess; returns MiB above the loaded model's resident memory."""
+def run_fresh(module: str, *args) -> dict:
+    """Run `python -m module ARGS...` in a fresh process; its last stdout line is a JSON result."""
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", procedure, db, str(count)],
+        [sys.executable, "-m", module, *map(str, args)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -36,6 +37,11 @@ def measure(procedure: str, db: str, count: int) -> dict:
         env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(procedure: str, db: str, count: int) -> dict:
+    """Run `procedure` in a subprocess; returns MiB above the loaded model's resident memory."""
+    return run_fresh("benchmarks.memory", procedure, db, count)
 
 
 def _main(procedure: str, db: str, count: int) -> None:
@@ -71,9 +77,9 @@ def _main(procedure: str, db: str, count: int) -> None:
     # procedure's memory. Freed blocks go back to the OS (see MALLOC_MMAP_THRESHOLD_ above).
     run(["hello"])
     open("/proc/self/clear_refs", "w").write("5")
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     run(heldout_texts()[:count])
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     print(_json.dumps({"procedure": procedure, "peak_extra_mib": (peak - before) / 1024, "model_mib": model_mib}))
 
 

@@ -10,31 +10,13 @@ Run as `python -m benchmarks.onnx_memory ENGINE DB_OR_EXPORT COUNT`.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _status_kb(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(field)
+from benchmarks.memory import run_fresh, status_kb
 
 
 def measure(engine: str, where: str, count: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.onnx_memory", engine, where, str(count)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},  # see benchmarks/memory.py
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_fresh("benchmarks.onnx_memory", engine, where, count)
 
 
 def _main(engine: str, where: str, count: int) -> None:
@@ -54,9 +36,9 @@ def _main(engine: str, where: str, count: int) -> None:
     else:
         raise SystemExit(f"unknown engine {engine}")
     checker.check("hello")  # warm-up: thread pools and kernels are not the checking's memory
-    loaded_kb = _status_kb("VmRSS")
+    loaded_kb = status_kb("VmRSS")
     checker.check_batch(heldout_texts()[:count], batch_size=16)
-    peak_kb = _status_kb("VmHWM")
+    peak_kb = status_kb("VmHWM")
     print(
         json.dumps(
             {
