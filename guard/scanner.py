@@ -22,7 +22,6 @@ from guard.errors import GuardError
 from guard.scan_input import Item
 
 WINDOW_BATCHES = 8  # default window: this many batches, length-bucketed together
-MAX_TEXT_CHARS = 100_000  # longer texts are refused before tokenising (issue 13 moves limits to guard.limits)
 
 
 def result_record(item_id, result, votes: bool = False, key: str = "id") -> dict:
@@ -45,9 +44,8 @@ def prepare(guards, fields: dict) -> dict:
     field or an empty text is caught per item, not for the whole window."""
     from guard.images import as_image
 
-    text = fields.get("text")
-    if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
-        raise GuardError(f"too long: {len(text):,} characters (limit {MAX_TEXT_CHARS:,})")
+    # guards.render refuses what guard.limits refuses (characters, tokens) before tokenising;
+    # here only what this model cannot read at all
     ready = {**fields, "images": [as_image(image) for image in fields["images"]]} if fields.get("images") else fields
     loaded = guards.loaded
     limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
