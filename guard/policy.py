@@ -167,6 +167,49 @@ class _Budget:
             raise PolicyError(f"{self.display}:{line}: values nested more than {MAX_YAML_DEPTH} deep")
 
 
+def _measure(root, display: str) -> None:
+    """PolicyError if the document under `root` would expand, aliases followed, to more than
+    MAX_YAML_NODES values or MAX_YAML_DEPTH levels, or holds an alias to a value that contains
+    it. Measured on the node graph (an alias is the same node object again), each node once:
+    a "billion laughs" is refused in milliseconds, before anything of it is built."""
+    sizes: dict[int, int] = {}  # id(node): values it expands to, itself included
+    heights: dict[int, int] = {}  # id(node): levels of values below it
+    on_path: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            children = _children(node)
+            line = node.start_mark.line + 1
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            heights[key] = 1 + max(heights[id(child)] for child in children) if children else 0
+            if sizes[key] > MAX_YAML_NODES:
+                raise PolicyError(
+                    f"{display}:{line}: the policy expands to more than {MAX_YAML_NODES:,} values "
+                    "(aliases that repeat aliases?)"
+                )
+            if heights[key] >= MAX_YAML_DEPTH:
+                raise PolicyError(f"{display}:{line}: values nested more than {MAX_YAML_DEPTH} deep")
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise PolicyError(f"{display}:{node.start_mark.line + 1}: an alias refers to the value that contains it")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in reversed(_children(node)))
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def _build(node, loader, budget: _Budget):
     display = budget.display
     budget.enter(node)
@@ -204,6 +247,7 @@ def _parse_yaml(text: str, display: str):
         node = loader.get_single_node()
         if node is None:
             raise PolicyError(f"{display}:1: the policy file is empty")
+        _measure(node, display)  # the size first: building a billion laughs would take long
         return _build(node, loader, _Budget(display))
     except RecursionError:
         raise PolicyError(f"{display}: values nested too deeply") from None

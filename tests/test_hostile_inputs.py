@@ -127,6 +127,25 @@ def test_billion_laughs_and_self_reference_are_policy_errors(tmp_path):
         load_policy(tmp_path / "deep.yaml")
 
 
+def test_an_alias_bomb_is_refused_before_any_value_is_built(tmp_path, monkeypatch):
+    """Its size is measured on the YAML node graph, each node once, so the refusal does not
+    build a million values first; the line is that of the first value that expands too far."""
+    import guard.policy
+
+    built = []  # (no exception raised in here: a failure report would print the node graph, exponentially)
+    monkeypatch.setattr(guard.policy, "_build", lambda *args: built.append(1))
+    (tmp_path / "bomb.yaml").write_text(BILLION_LAUGHS)
+    with pytest.raises(PolicyError, match=r"bomb\.yaml:7: the policy expands to more than 1,000,000 values"):
+        load_policy(tmp_path / "bomb.yaml")
+    (tmp_path / "loop.yaml").write_text("name: x\nlabels: &x [a, [b, *x]]\n")
+    with pytest.raises(PolicyError, match=r"loop\.yaml:2: an alias refers to the value that contains it"):
+        load_policy(tmp_path / "loop.yaml")
+    (tmp_path / "deep.yaml").write_text("name: " + "[" * 100 + "]" * 100 + "\n")
+    with pytest.raises(PolicyError, match="nested more than 64 deep"):
+        load_policy(tmp_path / "deep.yaml")
+    assert not built
+
+
 def test_policy_file_that_is_a_fifo_or_device_is_refused(tmp_path):
     os.mkfifo(tmp_path / "pipe.yaml")
     outcome = finishes(lambda: load_policy(tmp_path / "pipe.yaml"))
