@@ -151,6 +151,12 @@ def main() -> None:
                 "trials": len(results),
                 "killed_mid_compile": sum(not r["finished_first"] for r in results),
                 "on_new_database": sum(r["fresh"] for r in results),
+                "phases_hit": {
+                    p: n for p in (*crash.PHASES, "finished") if (n := [r["phase"] for r in results].count(p))
+                },
+                "aimed_from": {
+                    a: [r["from"] for r in results].count(a) for a in dict.fromkeys(r["from"] for r in results)
+                },
                 "inconsistent": [r for r in results if r["problem"]],
             }
         if "sqlite" not in args.skip:
