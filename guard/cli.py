@@ -236,6 +236,13 @@ def check_command(
         _fail("--prompt goes with images: guard check IMAGE... --prompt TEXT (use --text TEXT for a text alone)")
     if not items and not from_stdin:
         _fail("nothing to check: give --text TEXT, image files, or '-' to read lines from stdin")
+    stdin_lines, errors = None, 0
+    if from_stdin and not items and not _onnx_engine(engine, onnx_dir):
+        # stdin is read before the database and the model: lines that cannot be checked (too long,
+        # not UTF-8, empty, NUL) are refused at once, and when no other line follows, nothing loads
+        stdin_lines, errors = _refuse_leading_lines(as_json)
+        if stdin_lines is None and errors:
+            raise typer.Exit(2)
     if _onnx_engine(engine, onnx_dir):
         if from_stdin:  # the ONNX engine takes stdin whole; blank and undecodable lines stay as errors
             from guard.scan_input import Shard, read_text
@@ -268,10 +275,9 @@ def check_command(
     for (origin, name, _), result in zip(items, results):
         _show_result(origin, name, result, as_json, explain)
     flagged = any(result.flagged for result in results)
-    errors = 0
     if from_stdin:
-        lines_flagged, errors = _check_stdin(guards, batch_size, as_json, explain)
-        flagged = flagged or lines_flagged
+        lines_flagged, line_errors = _check_stdin(guards, stdin_lines, batch_size, as_json, explain)
+        flagged, errors = flagged or lines_flagged, errors + line_errors
     raise typer.Exit(2 if errors else 1 if flagged else 0)
 
 
@@ -292,22 +298,49 @@ def _show_result(origin: dict, name: str, result, as_json: bool, explain: bool) 
             _print_explanation(verdict.explanation)
 
 
-def _check_stdin(guards, batch_size: int, as_json: bool, explain: bool) -> tuple[bool, int]:
-    """Stream stdin through the scanner: one output per line, blank and undecodable lines
-    included (as errors), each written as its window completes. Returns (any flagged, errors)."""
+def _refuse_leading_lines(as_json: bool):
+    """Read stdin up to its first line that guard.limits lets through, writing an error record
+    for each line before it. Returns (the rest of stdin's lines, that line first, or None at the
+    end of stdin; the number of error records written). Imports nothing heavy."""
+    import itertools
+
+    from guard.errors import InputError
+    from guard.limits import check_fields
+    from guard.scan_input import Shard, read_text
+
+    lines, errors = read_text(Shard("-", "text")), 0
+    for item in lines:
+        reason = item.error
+        if reason is None:
+            try:
+                check_fields(item.fields)
+            except InputError as exc:
+                reason = str(exc)
+        if reason is None:
+            return itertools.chain([item], lines), errors
+        errors += 1
+        _show_line_error(item.id, reason, as_json)
+    sys.stdout.flush()
+    return None, errors
+
+
+def _show_line_error(line: int, reason: str, as_json: bool) -> None:
+    typer.echo(json.dumps({"line": line, "error": reason}) if as_json else f"{'error':8} line {line}: {reason}")
+
+
+def _check_stdin(guards, lines, batch_size: int, as_json: bool, explain: bool) -> tuple[bool, int]:
+    """Stream stdin (or `lines`, what is left of it) through the scanner: one output per line,
+    blank and undecodable lines included (as errors), each written as its window completes.
+    Returns (any flagged, errors)."""
     from guard.scan_input import Shard, read_text
     from guard.scanner import WINDOW_BATCHES, check_items, windows
 
     flagged, errors = False, 0
-    for chunk in windows(read_text(Shard("-", "text")), batch_size * WINDOW_BATCHES):
+    for chunk in windows(read_text(Shard("-", "text")) if lines is None else lines, batch_size * WINDOW_BATCHES):
         for item, outcome in zip(chunk, check_items(guards, chunk, batch_size, explain=explain)):
             if isinstance(outcome, str):
                 errors += 1
-                typer.echo(
-                    json.dumps({"line": item.id, "error": outcome})
-                    if as_json
-                    else f"{'error':8} line {item.id}: {outcome}"
-                )
+                _show_line_error(item.id, outcome, as_json)
             else:
                 flagged = flagged or outcome.flagged
                 _show_result({"line": item.id}, item.fields["text"], outcome, as_json, explain)

@@ -184,6 +184,33 @@ def test_only_bad_lines_exit_2(compiled):
     assert record["line"] == 1 and "UTF-8" in record["error"]
 
 
+def test_stdin_of_only_bad_lines_is_refused_before_the_database_or_model(tmp_path, llama_dir, db, monkeypatch):
+    """A 1 MB line (or any line guard.limits refuses) needs neither the database nor the model:
+    with nothing checkable after it, `check -` answers exit 2 without loading either."""
+    model = tmp_path / "model"
+    shutil.copytree(llama_dir, model)
+    assert run("compile", write_policy(tmp_path, model, TEXTS), "--db", db).exit_code == 0
+    shutil.rmtree(model)  # loading the model now fails: no model error proves it never started
+    proc = subprocess.run(
+        [GUARD, "check", "-", "--db", db, "--json"], input=b"y" * 1_000_000 + b"\n\xff\n\n", capture_output=True
+    )
+    assert proc.returncode == 2 and proc.stderr == b"", proc.stderr
+    records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3] and all(set(r) == {"line", "error"} for r in records)
+    assert "too long: 1,000,000 characters" in records[0]["error"] and "UTF-8" in records[1]["error"]
+    assert "empty text" in records[2]["error"]
+
+    import guard.runtime
+    import guard.store
+
+    opened = []
+    monkeypatch.setattr(guard.store.Store, "open", classmethod(lambda cls, *a, **k: opened.append("store")))
+    monkeypatch.setattr(guard.runtime.GuardSet, "with_model", classmethod(lambda cls, *a, **k: opened.append("model")))
+    result = run("check", "-", "--db", db, input=b"nul \0 here\n")
+    assert result.exit_code == 2 and "error    line 1: text contains a NUL character" in result.stdout
+    assert opened == [] and result.stderr == ""
+
+
 def test_an_unexpected_exception_is_one_line_and_exit_2(monkeypatch, capsys):
     import typer
 
