@@ -2,6 +2,11 @@
 versions, rollback, a newer schema refused, damaged vectors refused."""
 
 import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -10,6 +15,7 @@ from guard import migrations
 from guard.cli import app
 from guard.store import Store
 from tests.fixtures import TEXTS, write_policy
+from tests.postgres import server_bin
 
 pytestmark = pytest.mark.postgres
 runner = CliRunner()
@@ -71,3 +77,37 @@ def test_newer_schema_and_damaged_vectors_are_refused(pg_db, tmp_path, llama_dir
     engine.dispose()
     newer = run("list", "--db", pg_db)
     assert newer.exit_code == 2 and "written by a newer guard" in newer.stderr
+
+
+SERVER_UNTIL = """
+import sys, time
+from tests.postgres import PostgresServer, server_bin
+
+server = PostgresServer(server_bin()).start()
+print(server.folder, server.port, flush=True)
+if sys.argv[1] != "exit":
+    time.sleep(300)  # until the test's signal
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "SIGINT", "SIGTERM"])
+def test_the_server_is_stopped_and_its_folder_deleted_however_the_process_ends(how):
+    """Without stop(): at a plain exit, at Ctrl-C (KeyboardInterrupt, as an interrupted test
+    session ends) and at SIGTERM, the server stops and its temporary folder goes."""
+    if server_bin() is None:
+        pytest.skip("no PostgreSQL server binary (initdb, pg_ctl) on this machine")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER_UNTIL, how], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        folder, port = proc.stdout.readline().split()
+        assert Path(folder, "data", "postmaster.pid").exists()
+        if how != "exit":
+            proc.send_signal(getattr(signal, how))
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert not Path(folder).exists(), proc.stderr.read()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()
