@@ -81,11 +81,21 @@ def check_tokens(count: int, limits: Limits = LIMITS) -> None:
         raise InputError(f"input is too long: {count:,} tokens (guard checks up to {limits.max_text_tokens:,})")
 
 
+def line_too_long(limits: Limits = LIMITS) -> str:
+    """The one-line reason a line over `max_line_bytes` is refused (its characters are not
+    counted: the line is thrown away unread, and no more than `max_line_bytes` bytes can hold
+    `max_text_chars` characters of UTF-8)."""
+    return (
+        f"text is too long: over {limits.max_line_bytes:,} bytes on one line"
+        f" (guard checks up to {limits.max_text_chars:,} characters)"
+    )
+
+
 def decode_line(raw: bytes, limits: Limits = LIMITS) -> str:
     """One line of input bytes as text (line ending removed), or InputError: not UTF-8, too long."""
     raw = raw.rstrip(b"\r\n")
     if len(raw) > limits.max_line_bytes:
-        raise InputError(f"line is too long: over {limits.max_line_bytes:,} bytes")
+        raise InputError(line_too_long(limits))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -109,7 +119,7 @@ def read_lines(stream: BinaryIO, limits: Limits = LIMITS) -> Iterator[tuple[int,
         if len(raw) > limits.max_line_bytes and not raw.endswith(b"\n"):
             while raw and not raw.endswith(b"\n"):  # skip the rest of the over-long line
                 raw = stream.readline(1 << 20)
-            yield number, InputError(f"line is too long: over {limits.max_line_bytes:,} bytes")
+            yield number, InputError(line_too_long(limits))
             continue
         try:
             yield number, decode_line(raw, limits)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from guard.errors import GuardError
 from guard.images import SUFFIXES as IMAGE_SUFFIXES
+from guard.limits import LIMITS, Limits, line_too_long
 
 FORMATS = ("jsonl", "csv", "parquet", "text", "images")
 _BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -128,7 +129,7 @@ def _line_shards(path: str, kind: str, prefix: str, shard_bytes: int) -> list[Sh
         while start < size:
             f.seek(min(start + shard_bytes, size))
             if f.tell() < size:
-                f.readline()  # on to the next line start
+                _skip_line(f)  # on to the next line start (a long line is not read into memory)
             end = f.tell()
             f.seek(start)
             lines, left, last = 0, end - start, b"\n"
@@ -156,18 +157,61 @@ def read_items(paths: Iterable[str], columns: Columns = Columns(), fmt: str | No
         yield from read_shard(shard, columns)
 
 
-def decoded_lines(stream, first: int = 1, size: int | None = None) -> Iterator[tuple[int, str | None]]:
-    """(line number, text without its line ending, or None if not UTF-8), lazily, for the next
-    `size` bytes (None: to the end). Bytes are decoded line by line: one bad line spoils only itself."""
-    for number, raw in enumerate(stream, start=first):
+SKIP_CHUNK = 1 << 16  # bytes read at a time while throwing away the rest of an over-long line
+
+
+@dataclass(frozen=True)
+class TooLong:
+    """What `decoded_lines` gives for a line longer than `limits.max_line_bytes` (it was thrown
+    away unread); str() is the one-line reason."""
+
+    limits: Limits = LIMITS
+
+    def __str__(self) -> str:
+        return line_too_long(self.limits)
+
+
+def decoded_lines(
+    stream, first: int = 1, size: int | None = None, limits: Limits = LIMITS
+) -> Iterator[tuple[int, str | None | TooLong]]:
+    """(line number, text without its line ending, None if not UTF-8, or TooLong), lazily, for the
+    next `size` bytes (None: to the end). Bytes are decoded line by line: one bad line spoils only
+    itself. Memory stays bounded whatever the input: no read asks for more than the line limit
+    plus its line ending, and a longer line is thrown away in SKIP_CHUNK reads up to its newline
+    (those bytes count against `size`, so byte-offset shards still end where they should)."""
+    limit = limits.max_line_bytes
+    number = first
+    while size is None or size > 0:
+        raw = stream.readline(limit + 2)  # room for the limit and "\r\n"
+        if not raw:
+            return
         if size is not None:
-            if size <= 0:
-                return
             size -= len(raw)
-        try:
-            yield number, raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            yield number, None
+        cut = len(raw) == limit + 2 and not raw.endswith(b"\n")  # the line goes on
+        if cut or len(raw.rstrip(b"\r\n")) > limit:
+            if cut:  # the rest of the line, read and dropped a chunk at a time
+                raw = None
+                skipped = _skip_line(stream)
+                if size is not None:
+                    size -= skipped
+            yield number, TooLong(limits)
+        else:
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                yield number, None
+        number += 1
+
+
+def _skip_line(stream) -> int:
+    """Read `stream` up to and including its next newline (or to its end) SKIP_CHUNK bytes at a
+    time, keeping none of it; the number of bytes read."""
+    skipped = 0
+    while chunk := stream.readline(SKIP_CHUNK):
+        skipped += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return skipped
 
 
 def _open_binary(path: str, start: int = 0):
@@ -181,7 +225,7 @@ def _open_binary(path: str, start: int = 0):
     return stream
 
 
-def _lines(shard: Shard, stream) -> Iterator[tuple[int, str | None]]:
+def _lines(shard: Shard, stream) -> Iterator[tuple[int, str | None | TooLong]]:
     size = None if shard.end is None else shard.end - shard.start
     return decoded_lines(stream, shard.first, size)
 
@@ -193,6 +237,8 @@ def read_text(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
         for number, line in _lines(shard, stream):
             if line is None:
                 yield Item(number, error="not valid UTF-8")
+            elif isinstance(line, TooLong):
+                yield Item(number, error=str(line))
             else:
                 yield Item(number, {"text": line})
     finally:
@@ -209,6 +255,8 @@ def read_jsonl(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
             where = f"line {number}"
             if line is None:
                 yield unreadable(number, where, "not valid UTF-8", columns)
+            elif isinstance(line, TooLong):
+                yield unreadable(number, where, str(line), columns)
             elif not line.strip():
                 yield unreadable(number, where, "empty text: nothing to check", columns)
             else:

@@ -2,6 +2,7 @@
 test that failed on 0.1. Limits, one bad line among good ones, exit 2 for every failure, paths,
 policies that cannot work, database trust, cheap errors first."""
 
+import io
 import json
 import os
 import shutil
@@ -69,8 +70,6 @@ def test_text_limits():
 
 
 def test_lines_bad_utf8_and_overlong_lines_are_records_and_memory_stays_bounded():
-    import io
-
     big = b"x" * (50 * LIMITS.max_line_bytes)  # one line, no newline until the very end
     stream = io.BytesIO(b"bad \xff\n" + big + b"\n banana bread\n\n" + big)
     lines = list(read_lines(stream))
@@ -80,6 +79,82 @@ def test_lines_bad_utf8_and_overlong_lines_are_records_and_memory_stays_bounded(
     assert lines[2][1] == " banana bread" and lines[3][1] == ""
     assert isinstance(lines[4][1], InputError)  # an over-long last line without a newline
     assert decode_line("ünïcode\r\n".encode()) == "ünïcode"
+
+
+class RecordingStream(io.BytesIO):
+    """A byte stream that records the size of every read asked of it (-1: unbounded)."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.asked = []
+
+    def read(self, size=-1):
+        self.asked.append(-1 if size is None else size)
+        return super().read(size)
+
+    def read1(self, size=-1):
+        self.asked.append(-1 if size is None else size)
+        return super().read1(size)
+
+    def readline(self, size=-1):
+        self.asked.append(-1 if size is None else size)
+        return super().readline(size)
+
+    def readlines(self, hint=-1):
+        self.asked.append(-1)
+        return super().readlines(hint)
+
+    def __next__(self):  # iterating a stream reads a whole line, however long
+        self.asked.append(-1)
+        return super().__next__()
+
+
+def test_the_scan_and_stdin_line_reader_never_reads_a_line_whole():
+    """guard.scan_input.decoded_lines (behind `check -` and `scan`): an over-long line is one
+    TooLong outcome, thrown away in bounded reads; no read asks for more than the limit plus a
+    line ending, or one skip chunk; the lines after it keep their numbers and texts."""
+    from guard.limits import Limits
+    from guard.scan_input import SKIP_CHUNK, TooLong, decoded_lines
+
+    limits = Limits(max_text_chars=100, max_line_bytes=400)
+    huge = b"x" * (40 * SKIP_CHUNK)  # 2.6 MB, one line
+    data = b"bad \xff\n" + huge + b"\nok\n" + b"a" * 400 + b"\r\n" + b"b" * 401 + b"\n\n" + huge
+    stream = RecordingStream(data)
+    lines = list(decoded_lines(stream, limits=limits))
+    assert [n for n, _ in lines] == [1, 2, 3, 4, 5, 6, 7]
+    assert lines[0][1] is None and lines[2][1] == "ok" and lines[3][1] == "a" * 400 and lines[5][1] == ""
+    assert [n for n, line in lines if isinstance(line, TooLong)] == [2, 5, 7]
+    assert str(lines[1][1]) == "text is too long: over 400 bytes on one line (guard checks up to 100 characters)"
+    assert stream.asked and all(0 <= size <= max(402, SKIP_CHUNK) for size in stream.asked), stream.asked
+    assert stream.tell() == len(data)
+
+    # a byte range (a shard) counts the bytes thrown away: it ends where its bytes end
+    stream = RecordingStream(huge + b"\nnext\nafter\n")
+    assert list(decoded_lines(stream, first=9, size=len(huge) + 6, limits=limits))[1:] == [(10, "next")]
+    assert stream.tell() == len(huge) + 6
+
+
+def test_64_megabytes_without_a_newline_on_check_stdin(compiled, monkeypatch):
+    """Read in bounded pieces, not whole: one error record naming the limit for line 1, a verdict
+    for line 2, exit 2."""
+    import typer.testing
+
+    from guard.scan_input import SKIP_CHUNK
+
+    stream = RecordingStream(b"z" * (64 * 1024 * 1024) + b"\nbanana bread\n")
+    monkeypatch.setattr(typer.testing, "make_input_stream", lambda input, charset: stream)  # stdin.buffer
+    result = run("check", "-", "--db", compiled, "--json")
+    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert result.exit_code == 2, result.output
+    assert records[0] == {
+        "line": 1,
+        "error": f"text is too long: over {LIMITS.max_line_bytes:,} bytes on one line"
+        f" (guard checks up to {LIMITS.max_text_chars:,} characters)",
+    }
+    assert records[1]["line"] == 2 and records[1]["verdicts"]["tiny"]["label"] in ("harmful", "benign")
+    assert len(records) == 2
+    bound = max(LIMITS.max_line_bytes + 2, SKIP_CHUNK)
+    assert stream.asked and all(0 <= size <= bound for size in stream.asked), stream.asked
 
 
 def test_image_from_a_device_or_fifo_is_refused_without_reading(tmp_path):
@@ -197,7 +272,7 @@ def test_stdin_of_only_bad_lines_is_refused_before_the_database_or_model(tmp_pat
     assert proc.returncode == 2 and proc.stderr == b"", proc.stderr
     records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
     assert [r["line"] for r in records] == [1, 2, 3] and all(set(r) == {"line", "error"} for r in records)
-    assert "too long: 1,000,000 characters" in records[0]["error"] and "UTF-8" in records[1]["error"]
+    assert "too long: over 131,072 bytes on one line" in records[0]["error"] and "UTF-8" in records[1]["error"]
     assert "empty text" in records[2]["error"]
 
     import guard.runtime

@@ -372,3 +372,25 @@ def test_shards_read_the_same_items_as_whole_files(tmp_path, colour_data):
     assert whole[301]["id"] == f"{tmp_path / 'tail.txt'}:2" and whole[301]["error"] == "not valid UTF-8"
     assert whole[302]["fields"] == {"text": "three"} and whole[303]["id"] == f"{tmp_path / 't.parquet'}:1"
     assert whole[-1]["id"] == f"{folder}:red/" + sorted(p.name for p in (folder / "red").iterdir())[-1]
+
+
+def test_shards_around_an_over_long_line(tmp_path):
+    """A line over the limit is one error item wherever the byte-offset shards cut: its bytes are
+    thrown away in bounded reads and still counted, so the lines after it keep their numbers."""
+    import dataclasses
+
+    from guard.limits import LIMITS, line_too_long
+    from guard.scan_input import plan, read_items, read_shard
+
+    path = tmp_path / "long.txt"
+    lines = [f"line {i}" for i in range(1, 40)]
+    lines[20] = "y" * (3 * LIMITS.max_line_bytes)  # line 21
+    path.write_text("\n".join(lines) + "\n" + "z" * (2 * LIMITS.max_line_bytes))  # line 40, no newline
+    whole = [dataclasses.asdict(item) for item in read_items([str(path)])]
+    assert [item["id"] for item in whole] == list(range(1, 41))
+    assert whole[20] == {"id": 21, "fields": {}, "error": line_too_long()} and whole[39]["error"] == line_too_long()
+    assert whole[21]["fields"] == {"text": "line 22"} and whole[38]["fields"] == {"text": "line 39"}
+    for shard_bytes in (50, 1000, LIMITS.max_line_bytes // 2):
+        shards = plan([str(path)], shard_bytes=shard_bytes)
+        assert len(shards) >= 2 and sum(s.count for s in shards) == 40
+        assert [dataclasses.asdict(item) for s in shards for item in read_shard(s)] == whole
