@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
+from guard import sav
 from guard.calibration import Calibration
 from guard.policy import Label
 
@@ -39,6 +41,35 @@ class Artifact:
     @property
     def label_names(self) -> list[str]:
         return [label.name for label in self.labels]
+
+    @property
+    def method(self) -> dict:
+        """The classifier's settings beyond the paper's (policy keys), kept in the metrics."""
+        return self.metrics.get("method", {})
+
+    @property
+    def vote(self) -> str:
+        """count (majority of heads, the paper) or margin (mean similarity margin): guard.sav.classify."""
+        return self.method.get("vote", "count")
+
+    @property
+    def prototypes(self) -> int:
+        return self.method.get("prototypes", 1)
+
+    @cached_property
+    def bank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the selected heads compare an input with: `(bank [M, k, D], bank_labels [M])`.
+        The centroids, or k-means prototypes recomputed from the stored exemplar vectors (the
+        same function of the same float32 vectors that compile used)."""
+        if self.prototypes == 1:
+            return self.centroids, torch.arange(len(self.labels))
+        labels = torch.tensor(self.exemplar_labels, dtype=torch.long)
+        return sav.fit_bank(self.exemplar_vectors, labels, len(self.labels), self.prototypes)
+
+    @property
+    def escape(self) -> str:
+        """How field values are escaped into the prompt (guard.policy.escape_value)."""
+        return self.method.get("escape", "none")
 
     @property
     def deepest_layer(self) -> int:

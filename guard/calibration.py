@@ -49,7 +49,13 @@ def can_calibrate(labels: torch.Tensor, num_labels: int, scoring: str) -> bool:
 
 
 def leave_one_out_votes(
-    acts: torch.Tensor, labels: torch.Tensor, num_labels: int, k: int, scoring: str = "loo", chunk: int = 8
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    num_labels: int,
+    k: int,
+    scoring: str = "loo",
+    chunk: int = 8,
+    max_layer: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Vote counts `[N, C]` and winners `[N]` of each exemplar from a SAV fit on all the others:
     heads scored (with `scoring`) and selected without it, centroids the others' means.
@@ -101,7 +107,7 @@ def leave_one_out_votes(
         mean_margin = torch.einsum("bnh,bn->bh", margin, others) / (n_items - 1)
         for r, i in enumerate(rows.tolist()):
             scores = sav.HeadScores(accuracy[r].view(num_layers, num_heads), mean_margin[r].view(num_layers, num_heads))
-            flat = torch.tensor([layer * num_heads + head for layer, head in sav.select_heads(scores, k)])
+            flat = torch.tensor([layer * num_heads + head for layer, head in sav.select_heads(scores, k, max_layer)])
             # the item against centroids of all the others: S_c - delta x_i
             di = onehot[i][:, None]  # [C, 1]
             dot_i = p[i][:, flat] - di * g[i][flat]
@@ -110,6 +116,50 @@ def leave_one_out_votes(
             win, _, cnt = sav.vote(sims.T[None])
             winners[i], counts[i] = win[0], cnt[0]
     return counts, winners
+
+
+CROSS_FIT_FOLDS = 10
+CROSS_FIT_METHOD = f"platt-cv{CROSS_FIT_FOLDS}"
+
+
+def folds_of(labels: torch.Tensor, num_labels: int, folds: int = CROSS_FIT_FOLDS) -> torch.Tensor:
+    """Each item's fold, stratified and deterministic: the i-th item of a label goes to fold i mod folds."""
+    fold = torch.empty(len(labels), dtype=torch.long)
+    for c in range(num_labels):
+        members = (labels == c).nonzero().flatten()
+        fold[members] = torch.arange(len(members)) % folds
+    return fold
+
+
+def cross_fitted_values(
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    num_labels: int,
+    k: int,
+    scoring: str = "loo",
+    max_layer: int | None = None,
+    prototypes: int = 1,
+    vote: str = "count",
+    folds: int = CROSS_FIT_FOLDS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label values `[N, C]` (guard.sav.label_values) and winners `[N]` of each exemplar from a
+    fit on the other folds: heads scored and selected, bank (centroids or prototypes) fitted,
+    without the fold. For the variants that the exact leave-one-out shortcut does not cover."""
+    fold = folds_of(labels, num_labels, folds)
+    values = torch.zeros((len(labels), num_labels), dtype=torch.float64)
+    winners = torch.zeros(len(labels), dtype=torch.long)
+    for f in range(folds):
+        test = fold == f
+        if not bool(test.any()):
+            continue
+        train = ~test
+        scores = sav.score_heads(acts[train], labels[train], num_labels, scoring)
+        heads = sav.select_heads(scores, k, max_layer)
+        bank, bank_labels = sav.fit_bank(sav.at_heads(acts[train], heads), labels[train], num_labels, prototypes)
+        sims = sav.bank_similarities(sav.at_heads(acts[test], heads), bank, bank_labels, num_labels)
+        win, _, _, val = sav.classify(sims, vote)
+        values[test], winners[test] = val.double(), win
+    return values, winners
 
 
 def vote_margin(counts: torch.Tensor) -> torch.Tensor:
@@ -288,11 +338,23 @@ def calibrate(
     targets: dict[int, tuple[str, float]] | None = None,
     uncertain_margin: float = 0.0,
     chunk: int = 8,
+    max_layer: int | None = None,
+    prototypes: int = 1,
+    vote: str = "count",
 ) -> Calibration:
-    """Cross-fitted votes -> per-label Platt maps -> thresholds for `targets` {label: (metric, value)}."""
-    counts, winners = leave_one_out_votes(acts, labels, num_labels, k, scoring, chunk)
-    k_eff = counts.sum(dim=1, keepdim=True).clamp(min=1)
-    shares = (counts.double() / k_eff).tolist()
+    """Cross-fitted votes -> per-label Platt maps -> thresholds for `targets` {label: (metric, value)}.
+
+    The paper's classifier (centroids, vote count) gets exact leave-one-out votes; prototypes or
+    the margin vote get 10-fold cross-fitted label values (`cross_fitted_values`)."""
+    method = METHOD
+    if prototypes == 1 and vote == "count":
+        counts, winners = leave_one_out_votes(acts, labels, num_labels, k, scoring, chunk, max_layer)
+        k_eff = counts.sum(dim=1, keepdim=True).clamp(min=1)
+        shares = (counts.double() / k_eff).tolist()
+    else:
+        method = CROSS_FIT_METHOD
+        values, winners = cross_fitted_values(acts, labels, num_labels, k, scoring, max_layer, prototypes, vote)
+        shares = values.tolist()
     truth = labels.tolist()
     platt = [fit_platt([row[c] for row in shares], [t == c for t in truth]) for c in range(num_labels)]
     thresholds = {}
@@ -302,7 +364,7 @@ def calibrate(
     metrics = {
         "loo_vote_accuracy": float((winners == labels).double().mean()),
     }
-    return Calibration(METHOD, platt, thresholds, uncertain_margin, shares, metrics)
+    return Calibration(method, platt, thresholds, uncertain_margin, shares, metrics)
 
 
 # --- a verdict from votes ------------------------------------------------------------------------
@@ -317,8 +379,15 @@ class Decision:
     uncertain: bool
 
 
-def decide(counts: Sequence[int], winner: int, flagged: Sequence[bool], cal: Calibration | None) -> Decision:
-    """The verdict for one input from its heads' vote counts and the vote winner.
+def decide(
+    counts: Sequence[int],
+    winner: int,
+    flagged: Sequence[bool],
+    cal: Calibration | None,
+    values: Sequence[float] | None = None,
+) -> Decision:
+    """The verdict for one input from its heads' vote counts, the winner and (`values`) what the
+    calibration maps per label (`guard.sav.label_values`; default: vote shares).
 
     A flagged label with a threshold is flagged when its calibrated score reaches the threshold,
     whatever the majority says; a flagged label without one is flagged when it wins the vote
@@ -331,7 +400,7 @@ def decide(counts: Sequence[int], winner: int, flagged: Sequence[bool], cal: Cal
     margin = (top[0] - top[1]) / k
     if cal is None:
         return Decision(winner, bool(flagged[winner]), None, margin, False)
-    probs = cal.scores([c / k for c in counts])
+    probs = cal.scores([c / k for c in counts] if values is None else list(values))
     candidates = [
         c
         for c in range(len(counts))

@@ -799,6 +799,16 @@ def eval_command(
     heads: Annotated[str | None, typer.Option("--heads", help="Re-fit with k heads, e.g. 1,5,10,20,40")] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Random draws per --shots value")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots draws")] = 0,
+    max_layers: Annotated[
+        str | None,
+        typer.Option(
+            "--max-layers", help="Re-fit with no head deeper than each layer, e.g. 8,12,16,20; times each depth"
+        ),
+    ] = None,
+    attacks: Annotated[
+        bool,
+        typer.Option("--attacks", help="Attack every flagged test item (injections, language, noise); count flips"),
+    ] = False,
     plot: Annotated[str | None, typer.Option("--plot", help="Write the sweep curves to this PNG")] = None,
     size: Annotated[
         str | None, typer.Option("--size", help="Plot size in pixels, WIDTHxHEIGHT [default 1200x500]")
@@ -816,9 +826,10 @@ def eval_command(
 
     policy = load_policy(policy_file, data_root=data_root)
     shot_list, head_list = parse_int_list(shots, "--shots"), parse_int_list(heads, "--heads")
+    depth_list = parse_int_list(max_layers, "--max-layers", minimum=0)
     plot_size = parse_size(size, SWEEP_SIZE)
-    if plot and not (shot_list or head_list):
-        _fail("--plot draws the sweeps: give --shots and/or --heads")
+    if plot and not (shot_list or head_list or depth_list):
+        _fail("--plot draws the sweeps: give --shots, --heads and/or --max-layers")
     _quiet_transformers()
     from guard.evaluate import evaluate, print_evaluation
     from guard.models import set_threads
@@ -841,6 +852,8 @@ def eval_command(
         heads=head_list,
         repeats=repeats,
         seed=seed,
+        max_layers=depth_list,
+        attacks=attacks,
         progress=True,
     )
     if plot:

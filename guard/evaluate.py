@@ -22,12 +22,13 @@ import re
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from guard import baselines, metrics, sav
+from guard.attacks import attacks_for
 from guard.compiler import fit
 from guard.data import Exemplar, read_exemplar_file
 from guard.errors import GuardError, PolicyError
@@ -39,7 +40,8 @@ from guard.store import Store
 
 METHOD_TITLES = {
     "sav": "SAV",
-    "sav_vote": "SAV, plain vote",  # majority vote, thresholds not applied
+    "sav_vote": "SAV, no thresholds",  # the policy's vote (count or margin), thresholds not applied
+    "sav_paper": "SAV, paper procedure",  # in-sample head scoring, one centroid, plain vote, all layers
     "zero_shot": "zero-shot",  # log-likelihood of each label's answer word
     "linear_probe": "linear probe, all heads",
     "hidden_centroid": "centroid, last hidden",
@@ -84,6 +86,47 @@ class SweepPoint:
 
 
 @dataclass
+class AttackResult:
+    name: str
+    description: str
+    flagged: int  # test items SAV flagged before the attack (the attack's targets)
+    flipped: int  # of those, how many the attacked text turned into allowed
+
+    @property
+    def rate(self) -> float:
+        return self.flipped / self.flagged if self.flagged else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "attack": self.name,
+            "description": self.description,
+            "flagged": self.flagged,
+            "flipped": self.flipped,
+            "flip_rate": round(self.rate, 6),
+        }
+
+
+@dataclass
+class DepthPoint:
+    max_layer: int  # heads allowed up to this layer (numbered from 0)
+    deepest: int  # the deepest selected head's layer
+    accuracy: float
+    recall: dict[str, float]  # per flagged label
+    fpr: dict[str, float]
+    seconds_per_input: float | None = None  # measured forward time to `deepest` (None: not timed)
+
+    def to_dict(self) -> dict:
+        return {
+            "max_layer": self.max_layer,
+            "deepest_layer": self.deepest,
+            "accuracy": round(self.accuracy, 6),
+            "recall": {k: round(v, 6) for k, v in self.recall.items()},
+            "fpr": {k: round(v, 6) for k, v in self.fpr.items()},
+            "seconds_per_input": None if self.seconds_per_input is None else round(self.seconds_per_input, 6),
+        }
+
+
+@dataclass
 class Evaluation:
     policy: str
     version: str
@@ -97,6 +140,8 @@ class Evaluation:
     excluded: list[Exemplar]  # test items that are also exemplars
     methods: dict[str, MethodResult]
     sweeps: list[SweepPoint] = field(default_factory=list)
+    depths: list[DepthPoint] = field(default_factory=list)
+    attacks: list[AttackResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     forwards: int = 0  # inputs run through the model in this evaluation
     cached: int = 0  # inputs whose head outputs came from the cache
@@ -107,6 +152,12 @@ class Evaluation:
     @property
     def evaluated(self) -> int:
         return self.total_items - len(self.excluded)
+
+    @property
+    def attack_flip_rate(self) -> float:
+        """Flipped verdicts over attacked flagged verdicts, all attacks together."""
+        targets = sum(a.flagged for a in self.attacks)
+        return sum(a.flipped for a in self.attacks) / targets if targets else 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -132,6 +183,13 @@ class Evaluation:
                 for kind in ("shots", "heads")
                 if any(p.sweep == kind for p in self.sweeps)
             },
+            "depth": [d.to_dict() for d in self.depths],
+            "attacks": {
+                "results": [a.to_dict() for a in self.attacks],
+                "flip_rate": round(self.attack_flip_rate, 6),
+            }
+            if self.attacks
+            else None,
             "notes": self.notes,
             "seconds": round(self.seconds, 2),
         }
@@ -171,16 +229,17 @@ def read_test_items(
     return items
 
 
-def parse_int_list(text: str | None, what: str) -> list[int]:
-    """'5,10,20' -> [5, 10, 20]; positive integers only."""
+def parse_int_list(text: str | None, what: str, minimum: int = 1) -> list[int]:
+    """'5,10,20' -> [5, 10, 20]; whole numbers from `minimum` (positive by default)."""
     if not text:
         return []
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise GuardError(f"{what} must be comma-separated whole numbers, like 5,10,20 (got '{text}')") from None
-    if not values or any(v < 1 for v in values):
-        raise GuardError(f"{what} must be positive whole numbers (got '{text}')")
+    if not values or any(v < minimum for v in values):
+        kind = "positive whole numbers" if minimum == 1 else f"whole numbers >= {minimum}"
+        raise GuardError(f"{what} must be {kind} (got '{text}')")
     return sorted(set(values))
 
 
@@ -206,6 +265,8 @@ def evaluate(
     heads: Sequence[int] = (),
     repeats: int = 5,
     seed: int = 0,
+    max_layers: Sequence[int] = (),
+    attacks: bool = False,
     progress: bool = False,
 ) -> Evaluation:
     started = time.perf_counter()
@@ -260,6 +321,12 @@ def evaluate(
         _shots_sweep(ev, policy, feats, y, truth, shots, repeats, seed, with_baselines)
     if heads:
         _heads_sweep(ev, policy, ex_acts, y, test_acts, truth, heads)
+    if max_layers:
+        _depth_sweep(ev, policy, ex_acts, test_acts, truth, loaded, rendered[n_ex:], max_layers, batch_size)
+    if attacks:
+        verdicts = PolicyHeads(artifact).verdicts(sav.at_heads(test_acts, artifact.heads))
+        targets = [pair for pair, v in zip(pairs[n_ex:], verdicts) if v.flagged]
+        ev.attacks = attack_flips(policy, artifact, targets, loaded, store, batch_size, progress)
     ev.seconds = time.perf_counter() - started
     return ev
 
@@ -297,7 +364,12 @@ def _methods(policy, artifact, feats: Features, y, truth, answers, with_baseline
     quality = _calibration_quality(verdicts, truth, names, flagged)
     methods = {"sav": result("sav", [names.index(v.label) for v in verdicts], quality)}
     if artifact.calibration is not None and artifact.calibration.thresholds:
-        methods["sav_vote"] = result("sav_vote", sav.predict(test_acts, artifact.heads, artifact.centroids).tolist())
+        bank, bank_labels = artifact.bank
+        vote_pred = predict(policy, sav.at_heads(test_acts, artifact.heads), bank, bank_labels)
+        methods["sav_vote"] = result("sav_vote", vote_pred.tolist())
+    if with_baselines and is_variant(policy):
+        _, chosen, cents = sav.fit_heads(ex_acts, y, len(names), policy.heads, "in_sample")
+        methods["sav_paper"] = result("sav_paper", sav.predict(test_acts, chosen, cents).tolist())
     if with_baselines:
         hidden = feats.hidden
         methods["zero_shot"] = result("zero_shot", baselines.zero_shot(feats.answer_logprobs[n_ex:]).tolist())
@@ -306,6 +378,28 @@ def _methods(policy, artifact, feats: Features, y, truth, answers, with_baseline
             "hidden_centroid", baselines.nearest_centroid(hidden[:n_ex], y, len(names), hidden[n_ex:]).tolist()
         )
     return methods
+
+
+def is_variant(policy: Policy) -> bool:
+    """Does the policy classify other than the paper does (in-sample scoring, centroids, vote count, all layers)?"""
+    return (policy.scoring, policy.prototypes, policy.vote, policy.max_layer) != ("in_sample", 1, "count", None)
+
+
+def predict(policy: Policy, selected: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor) -> torch.Tensor:
+    """The policy's vote (no thresholds) for inputs at the selected heads `[B, k, D]`."""
+    sims = sav.bank_similarities(selected, bank, bank_labels, len(policy.labels))
+    return sav.classify(sims, policy.vote)[0]
+
+
+def fit_and_predict(policy: Policy, ex_acts, y, test_acts, heads: list[tuple[int, int]] | None = None) -> list[int]:
+    """Fit the policy's classifier on `ex_acts` (heads chosen as compile does, or `heads`) and
+    predict `test_acts` with its vote: what the sweeps re-fit."""
+    num_labels = len(policy.labels)
+    if heads is None:
+        scores = sav.score_heads(ex_acts, y, num_labels, policy.scoring)
+        heads = sav.select_heads(scores, policy.heads, policy.max_layer)
+    bank, bank_labels = sav.fit_bank(sav.at_heads(ex_acts, heads), y, num_labels, policy.prototypes)
+    return predict(policy, sav.at_heads(test_acts, heads), bank, bank_labels).tolist()
 
 
 RELIABILITY_BINS = 5
@@ -375,9 +469,8 @@ def _shots_sweep(ev, policy, feats: Features, y, truth, shots, repeats, seed, wi
         for _ in range(draws):
             idx = torch.cat([m[torch.randperm(len(m), generator=generator)[:n]] for m in members])
             sub_y = y[idx]
-            _, chosen, cents = sav.fit_heads(ex_acts[idx], sub_y, num_labels, policy.heads, policy.scoring)
             found.setdefault("sav_vote", []).append(
-                metrics.accuracy(truth, sav.predict(test_acts, chosen, cents).tolist())
+                metrics.accuracy(truth, fit_and_predict(policy, ex_acts[idx], sub_y, test_acts))
             )
             if with_baselines:
                 probe = baselines.linear_probe(ex_acts[idx], sub_y, test_acts)
@@ -389,18 +482,66 @@ def _shots_sweep(ev, policy, feats: Features, y, truth, shots, repeats, seed, wi
 
 def _heads_sweep(ev, policy, ex_acts, y, test_acts, truth, heads) -> None:
     num_labels = len(policy.labels)
-    ranking = sav.rank_heads(sav.score_heads(ex_acts, y, num_labels, policy.scoring))
+    ranking = sav.rank_heads(sav.score_heads(ex_acts, y, num_labels, policy.scoring), policy.max_layer)
     for k in heads:
         if k > len(ranking):
-            ev.notes.append(f"heads {k}: skipped, the model has {len(ranking)} heads")
+            where = "" if policy.max_layer is None else f" up to layer {policy.max_layer}"
+            ev.notes.append(f"heads {k}: skipped, the model has {len(ranking)} heads{where}")
             continue
-        chosen = ranking[:k]
-        cents = sav.centroids(sav.at_heads(ex_acts, chosen), y, num_labels)
-        ev.sweeps.append(
-            SweepPoint(
-                "heads", k, "sav_vote", [metrics.accuracy(truth, sav.predict(test_acts, chosen, cents).tolist())]
+        pred = fit_and_predict(policy, ex_acts, y, test_acts, ranking[:k])
+        ev.sweeps.append(SweepPoint("heads", k, "sav_vote", [metrics.accuracy(truth, pred)]))
+
+
+DEPTH_TIMING_ITEMS = 32  # test inputs timed at each depth
+
+
+def _depth_sweep(ev, policy, ex_acts, test_acts, truth, loaded, rendered, max_layers, batch_size) -> None:
+    """Re-fit with heads no deeper than each max_layer (as compile would, calibration included),
+    judge as `guard check` would, and time a forward that stops at the deepest selected head."""
+    num_layers = ex_acts.shape[1]
+    sample = rendered[:DEPTH_TIMING_ITEMS]
+    names, flagged = policy.label_names, policy.flagged_labels
+    for depth in max_layers:
+        if depth >= num_layers:
+            ev.notes.append(f"max_layer {depth}: skipped, the model has layers 0-{num_layers - 1}")
+            continue
+        art = fit(replace(policy, max_layer=depth), ex_acts, loaded)
+        verdicts = PolicyHeads(art).verdicts(sav.at_heads(test_acts, art.heads))
+        report = metrics.report(truth, [names.index(v.label) for v in verdicts], names, flagged)
+        features(loaded, sample[:1], layers=[art.deepest_layer], batch_size=1)  # warm-up
+        started = time.perf_counter()
+        features(loaded, sample, layers=[art.deepest_layer], batch_size=batch_size)
+        seconds = (time.perf_counter() - started) / max(len(sample), 1)
+        ev.depths.append(
+            DepthPoint(
+                depth,
+                art.deepest_layer,
+                report.accuracy,
+                {n: report.per_label[n].recall for n in flagged},
+                {n: report.per_label[n].fpr for n in flagged},
+                seconds,
             )
         )
+
+
+def attack_flips(policy, artifact, targets, loaded, store, batch_size: int = 8, progress: bool = False):
+    """Each attack of `guard.attacks` applied to the text of every flagged item in `targets`
+    ((Exemplar, images) pairs): how many verdicts turn to allowed. Head outputs are cached."""
+    judge = PolicyHeads(artifact)
+    results = []
+    for attack in attacks_for(policy.prompt):
+        items = [(item, images) for item, images in targets if item.text]
+        rendered = [
+            loaded.prepare(policy.render({**item.prompt_fields(), "text": attack.apply(item.text)}), images)
+            for item, images in items
+        ]
+        flipped = 0
+        if rendered:
+            title = f"attack {attack.name}" if progress else None
+            acts = features(loaded, rendered, store=store, batch_size=batch_size, progress=title).heads
+            flipped = sum(not v.flagged for v in judge.verdicts(sav.at_heads(acts, artifact.heads)))
+        results.append(AttackResult(attack.name, attack.description, len(items), flipped))
+    return results
 
 
 # --- a table for people --------------------------------------------------------------------------
@@ -467,6 +608,8 @@ def print_evaluation(ev: Evaluation, console=None) -> None:
         points = [p for p in ev.sweeps if p.sweep == kind]
         if points:
             console.print(_sweep_table(kind, points))
+    _print_depths(ev, console)
+    _print_attacks(ev, console)
     for note in ev.notes:
         console.print(f"note: {note}")
 
@@ -492,3 +635,41 @@ def _sweep_table(kind: str, points: list[SweepPoint]):
             )
         sweep.add_row(str(value), *cells)
     return sweep
+
+
+def _print_depths(ev: Evaluation, console) -> None:
+    from rich.table import Table
+
+    if not ev.depths:
+        return
+    table = Table(
+        "max_layer",
+        "deepest head",
+        "accuracy",
+        *[f"recall {n}" for n in ev.flagged],
+        *[f"FPR {n}" for n in ev.flagged],
+        "check s/input",
+        title="SAV accuracy vs depth (heads no deeper than max_layer; time of a forward that stops there)",
+    )
+    for d in ev.depths:
+        table.add_row(
+            str(d.max_layer),
+            str(d.deepest),
+            f"{d.accuracy:.1%}",
+            *[f"{d.recall[n]:.1%}" for n in ev.flagged],
+            *[f"{d.fpr[n]:.1%}" for n in ev.flagged],
+            "" if d.seconds_per_input is None else f"{d.seconds_per_input * 1000:.1f} ms",
+        )
+    console.print(table)
+
+
+def _print_attacks(ev: Evaluation, console) -> None:
+    from rich.table import Table
+
+    if not ev.attacks:
+        return
+    table = Table("attack", "what it adds", "flagged", "flipped to allowed", title="injection attacks on flagged items")
+    for a in ev.attacks:
+        table.add_row(a.name, a.description, str(a.flagged), f"{a.flipped} ({a.rate:.1%})")
+    console.print(table)
+    console.print(f"all attacks: {ev.attack_flip_rate:.1%} of attacked flagged verdicts flipped")

@@ -170,10 +170,12 @@ def sweep_figure(ev, path: str | Path, size: tuple[int, int] = SWEEP_SIZE) -> Pa
     from guard.evaluate import METHOD_TITLES
 
     kinds = [kind for kind in ("shots", "heads") if any(p.sweep == kind for p in ev.sweeps)]
-    if not kinds:
-        raise GuardError("nothing to plot: give --shots and/or --heads")
+    if not kinds and not ev.depths:
+        raise GuardError("nothing to plot: give --shots, --heads and/or --max-layers")
     fig = _figure(size)
-    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+    axes = fig.subplots(1, len(kinds) + bool(ev.depths), squeeze=False)[0]
+    if ev.depths:
+        _depth_panel(ev, axes[-1])
     styles = {"sav_vote": ("tab:red", "o"), "linear_probe": ("tab:blue", "s"), "hidden_centroid": ("tab:green", "^")}
     flat = {
         key: m.report.accuracy
@@ -214,3 +216,31 @@ def sweep_figure(ev, path: str | Path, size: tuple[int, int] = SWEEP_SIZE) -> Pa
         what = f"k = {ev.heads} heads" if kind == "shots" else f"all {ev.exemplars} exemplars"
         ax.set_title(f"{ev.policy}: accuracy vs {kind} ({what}, {ev.evaluated} test items)")
     return _save(fig, path)
+
+
+def _depth_panel(ev, ax) -> None:
+    """Accuracy (and each flagged label's recall) against the deepest layer heads may come from,
+    with the measured check time on a second axis."""
+    depths = sorted(ev.depths, key=lambda d: d.max_layer)
+    xs = [d.max_layer for d in depths]
+    ax.plot(xs, [100 * d.accuracy for d in depths], color="tab:red", marker="o", label="SAV accuracy")
+    for name in ev.flagged:
+        ax.plot(xs, [100 * d.recall[name] for d in depths], color="tab:orange", marker="s", label=f"recall {name}")
+    ax.set_xlabel("max_layer (deepest layer a head may come from)")
+    ax.set_ylabel("test accuracy / recall (%)")
+    ax.grid(alpha=0.3)
+    timed = [d for d in depths if d.seconds_per_input is not None]
+    if timed:
+        twin = ax.twinx()
+        twin.plot(
+            [d.max_layer for d in timed],
+            [1000 * d.seconds_per_input for d in timed],
+            color="tab:gray",
+            linestyle="--",
+            marker="x",
+            label="check time",
+        )
+        twin.set_ylabel("check time (ms per input)")
+        twin.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{ev.policy}: accuracy vs depth ({ev.evaluated} test items)")

@@ -12,6 +12,7 @@ folder. So `data_root: VLGuard` with `GUARD_DATA_ROOT=~/datasets` reads `~/datas
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import string
@@ -33,11 +34,26 @@ ALLOW_PATHS_ENV = "GUARD_ALLOW_PATHS"  # os.pathsep-separated folders exemplar f
 
 Scoring = Literal["loo", "in_sample"]  # head scoring: leave-one-out (default) or in-sample (the paper)
 SCORINGS: tuple[str, ...] = get_args(Scoring)
+VOTES = ("count", "margin")  # guard.sav.label_values
+ESCAPES = ("none", "xml")
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_HEADS = 20
 
 
 TARGET_METRICS = ("recall", "fpr")
+
+
+def escape_value(value: str, escape: str) -> str:
+    """A field value as the prompt shows it. `xml` escapes &, < and >, so user text can neither
+    close the prompt's <tag> block around it nor spell the chat template's <|special|> tokens."""
+    if escape == "xml":
+        return html.escape(value, quote=False)
+    return value
+
+
+def fill_prompt(template: str, values: dict, escape: str = "none") -> str:
+    """The prompt template filled with `values`, each escaped as the policy says."""
+    return template.format_map({key: escape_value(str(value), escape) for key, value in values.items()})
 
 
 def template_fields(template: str, keep_empty: bool = False) -> set[str]:
@@ -66,6 +82,10 @@ class Policy:
     scoring: Scoring = "loo"
     description: str = ""
     uncertain_margin: float = 0.0  # verdicts whose vote margin is below this are marked uncertain
+    escape: str = "none"  # how field values are escaped into the prompt (escape_value)
+    max_layer: int | None = None  # no selected head deeper than this layer (numbered from 0)
+    prototypes: int = 1  # per label and head: 1 = the centroid (the paper), more = k-means prototypes
+    vote: str = "count"  # count: majority of heads (the paper); margin: mean similarity margin
     source_text: str = ""  # the YAML as written, stored with the artifact
     path: Path | None = None
     base_dir: Path = field(default_factory=Path.cwd)  # relative model paths start here
@@ -98,7 +118,7 @@ class Policy:
 
     def render(self, values: dict[str, str]) -> str:
         """Fill the prompt template; `values` must hold every {field} the template names."""
-        return self.prompt.format_map(values)
+        return fill_prompt(self.prompt, values, self.escape)
 
     @cached_property
     def version(self) -> str:
@@ -121,6 +141,14 @@ class Policy:
             canonical["targets"] = {self.labels[i].name: list(t) for i, t in self.targets.items()}
         if self.uncertain_margin:
             canonical["uncertain_margin"] = self.uncertain_margin
+        if self.escape != "none":
+            canonical["escape"] = self.escape
+        if self.max_layer is not None:
+            canonical["max_layer"] = self.max_layer
+        if self.prototypes != 1:
+            canonical["prototypes"] = self.prototypes
+        if self.vote != "count":
+            canonical["vote"] = self.vote
         blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -279,6 +307,10 @@ _TOP_KEYS = {
     "scoring",
     "data_root",
     "uncertain_margin",
+    "escape",
+    "max_layer",
+    "prototypes",
+    "vote",
 }
 _LABEL_KEYS = {"name", "description", "flagged", "answer", "target"}
 _INLINE_KEYS = {"text", "label", "image", "images"}
@@ -386,6 +418,30 @@ def parse_policy(
     if scoring not in SCORINGS:
         check.fail(doc.key_lines.get("scoring", doc.line), f"'scoring' must be one of: {', '.join(SCORINGS)}")
 
+    max_layer = doc.get("max_layer")
+    if max_layer is not None and (not isinstance(max_layer, int) or isinstance(max_layer, bool) or max_layer < 0):
+        check.fail(
+            doc.key_lines["max_layer"],
+            "'max_layer' must be a whole number >= 0 (the deepest layer a selected head may be in, from 0)",
+        )
+    prototypes = doc.get("prototypes", 1)
+    if not isinstance(prototypes, int) or isinstance(prototypes, bool) or prototypes < 1:
+        check.fail(
+            doc.key_lines["prototypes"],
+            "'prototypes' must be a whole number >= 1 (per label and head; 1 is the centroid)",
+        )
+    vote = doc.get("vote", "count")
+    if vote not in VOTES:
+        check.fail(
+            doc.key_lines["vote"],
+            f"'vote' must be one of: {', '.join(VOTES)} (count: majority of heads; margin: mean similarity margin)",
+        )
+    escape = doc.get("escape", "none")
+    if escape not in ESCAPES:
+        check.fail(
+            doc.key_lines.get("escape", doc.line),
+            f"'escape' must be one of: {', '.join(ESCAPES)} (xml: user text cannot close the prompt's <tag> block)",
+        )
     uncertain_margin = doc.get("uncertain_margin", 0.0)
     if not _is_number(uncertain_margin) or not 0 <= uncertain_margin <= 1:
         check.fail(
@@ -428,6 +484,10 @@ def parse_policy(
         scoring=scoring,
         description=description,
         uncertain_margin=float(uncertain_margin),
+        escape=escape,
+        max_layer=max_layer,
+        prototypes=prototypes,
+        vote=vote,
         source_text=text,
         base_dir=base_dir,
         data_root=root,

@@ -14,6 +14,7 @@ from guard.explain import explain as explain_verdict
 from guard.features import features
 from guard.images import as_image
 from guard.models import LoadedModel, load_model
+from guard.policy import fill_prompt
 
 
 @dataclass(kw_only=True)
@@ -22,7 +23,7 @@ class HeadVote:
     layer: int  # numbered from 0, as in the model
     head: int  # numbered from 0, as in the model
     label: str  # the label this head voted for
-    similarity: dict[str, float]  # cosine similarity to each label's centroid
+    similarity: dict[str, float]  # cosine similarity to each label's centroid (or nearest prototype)
 
     @property
     def margin(self) -> float:
@@ -98,7 +99,8 @@ class PolicyHeads:
     def verdicts(self, selected: torch.Tensor, explain: bool = False) -> list[Verdict]:
         """Verdicts from the selected heads' outputs `[B, k, head_dim]` (heads in rank order),
         each with its explanation when `explain`."""
-        sims = sav.head_similarities(selected, self.artifact.centroids)  # [B, k, C]
+        bank, bank_labels = self.artifact.bank  # centroids, or prototypes (policy key `prototypes`)
+        sims = sav.bank_similarities(selected, bank, bank_labels, len(self.artifact.labels))  # [B, k, C]
         return self.verdicts_from_similarities(sims, selected, explain)
 
     def verdicts_from_similarities(
@@ -108,9 +110,14 @@ class PolicyHeads:
         (computed here, or by an exported graph: guard.onnx_engine), with the head outputs."""
         art = self.artifact
         names = art.label_names
-        winners, votes, counts = sav.vote(sims)
+        winners, votes, counts, values = sav.classify(sims, art.vote)
         shares = (counts.float() / len(art.heads)).tolist()
-        sims_list, votes_list, counts_list = sims.tolist(), votes.tolist(), counts.tolist()
+        sims_list, votes_list, counts_list, values_list = (
+            sims.tolist(),
+            votes.tolist(),
+            counts.tolist(),
+            values.tolist(),
+        )
         flagged = [label.flagged for label in art.labels]
         results = []
         for b, winner in enumerate(winners.tolist()):
@@ -125,7 +132,7 @@ class PolicyHeads:
                 for r, (layer, head) in enumerate(art.heads)
             ]
             # calibrated scores, thresholds and the uncertain mark: guard.calibration.decide
-            decision = calibration.decide(counts_list[b], winner, flagged, art.calibration)
+            decision = calibration.decide(counts_list[b], winner, flagged, art.calibration, values_list[b])
             calibrated = None if decision.calibrated is None else dict(zip(names, decision.calibrated))
             results.append(
                 Verdict(
@@ -179,9 +186,9 @@ class GuardSet:
         self.loaded = loaded
         self.warnings = dtype_warnings(artifacts, loaded)
         self.policies = [PolicyHeads(art) for art in artifacts]
-        self.groups: dict[str, list[PolicyHeads]] = {}  # prompt template -> policies
+        self.groups: dict[tuple[str, str], list[PolicyHeads]] = {}  # (prompt template, escape) -> policies
         for policy in self.policies:
-            self.groups.setdefault(policy.artifact.prompt, []).append(policy)
+            self.groups.setdefault((policy.artifact.prompt, policy.artifact.escape), []).append(policy)
 
     @classmethod
     def load(
@@ -223,14 +230,16 @@ class GuardSet:
     def names(self) -> list[str]:
         return [p.artifact.name for p in self.policies]
 
-    def render(self, prompt_template: str, text: str | None = None, images: Sequence = (), **fields: str):
-        """The model input: the filled-in prompt, chat-rendered (a string for text models, a
-        ModelInput with the images for vision-language models)."""
+    def render(
+        self, prompt_template: str, text: str | None = None, images: Sequence = (), escape: str = "none", **fields: str
+    ):
+        """The model input: the filled-in prompt (field values escaped as `escape` says),
+        chat-rendered (a string for text models, a ModelInput with the images for vision-language models)."""
         if text is not None:
             fields["text"] = text
         limits.check_fields({**fields, "images": images})  # cheap refusals before any model work
         try:
-            prompt = prompt_template.format_map(fields)
+            prompt = fill_prompt(prompt_template, fields, escape)
         except KeyError as exc:
             raise InputError(f"the policy prompt needs a value for {{{exc.args[0]}}}") from None
         rendered = self.loaded.prepare(prompt, [as_image(image) for image in images])
@@ -259,8 +268,8 @@ class GuardSet:
             {**item, "images": [as_image(i) for i in item["images"]]} if item.get("images") else item for item in items
         ]
         by_policy: dict[str, list[Verdict]] = {}
-        for template, group in self.groups.items():
-            rendered = [self.render(template, **item) for item in items]
+        for (template, escape), group in self.groups.items():
+            rendered = [self.render(template, escape=escape, **item) for item in items]
             layers = sorted({layer for policy in group for layer in policy.layers})
             title = "checking" if progress else None
             acts = features(self.loaded, rendered, layers=layers, batch_size=batch_size, progress=title).heads
@@ -308,7 +317,7 @@ class Guard:
     def render(self, text: str | None = None, images: Sequence = (), **fields: str):
         """The exact model input for these values: the chat-rendered prompt (a string for text
         models, a ModelInput with the images for vision-language models)."""
-        return self._set.render(self.artifact.prompt, text, images, **fields)
+        return self._set.render(self.artifact.prompt, text, images, self.artifact.escape, **fields)
 
     def check(self, text: str | None = None, *, images: Sequence = (), explain: bool = False, **fields: str) -> Verdict:
         """Check one input; `text` fills the policy prompt's {text}, other fields their {name};

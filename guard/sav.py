@@ -14,6 +14,7 @@ Decisions that the paper leaves open, fixed here so results are reproducible:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -76,9 +77,12 @@ def score_heads(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, scori
     return HeadScores(accuracy=correct.mean(0), margin=margin.mean(0))
 
 
-def rank_heads(scores: HeadScores) -> list[tuple[int, int]]:
-    """All heads as (layer, head), best first: accuracy, then margin, then layer, then head."""
+def rank_heads(scores: HeadScores, max_layer: int | None = None) -> list[tuple[int, int]]:
+    """All heads as (layer, head), best first: accuracy, then margin, then layer, then head.
+    `max_layer` leaves out heads in deeper layers (a check runs the model only that far)."""
     num_layers, num_heads = scores.accuracy.shape
+    if max_layer is not None:
+        num_layers = min(num_layers, max_layer + 1)
     acc, mar = scores.accuracy.tolist(), scores.margin.tolist()
     order = sorted(
         ((layer, head) for layer in range(num_layers) for head in range(num_heads)),
@@ -87,8 +91,8 @@ def rank_heads(scores: HeadScores) -> list[tuple[int, int]]:
     return order
 
 
-def select_heads(scores: HeadScores, k: int) -> list[tuple[int, int]]:
-    return rank_heads(scores)[: min(k, scores.accuracy.numel())]
+def select_heads(scores: HeadScores, k: int, max_layer: int | None = None) -> list[tuple[int, int]]:
+    return rank_heads(scores, max_layer)[:k]
 
 
 def head_similarities(x: torch.Tensor, head_centroids: torch.Tensor) -> torch.Tensor:
@@ -118,13 +122,145 @@ def at_heads(acts: torch.Tensor, heads: list[tuple[int, int]]) -> torch.Tensor:
     return acts[:, [layer for layer, _ in heads], [head for _, head in heads]]
 
 
-def fit_heads(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, k: int, scoring: str = "loo"):
-    """The whole fit: scores of every head, the top-k heads, and their centroids `[C, k, D]`."""
+def fit_heads(
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    num_labels: int,
+    k: int,
+    scoring: str = "loo",
+    max_layer: int | None = None,
+):
+    """The whole fit: scores of every head, the top-k heads (none deeper than `max_layer`), and
+    their centroids `[C, k, D]`."""
     scores = score_heads(acts, labels, num_labels, scoring)
-    heads = select_heads(scores, k)
+    heads = select_heads(scores, k, max_layer)
     return scores, heads, centroids(at_heads(acts, heads), labels, num_labels)
 
 
 def predict(acts: torch.Tensor, heads: list[tuple[int, int]], head_centroids: torch.Tensor) -> torch.Tensor:
     """Winner label per row for full activations `[B, L, H, D]` and centroids `[C, K, D]` of `heads`."""
     return vote(head_similarities(at_heads(acts, heads), head_centroids))[0]
+
+
+# --- variants beyond the paper: several prototypes, nearest exemplars, weighted votes ----------
+#
+# A head's similarity to a label is, in general, the mean of its `top` highest cosines to that
+# label's entries in a *bank* of vectors at that head: the label centroids (one entry per label,
+# the paper), several prototypes per label (k-means clusters: harmful requests are many
+# clusters, one mean blurs them), or the exemplars themselves (nearest exemplars). The head votes
+# for the label it is most similar to; votes may be weighted by each head's reliability.
+
+
+def bank_similarities(x: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_labels: int, top: int = 1):
+    """x `[B, K, D]`, bank `[M, K, D]` with labels `[M]` -> `[B, K, C]`: per head and label, the
+    mean of the `top` highest cosines to that label's bank entries (all of them if fewer)."""
+    sims = cosine(x[:, None], bank[None])  # [B, M, K]
+    out = torch.empty((x.shape[0], x.shape[1], num_labels), dtype=sims.dtype, device=sims.device)
+    for c in range(num_labels):
+        own = sims[:, bank_labels == c]  # [B, Mc, K]
+        t = min(top, own.shape[1])
+        out[:, :, c] = own.topk(t, dim=1).values.mean(dim=1)
+    return out
+
+
+def prototypes(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, per_label: int, iterations: int = 20):
+    """Up to `per_label` prototypes per label at each head, by spherical k-means on the unit
+    vectors of that label's exemplars: `(bank [M, K, D], bank_labels [M])`, M = labels x per_label
+    (a label with fewer exemplars repeats its last ones; repeats change no similarity).
+
+    Deterministic: farthest-point initialisation from the exemplar closest to the label's mean
+    direction, then Lloyd iterations (assign by cosine, re-average, re-normalise).
+    """
+    unit = acts / acts.norm(dim=-1, keepdim=True).clamp(min=EPS)  # [N, K, D]
+    banks = []
+    for c in range(num_labels):
+        members = unit[labels == c].transpose(0, 1)  # [K, n, D]
+        k_heads, n, _ = members.shape
+        p = min(per_label, n)
+        mean = members.mean(dim=1, keepdim=True)  # [K, 1, D]
+        first = (members * mean).sum(-1).argmax(dim=1)  # [K]
+        chosen = [first]
+        for _ in range(1, p):  # farthest point: the member least similar to its nearest centre
+            centres = torch.stack([members[torch.arange(k_heads), i] for i in chosen], dim=1)  # [K, j, D]
+            nearest = torch.einsum("knd,kjd->knj", members, centres).max(dim=2).values  # [K, n]
+            chosen.append(nearest.argmin(dim=1))
+        centres = torch.stack([members[torch.arange(k_heads), i] for i in chosen], dim=1)  # [K, p, D]
+        for _ in range(iterations):
+            assign = torch.einsum("knd,kpd->knp", members, centres).argmax(dim=2)  # [K, n]
+            onehot = torch.nn.functional.one_hot(assign, p).to(members.dtype)  # [K, n, p]
+            sums = torch.einsum("knp,knd->kpd", onehot, members)
+            empty = onehot.sum(dim=1) == 0  # [K, p]: keep an empty cluster's centre
+            sums = torch.where(empty[..., None], centres, sums)
+            centres = sums / sums.norm(dim=-1, keepdim=True).clamp(min=EPS)
+        if p < per_label:
+            centres = torch.cat([centres, centres[:, -1:].expand(-1, per_label - p, -1)], dim=1)
+        banks.append(centres.transpose(0, 1))  # [per_label, K, D]
+    bank = torch.cat(banks)
+    return bank, torch.arange(num_labels).repeat_interleave(per_label)
+
+
+def reliability_weights(accuracy: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """A head's vote weight from its (leave-one-out) accuracy: the log-odds of being right over
+    chance, log(acc / (1 - acc)) - log(1 / (C - 1)), floored at 0 (a head at chance or worse
+    does not vote) and with accuracy clipped to [0.5/N-ish, 0.99] so a perfect head is not infinite."""
+    acc = accuracy.clamp(max=0.99)
+    chance = 1.0 / num_labels
+    weights = torch.log(acc / (1 - acc)) - math.log(chance / (1 - chance))
+    return weights.clamp(min=0.0)
+
+
+def weighted_vote(sims: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like `vote`, but each head's vote counts `weights[k]`: sims `[B, K, C]`, weights `[K]` ->
+    (winner `[B]`, per-head votes `[B, K]`, weighted vote shares `[B, C]` summing to 1).
+    Ties (equal weighted totals) go to the tied label first voted for by the best-ranked head."""
+    batch, k, num_labels = sims.shape
+    votes = sims.argmax(dim=-1)
+    w = weights.to(sims.dtype).view(1, k).expand(batch, k)
+    totals = torch.zeros((batch, num_labels), dtype=sims.dtype, device=sims.device)
+    totals.scatter_add_(1, votes, w)
+    shares = totals / totals.sum(dim=1, keepdim=True).clamp(min=EPS)
+    tied = (totals - totals.max(dim=1, keepdim=True).values).abs() <= 1e-9
+    first = tied.gather(1, votes).to(torch.int8).argmax(dim=1)
+    winner = votes.gather(1, first.view(-1, 1)).squeeze(1)
+    return winner, votes, shares
+
+
+VOTES = ("count", "margin")
+
+
+def label_values(sims: torch.Tensor, counts: torch.Tensor, vote: str) -> torch.Tensor:
+    """What the decision and calibration read per label, `[B, C]`: `count`, each label's share
+    of the votes (the paper); `margin`, the heads' mean similarity to the label minus the best
+    other label's mean similarity (a soft vote: each head counts by how sure it is)."""
+    if vote == "count":
+        return counts.to(sims.dtype) / sims.shape[1]
+    if vote != "margin":
+        raise ValueError(f"unknown vote {vote!r}")
+    mean = sims.mean(dim=1)  # [B, C]
+    if mean.shape[1] == 1:
+        return mean
+    top2 = mean.topk(2, dim=1).values  # [B, 2]
+    best_other = torch.where(mean == top2[:, :1], top2[:, 1:], top2[:, :1])
+    return mean - best_other
+
+
+def classify(sims: torch.Tensor, vote: str = "count") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Heads' similarities `[B, K, C]` -> (winner `[B]`, per-head votes `[B, K]`, vote counts
+    `[B, C]`, label values `[B, C]`, see `label_values`). `count`: the majority vote with the
+    paper's tie rule; `margin`: the label with the highest mean similarity (ties: lower index)."""
+    winner, votes, counts = vote_fn(sims)
+    values = label_values(sims, counts, vote)
+    if vote == "margin":
+        winner = sims.mean(dim=1).argmax(dim=1)
+    return winner, votes, counts, values
+
+
+vote_fn = vote  # `classify` takes a `vote` argument that shadows the function
+
+
+def fit_bank(selected: torch.Tensor, labels: torch.Tensor, num_labels: int, per_label: int = 1):
+    """What each selected head compares an input with, `(bank [M, K, D], bank_labels [M])`: the
+    label centroids (raw means, the paper) for one prototype per label, else `prototypes`."""
+    if per_label == 1:
+        return centroids(selected, labels, num_labels), torch.arange(num_labels)
+    return prototypes(selected, labels, num_labels, per_label)

@@ -12,12 +12,12 @@ from guard import calibration as cal
 from guard import sav
 
 
-def naive_loo_votes(acts, labels, num_labels, k, scoring):
+def naive_loo_votes(acts, labels, num_labels, k, scoring, max_layer=None):
     """Refit SAV from scratch without each item, with the library's own building blocks."""
     counts, winners = [], []
     for i in range(len(labels)):
         keep = torch.arange(len(labels)) != i
-        heads = sav.select_heads(sav.score_heads(acts[keep], labels[keep], num_labels, scoring), k)
+        heads = sav.select_heads(sav.score_heads(acts[keep], labels[keep], num_labels, scoring), k, max_layer)
         li, hi = [h[0] for h in heads], [h[1] for h in heads]
         cents = sav.centroids(acts[keep][:, li, hi], labels[keep], num_labels)
         w, _, c = sav.vote(sav.head_similarities(acts[i : i + 1, li, hi], cents))
@@ -42,6 +42,14 @@ def test_leave_one_out_votes_equal_separate_fits(scoring, seed, k, chunk):
     ref_counts, ref_winners = naive_loo_votes(x, y, 3, k, scoring)
     assert torch.equal(counts, ref_counts)
     assert torch.equal(winners, ref_winners)
+
+
+@pytest.mark.parametrize("max_layer", [0, 1])
+def test_leave_one_out_votes_respect_max_layer(max_layer):
+    x, y = data(5)
+    counts, winners = cal.leave_one_out_votes(x, y, 3, 4, max_layer=max_layer)
+    ref_counts, ref_winners = naive_loo_votes(x, y, 3, 4, "loo", max_layer)
+    assert torch.equal(counts, ref_counts) and torch.equal(winners, ref_winners)
 
 
 def test_leave_one_out_votes_on_float32_two_labels():

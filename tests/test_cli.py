@@ -111,7 +111,7 @@ def test_bad_policy_error_names_file_and_line(tmp_path, db):
     assert result.exit_code == 2
     assert (
         result.stderr.strip()
-        == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: data_root, description, exemplars, heads, labels, model, name, prompt, scoring, uncertain_margin)"
+        == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: data_root, description, escape, exemplars, heads, labels, max_layer, model, name, prompt, prototypes, scoring, uncertain_margin, vote)"
     )
 
 

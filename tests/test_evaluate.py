@@ -155,7 +155,7 @@ def test_baseline_rows_and_thresholded_sav(tmp_path, llama_dir, db, llama):
     text = policy.read_text().replace("flagged: true", "flagged: true\n  target: {recall: 1.0}")
     policy.write_text(text)
     ev = evaluate(policy, write_tests(tmp_path), db=db, loaded=llama, with_baselines=True)
-    assert list(ev.methods) == ["sav", "sav_vote", "zero_shot", "linear_probe", "hidden_centroid"]
+    assert list(ev.methods) == ["sav", "sav_vote", "sav_paper", "zero_shot", "linear_probe", "hidden_centroid"]
     assert ev.answers == ["Yes", "No"]
     for m in ev.methods.values():
         assert len(m.predictions) == 6 and sum(map(sum, m.report.confusion)) == 6
@@ -239,7 +239,7 @@ def test_eval_command_json_table_and_plot(tiny_policy, test_file, db, tmp_path):
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert list(data["methods"]) == ["sav", "zero_shot", "linear_probe", "hidden_centroid"]
+    assert list(data["methods"]) == ["sav", "sav_paper", "zero_shot", "linear_probe", "hidden_centroid"]
     assert data["items"] == {"total": 6, "evaluated": 6, "excluded": []}
     assert {p["shots"] for p in data["sweeps"]["shots"]} == {2, 4} and {
         p["heads"] for p in data["sweeps"]["heads"]

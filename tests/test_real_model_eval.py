@@ -37,24 +37,25 @@ def test_eval_with_baselines_on_smollm2(tmp_path, capsys):
     db = str(tmp_path / "guard.db")
     policy, heldout = ROOT / "policies/text-harm.yaml", ROOT / "policies/text-harm/heldout.jsonl"
     ev = evaluate(policy, heldout, db=db, device="cpu", with_baselines=True, heads=[5, 20], shots=[10, 30], repeats=2)
+    n_items = 178
     m = {key: r.report for key, r in ev.methods.items()}
     with capsys.disabled():
         print(
             "\n[real model] guard eval --baselines: "
             + ", ".join(f"{key} {r.accuracy:.1%} (FPR {r.fpr['harmful']:.1%})" for key, r in m.items())
         )
-    assert ev.evaluated == 90 and not ev.excluded
-    assert (ev.forwards, ev.cached) == (150, 0)  # every input once, in one forward
+    assert ev.evaluated == n_items and not ev.excluded
+    assert (ev.forwards, ev.cached) == (n_items + ev.exemplars, 0)  # every input once, in one forward
 
     sav, zero = m["sav"], m["zero_shot"]
-    assert sav.accuracy >= 0.75
+    assert sav.accuracy >= 0.87
     assert sav.accuracy - zero.accuracy >= 0.15
     assert zero.fpr["harmful"] - sav.fpr["harmful"] >= 0.30
     assert m["linear_probe"].accuracy >= 0.65 and m["hidden_centroid"].accuracy >= 0.65
 
     points = {(p.sweep, p.value): p for p in ev.sweeps if p.method == "sav_vote"}
     assert points[("heads", 20)].mean == pytest.approx(sav.accuracy)  # no target: SAV row = plain vote
-    assert points[("shots", 30)].mean == pytest.approx(sav.accuracy)  # all 30 per label: the same fit
+    assert points[("heads", 5)].mean <= sav.accuracy + 0.05  # five heads are not better than twenty
 
     extra = ev.methods["sav"].extra
     assert extra["brier_calibrated"]["harmful"] <= 0.2
@@ -66,7 +67,8 @@ def test_eval_with_baselines_on_smollm2(tmp_path, capsys):
     # leave-one-out estimate that calibration rests on is close to what held-out data shows
     again = evaluate(policy, heldout, db=db, device="cpu")
     assert again.forwards == 0 and again.methods["sav"].predictions == ev.methods["sav"].predictions
-    assert abs(ev.fit_metrics["loo_vote_accuracy"] - sav.accuracy) <= 0.08
+    # cross-fitted accuracy on the exemplars is the cautious estimate: they hold the hard cases
+    assert 0.7 <= ev.fit_metrics["loo_vote_accuracy"] <= sav.accuracy
     from guard.store import Store
 
     assert Store.open(db).policy_names() == []  # eval never writes an artifact

@@ -137,3 +137,143 @@ def test_predict_uses_selected_heads_only():
     noisy = X.clone()
     noisy[:, 1] = torch.randn_like(noisy[:, 1]) * 100  # a layer with no selected head
     assert torch.equal(sav.predict(X, heads, cents), sav.predict(noisy, heads, cents))
+
+
+# --- variants: max_layer, banks (prototypes, nearest exemplars), weighted votes -----------------
+
+
+def test_select_heads_respects_max_layer():
+    X, y = random_data(4, L=4)
+    scores = sav.score_heads(X, y, 3)
+    full = sav.rank_heads(scores)
+    for depth in range(4):
+        chosen = sav.select_heads(scores, 5, max_layer=depth)
+        assert chosen == [lh for lh in full if lh[0] <= depth][:5]
+    _, heads, _ = sav.fit_heads(X, y, 3, 6, max_layer=1)
+    assert max(layer for layer, _ in heads) <= 1
+
+
+def naive_bank_similarities(x, bank, bank_labels, C, top):
+    """[B][K][C]: per head, mean of the `top` largest cosines to each label's bank entries."""
+    out = []
+    for row in x:
+        per_head = []
+        for k, vec in enumerate(row):
+            sims = []
+            for c in range(C):
+                mine = sorted(
+                    (naive_cos(vec, bank[m][k]) for m in range(len(bank)) if bank_labels[m] == c), reverse=True
+                )
+                chosen = mine[: min(top, len(mine))]
+                sims.append(sum(chosen) / len(chosen))
+            per_head.append(sims)
+        out.append(per_head)
+    return out
+
+
+@pytest.mark.parametrize("top", [1, 2, 10])
+def test_bank_similarities_match_naive(top):
+    g = torch.Generator().manual_seed(top)
+    x = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    bank = torch.randn(7, 3, 5, generator=g, dtype=torch.float64)
+    bank_labels = torch.tensor([0, 1, 2, 0, 1, 0, 2])
+    got = sav.bank_similarities(x, bank, bank_labels, 3, top)
+    want = naive_bank_similarities(x.tolist(), bank.tolist(), bank_labels.tolist(), 3, top)
+    assert torch.allclose(got, torch.tensor(want, dtype=got.dtype), atol=1e-12)
+
+
+def test_bank_of_centroids_is_the_paper_similarity():
+    X, y = random_data(5)
+    acts = X[:, 1]  # one layer: [N, H, D] as the selected heads
+    cents = sav.centroids(acts, y, 3)
+    assert torch.allclose(sav.bank_similarities(acts, cents, torch.arange(3), 3), sav.head_similarities(acts, cents))
+
+
+def naive_kmeans(vectors, p, iterations=20):
+    """Spherical k-means on unit vectors, farthest-point start from the member closest to the mean."""
+    unit = [[v / max(math.sqrt(sum(a * a for a in vec)), 1e-8) for v in vec] for vec in vectors]
+    mean = [sum(u[d] for u in unit) / len(unit) for d in range(len(unit[0]))]
+    dots = [sum(a * b for a, b in zip(u, mean)) for u in unit]
+    chosen = [max(range(len(unit)), key=lambda i: (dots[i], -i))]
+    while len(chosen) < min(p, len(unit)):
+        nearest = [max(sum(a * b for a, b in zip(u, unit[c])) for c in chosen) for u in unit]
+        chosen.append(min(range(len(unit)), key=lambda i: (nearest[i], i)))
+    centres = [unit[i] for i in chosen]
+    for _ in range(iterations):
+        groups = [[] for _ in centres]
+        for u in unit:
+            sims = [sum(a * b for a, b in zip(u, c)) for c in centres]
+            groups[max(range(len(centres)), key=lambda j: (sims[j], -j))].append(u)
+        new = []
+        for c, members in zip(centres, groups):
+            if not members:
+                new.append(c)
+                continue
+            s = [sum(m[d] for m in members) for d in range(len(c))]
+            norm = max(math.sqrt(sum(a * a for a in s)), 1e-8)
+            new.append([a / norm for a in s])
+        centres = new
+    return centres
+
+
+def test_prototypes_match_naive_kmeans_per_head_and_label():
+    X, y = random_data(6, n_per_label=6)
+    acts = X[:, 2]  # [N, H=4, D]
+    bank, bank_labels = sav.prototypes(acts, y, 3, per_label=3)
+    assert bank.shape == (9, 4, 6) and bank_labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for c in range(3):
+        for h in range(4):
+            members = [acts[i, h].tolist() for i in range(len(y)) if y[i] == c]
+            want = naive_kmeans(members, 3)
+            got = bank[bank_labels == c, h]
+            assert torch.allclose(got, torch.tensor(want, dtype=got.dtype), atol=1e-9)
+
+
+def test_prototypes_pad_a_small_label_and_one_prototype_is_the_mean_direction():
+    X, y = random_data(7, n_per_label=2)
+    acts = X[:, 0]
+    bank, bank_labels = sav.prototypes(acts, y, 3, per_label=4)
+    assert bank.shape == (12, 4, 6)
+    assert torch.equal(bank[2], bank[3])  # label 0 has two members: prototypes repeat the last
+    one, _ = sav.prototypes(acts, y, 3, per_label=1)
+    unit = acts / acts.norm(dim=-1, keepdim=True)
+    mean_dir = sav.centroids(unit, y, 3)
+    assert torch.allclose(sav.cosine(one, mean_dir), torch.ones(3, 4, dtype=acts.dtype))
+
+
+def naive_weighted_vote(head_votes, weights, C):
+    totals = [sum(w for v, w in zip(head_votes, weights) if v == c) for c in range(C)]
+    top = max(totals)
+    for v in head_votes:
+        if abs(totals[v] - top) <= 1e-9:
+            winner = v
+            break
+    s = sum(totals)
+    return winner, [t / s for t in totals]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_weighted_vote_matches_naive(seed):
+    g = torch.Generator().manual_seed(seed)
+    sims = torch.randn(6, 7, 3, generator=g, dtype=torch.float64)
+    weights = torch.tensor([2.0, 1.0, 1.0, 0.5, 0.5, 3.0, 0.0], dtype=torch.float64)
+    if seed == 0:
+        weights = torch.ones(7, dtype=torch.float64)  # equal weights: the plain vote
+    winner, votes, shares = sav.weighted_vote(sims, weights)
+    for b in range(6):
+        hv = [max(range(3), key=lambda c: (sims[b, k, c].item(), -c)) for k in range(7)]
+        w, sh = naive_weighted_vote(hv, weights.tolist(), 3)
+        assert votes[b].tolist() == hv and winner[b].item() == w
+        assert shares[b].tolist() == pytest.approx(sh)
+    if seed == 0:
+        assert torch.equal(winner, sav.vote(sims)[0])
+
+
+def test_reliability_weights_are_log_odds_over_chance():
+    acc = torch.tensor([[0.5, 0.75, 1.0], [0.3, 0.9, 0.6]], dtype=torch.float64)
+    w = sav.reliability_weights(acc, 2)
+    assert w[0, 0] == 0 and w[1, 0] == 0  # chance or worse: no vote
+    assert w[0, 1].item() == pytest.approx(math.log(3))
+    assert w[0, 2].item() == pytest.approx(math.log(0.99 / 0.01))  # clipped, finite
+    w3 = sav.reliability_weights(torch.tensor([1 / 3, 0.5]), 3)
+    assert w3[0].item() == pytest.approx(0, abs=1e-6) and w3[1].item() == pytest.approx(math.log(2))
