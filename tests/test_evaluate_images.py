@@ -50,7 +50,7 @@ def test_eval_on_images_with_baselines(vlm, colour_data, tmp_path):
     ev = evaluate(policy, heldout, fmt="folder", db=db, loaded=vlm, with_baselines=True, heads=[1, 8], batch_size=4)
     assert ev.total_items == 21 and [e.images for e in ev.excluded] == [("heldout/red/renamed-exemplar.png",)]
     assert ev.forwards == 12 + 20 and ev.answers == ["Red", "Blue"]
-    assert list(ev.methods) == ["sav", "zero_shot", "linear_probe", "hidden_centroid"]
+    assert list(ev.methods) == ["sav", "sav_paper", "zero_shot", "linear_probe", "hidden_centroid"]
 
     compile_policy(policy, db, loaded=vlm, batch_size=4)
     images = sorted(p for p in (colour_data / "heldout").rglob("*.png"))

@@ -75,7 +75,7 @@ def test_escaped_policy_checks_what_it_compiled(tmp_path, llama_dir, llama, db):
     guard = Guard.load(db, model=llama)
     assert guard.artifact.escape == "xml"
     text = "a <b>bold</b> & risky request"
-    assert guard.render(text) == llama.chat(load_policy(path).render({"text": text}))
+    assert guard.render(text) == llama.prepare(load_policy(path).render({"text": text}))
     ev = evaluate(path, write_tests(tmp_path), db=db, loaded=llama)
     verdicts = guard.check_batch([t for t, _ in TESTS])
     names = guard.artifact.label_names
@@ -172,7 +172,8 @@ def test_cli_eval_attacks_depths_and_plot(tmp_path, llama_dir, db):
     assert result.exit_code == 0, result.output
     assert "accuracy vs depth" in result.output and "injection attacks" in result.output and png.stat().st_size > 0
     result = runner.invoke(app, ["eval", str(path), str(test_file), "--db", db, "--max-layers", "0,2", "--json"])
-    out = json.loads(result.output)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
     assert [d["max_layer"] for d in out["depth"]] == [0, 2] and out["attacks"] is None
     bad = runner.invoke(app, ["eval", str(path), str(test_file), "--db", db, "--max-layers", "-1"])
     assert bad.exit_code == 2 and "--max-layers must be whole numbers >= 0" in bad.output
@@ -240,3 +241,13 @@ def test_variant_keys_are_validated(tmp_path, llama_dir):
         parse_policy(base + "prototypes: 0\n")
     with pytest.raises(PolicyError, match="'vote' must be one of: count, margin"):
         parse_policy(base + "vote: mean\n")
+
+
+def test_paper_row_is_what_the_papers_procedure_checks(tmp_path, llama_dir, llama, db):
+    path = block_policy(tmp_path, llama_dir, prototypes=2, vote="margin", max_layer=2)
+    ev = evaluate(path, write_tests(tmp_path), db=db, loaded=llama, with_baselines=True)
+    paper = block_policy(tmp_path, llama_dir, scoring="in_sample")  # same exemplars, the paper's keys
+    compile_policy(paper, db, loaded=llama)
+    verdicts = Guard.load(db, model=llama).check_batch([t for t, _ in TESTS])
+    names = ["harmful", "benign"]
+    assert ev.methods["sav_paper"].predictions == [names.index(v.label) for v in verdicts]
