@@ -49,8 +49,8 @@ def prepare(guards, fields: dict) -> dict:
     ready = {**fields, "images": [as_image(image) for image in fields["images"]]} if fields.get("images") else fields
     loaded = guards.loaded
     limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
-    for template in guards.groups:
-        rendered = guards.render(template, **ready)
+    for template, escape in guards.groups:  # policies group by (prompt template, escaping)
+        rendered = guards.render(template, escape=escape, **ready)
         if limit and isinstance(rendered, str):
             tokens = loaded.token_count(rendered)
             if tokens > limit:
