@@ -1,14 +1,15 @@
 """Export a compiled policy's text path to ONNX, for checking with onnxruntime (guard.onnx_engine).
 
 The graph is the decoder truncated after the deepest selected layer, the selected heads' outputs
-at the last real token, and each head's cosine similarity to each label centroid (the SAV vote's
-input; the vote, calibration and thresholds stay in Python, shared with the torch path).
+at the last real token, and each head's cosine similarity to each label (to its centroid, or to
+its nearest prototype when the policy has `prototypes`): the SAV vote's input; the vote,
+calibration and thresholds stay in Python, shared with the torch path.
 
     inputs:  input_ids [batch, tokens] int64, attention_mask [batch, tokens] int64 (right-padded)
     outputs: heads [batch, k, head_dim] float32, similarities [batch, k, labels] float32
 
-Beside it: `guard-onnx.json` (labels, heads, prompt, calibration, policy version, model reference
-and fingerprint) and `tokenizer/` (the model's tokenizer files, chat template included), since
+Beside it: `guard-onnx.json` (labels, heads, prompt, the classifier's method keys such as `vote`
+and `escape`, calibration, policy version, model reference and fingerprint) and `tokenizer/` (the model's tokenizer files, chat template included), since
 tokenisation stays in Python. The export uses the TorchScript exporter (`dynamo=False`): it traces
 one forward with eager attention, and dead-code elimination drops everything after the last
 captured head (the deepest layer's MLP, the final norm, the LM head).
@@ -27,7 +28,6 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ from guard.capture import last_token_index
 from guard.errors import GuardError
 from guard.models import LoadedModel, load_model
 from guard.models.architectures import ARCHITECTURES
+from guard.policy import fill_prompt, template_fields
 
 FORMAT = "guard-onnx"
 FORMAT_VERSION = 1
@@ -59,13 +60,16 @@ class ExportError(GuardError):
 class HeadsGraph(nn.Module):
     """What the ONNX graph computes: selected heads' last-token outputs and their similarities."""
 
-    def __init__(self, loaded: LoadedModel, heads: list[tuple[int, int]], centroids: torch.Tensor):
+    def __init__(self, loaded: LoadedModel, artifact: Artifact):
         super().__init__()
         self.loaded = loaded
         self.model = loaded.model  # registered, so the tracer sees its weights as parameters
-        self.heads = [(int(layer), int(head)) for layer, head in heads]
+        self.heads = [(int(layer), int(head)) for layer, head in artifact.heads]
         self.layers = sorted({layer for layer, _ in self.heads})
-        self.register_buffer("centroids", centroids.detach().float().clone())  # [C, k, D]
+        bank, bank_labels = artifact.bank  # the centroids, or the prototypes (the torch path's own)
+        self.register_buffer("bank", bank.detach().float().clone())  # [M, k, D]
+        # each label's rows of the bank, fixed at export: the graph takes a max over constant indices
+        self.label_rows = [torch.nonzero(bank_labels == c).flatten() for c in range(len(artifact.labels))]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         # Own hooks, not the model's head tap (guard.capture): the tap reshapes with the batch size
@@ -93,7 +97,9 @@ class HeadsGraph(nn.Module):
             layer: taken[layer][rows, last].reshape(-1, layout.num_heads, layout.head_dim) for layer in self.layers
         }
         selected = torch.stack([per_layer[layer][:, head] for layer, head in self.heads], dim=1)  # [B, k, D]
-        return selected, sav.head_similarities(selected, self.centroids)
+        sims = sav.cosine(selected[:, None], self.bank[None])  # [B, M, k]
+        per_label = [sims.index_select(1, rows).amax(dim=1) for rows in self.label_rows]  # C x [B, k]
+        return selected, torch.stack(per_label, dim=-1)  # [B, k, C], as sav.bank_similarities
 
 
 def _decoder(loaded: LoadedModel) -> nn.Module:
@@ -158,6 +164,7 @@ def manifest(artifact: Artifact, loaded: LoadedModel) -> dict:
         "version": artifact.version,
         "description": artifact.description,
         "prompt": artifact.prompt,
+        "method": artifact.method,  # vote, escape, prototypes...: read back by the engine
         "labels": [
             {"name": lab.name, "flagged": lab.flagged, "description": lab.description} for lab in artifact.labels
         ],
@@ -221,8 +228,11 @@ def export_onnx(
         from guard.onnx_engine import onnxruntime_module
 
         onnxruntime_module()  # fail before the trace, not after it
-    graph = HeadsGraph(loaded, artifact.heads, artifact.centroids).eval()
-    sample = loaded.encode([loaded.prepare(artifact.prompt.format_map(defaultdict(lambda: SAMPLE_TEXT)))])
+    graph = HeadsGraph(loaded, artifact).eval()
+    sample_prompt = fill_prompt(
+        artifact.prompt, dict.fromkeys(template_fields(artifact.prompt), SAMPLE_TEXT), artifact.escape
+    )
+    sample = loaded.encode([loaded.prepare(sample_prompt)])
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:

@@ -2,9 +2,9 @@
 
 The folder holds the graph, its manifest and the tokenizer. Rendering (prompt template, chat
 template) and tokenisation are the same as the torch path's for text models (right padding, no
-added special tokens when a chat template is used); the graph gives each selected head's
-similarity to each label centroid, and the vote, calibration and thresholds are the torch path's
-own code (`PolicyHeads.verdicts_from_similarities`), so the same similarities give the same
+added special tokens when a chat template is used, field values escaped as the policy says); the
+graph gives each selected head's similarity to each label (centroid or nearest prototype), and the
+vote, calibration and thresholds are the torch path's own code (`PolicyHeads.verdicts_from_similarities`), so the same similarities give the same
 verdict.
 """
 
@@ -23,7 +23,7 @@ from guard.calibration import Calibration, Platt, Threshold
 from guard.capture import length_buckets
 from guard.errors import GuardError
 from guard.export import FORMAT, FORMAT_VERSION, MANIFEST
-from guard.policy import Label
+from guard.policy import Label, fill_prompt
 from guard.runtime import PolicyHeads, Verdict
 
 
@@ -89,7 +89,7 @@ class OnnxGuard:
         if "text" in fields and not str(fields["text"]).strip():
             raise GuardError("empty text: nothing to check")
         try:
-            prompt = self.artifact.prompt.format_map(fields)
+            prompt = fill_prompt(self.artifact.prompt, fields, self.artifact.escape)
         except KeyError as exc:
             raise GuardError(f"the policy prompt needs a value for {{{exc.args[0]}}}") from None
         if not self._chat:
@@ -167,6 +167,7 @@ def _artifact(manifest: dict) -> Artifact:
         exemplar_labels=[],
         description=manifest.get("description", ""),
         calibration=calibration_from_dict(manifest.get("calibration")),
+        metrics={"method": manifest.get("method", {})},  # vote, escape: exports before 0.2 had neither
     )
 
 
