@@ -414,4 +414,6 @@ def decide(
         is_flagged = False
     else:  # every label is flagged and none reached its threshold: the vote decides
         label, is_flagged = winner, True
-    return Decision(label, is_flagged, probs, margin, margin < cal.uncertain_margin)
+    # uncertain: a thin vote, or a verdict its own calibrated probability does not back (the
+    # margin vote or a low threshold chose a label the calibration gives less than one half)
+    return Decision(label, is_flagged, probs, margin, margin < cal.uncertain_margin or probs[label] < 0.5)

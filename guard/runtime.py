@@ -52,7 +52,7 @@ class Verdict:
     votes: list[HeadVote] = field(default_factory=list)
     calibrated: dict[str, float] | None = None  # calibrated probability per label (None: no calibration)
     margin: float = 0.0  # (most votes - second most) / heads
-    uncertain: bool = False  # margin below the policy's uncertain_margin
+    uncertain: bool = False  # margin below the policy's uncertain_margin, or calibrated P(label) < 0.5
     explanation: dict | None = field(default=None, compare=False)  # guard.explain.explain, when asked for
     vectors: torch.Tensor | None = field(default=None, repr=False, compare=False)  # [k, head_dim] at the selected heads
 

@@ -138,7 +138,7 @@ def test_compile_stores_calibration_that_check_uses(tmp_path, llama_dir, db, lla
         assert v.flagged == (p >= cal.thresholds[0].value)
         assert v.label == ("harmful" if v.flagged else "benign")
         assert v.margin == pytest.approx(abs(counts[0] - counts[1]) / len(art.heads))
-        assert v.uncertain == (v.margin < 0.6)
+        assert v.uncertain == (v.margin < 0.6 or v.calibrated[v.label] < 0.5)
         d = v.to_dict()
         assert list(d) == [
             "policy",
@@ -183,7 +183,8 @@ def test_policy_without_target_checks_as_before(tiny_policy, db, llama):
     acts = features(llama, rendered, layers=range(llama.layout.num_layers)).heads
     winners = sav.predict(acts, art.heads, art.centroids)
     assert [v.label for v in verdicts] == [art.label_names[i] for i in winners.tolist()]
-    assert all(not v.uncertain for v in verdicts)
+    # no uncertain_margin: only a verdict its calibrated probability does not back is uncertain
+    assert all(v.uncertain == (v.calibrated[v.label] < 0.5) for v in verdicts)
 
 
 def test_too_few_exemplars_compile_without_calibration(tmp_path, llama_dir, db, llama):

@@ -218,6 +218,18 @@ def test_decide_threshold_flags_a_minority_of_votes():
     assert (strict.label, strict.flagged) == (1, False)
 
 
+def test_a_verdict_its_calibration_does_not_back_is_uncertain():
+    """The margin vote can pick a label whose calibrated probability is below one half (most heads
+    voted the other way): the verdict stands, and is marked uncertain."""
+    c = two_label_calibration(margin=0.0)
+    probs = c.scores([0.3, 0.7])
+    assert probs[0] < 0.5
+    against = cal.decide([3, 7], 0, [True, False], c, values=[0.3, 0.7])
+    assert (against.label, against.flagged, against.uncertain) == (0, True, True)
+    backed = cal.decide([7, 3], 0, [True, False], c, values=[0.7, 0.3])
+    assert (backed.label, backed.flagged, backed.uncertain) == (0, True, False)
+
+
 def test_decide_without_threshold_keeps_the_vote_and_marks_uncertain():
     c = two_label_calibration(margin=0.25)
     close = cal.decide([6, 4], 0, [True, False], c)
