@@ -9,6 +9,10 @@ micro-batching with --audit. At concurrency 1, 4, 16 and 64 a closed-loop client
 workers sends its next request when the last is answered) posts single texts to /v1/check.
 Every response must be 200 with the verdict the library gives that text alone, single-threaded.
 Prints a markdown table (requests/s, p50, p99, mean batch size) and writes .benchmarks/serve.json.
+
+Before the servers, the same run measures the library's own ceiling for batching: 64 texts as
+batches of 16 against one at a time, in this process (fastest of 3 passes each). A server that
+gathers requests into forwards cannot gain more over one-per-forward than the forward itself does.
 """
 
 import asyncio
@@ -73,9 +77,26 @@ def same_verdict(served: dict, expected: dict) -> bool:
     ]
 
 
+def library_ceiling(guard, texts: list[str], batch: int = 16, passes: int = 3) -> float:
+    """Texts per second checked in batches of `batch` over texts per second one at a time."""
+
+    def fastest(run) -> float:
+        times = []
+        for _ in range(passes):
+            started = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    one_at_a_time = fastest(lambda: [guard.check(text) for text in texts])
+    batched = fastest(lambda: guard.check_batch(texts, batch_size=batch))
+    return one_at_a_time / batched
+
+
 def test_serve_load(compiled_db, guard, tmp_path):
     texts = heldout_texts()
     expected = [guard.check(text).to_dict() for text in texts]  # the library, single-threaded, one at a time
+    ceiling = library_ceiling(guard, texts[:64])
     rows, mismatches = [], []
     for mode, args in MODES.items():
         with ServeProcess(["--db", compiled_db, "--device", "cpu", *args], tmp_path / f"{mode}.log") as server:
@@ -102,12 +123,13 @@ def test_serve_load(compiled_db, guard, tmp_path):
                     }
                 )
     OUT.mkdir(exist_ok=True)
-    (OUT / "serve.json").write_text(json.dumps(rows, indent=1))
+    (OUT / "serve.json").write_text(json.dumps({"library_batch16_vs_single": ceiling, "rows": rows}, indent=1))
     print_table(rows)
     assert not mismatches, f"verdicts differing from the library's: {mismatches[:10]}"
     by = {(r["mode"], r["concurrency"]): r for r in rows}
     speedup = by["micro-batching", 16]["requests_per_s"] / by["one per forward", 16]["requests_per_s"]
     print(f"\nconcurrency 16: micro-batching / one per forward = {speedup:.2f}x requests/s")
+    print(f"library ceiling, same run: batches of 16 / one at a time = {ceiling:.2f}x texts/s")
 
 
 def print_table(rows: list[dict]) -> None:
