@@ -71,10 +71,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def same_verdict(served: dict, expected: dict) -> bool:
-    keys = ("label", "flagged", "scores", "calibrated", "uncertain")
-    return all(served[k] == expected[k] for k in keys) and [v["label"] for v in served["votes"]] == [
-        v["label"] for v in expected["votes"]
-    ]
+    """Same label, flag, votes and uncertain mark; calibrated scores within 1e-4 (a batched forward
+    differs from a single one in the last float32 bits, which a margin vote's calibration shows)."""
+    keys = ("label", "flagged", "scores", "uncertain")
+    close = all(abs(served["calibrated"][n] - p) <= 1e-4 for n, p in expected["calibrated"].items())
+    return (
+        close
+        and all(served[k] == expected[k] for k in keys)
+        and [v["label"] for v in served["votes"]] == [v["label"] for v in expected["votes"]]
+    )
 
 
 def library_ceiling(guard, texts: list[str], batch: int = 16, passes: int = 3) -> float:

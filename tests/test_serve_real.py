@@ -31,7 +31,10 @@ def test_openai_client_against_the_default_policy(tmp_path):
     for result, verdict in zip(response.results, expected):
         assert result.flagged == verdict.flagged
         assert result.categories.model_extra == {"harmful": verdict.flagged}
-        assert result.category_scores.model_extra["harmful"] == pytest.approx(verdict.calibrated["harmful"], abs=1e-6)
+        # the server checks the texts as one batch, the library one at a time: float32 sums differ in
+        # their last bits, and the margin vote's calibration maps a mean similarity margin (a few
+        # thousandths) through a steep slope, so scores agree to about 1e-5, not to the last digit
+        assert result.category_scores.model_extra["harmful"] == pytest.approx(verdict.calibrated["harmful"], abs=1e-4)
         served = result.model_extra["guard"]["verdicts"]["text-harm"]
         assert (served["label"], served["version"]) == (verdict.label, verdict.version)
         assert served["scores"] == pytest.approx(verdict.to_dict()["scores"], abs=1e-6)
