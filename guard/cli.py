@@ -880,7 +880,17 @@ def serve_command(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on")] = 8000,
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
-    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most inputs in one forward pass")] = 32,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, help="Most inputs gathered for one model call (micro-batch)")
+    ] = 32,
+    forward_batch: Annotated[
+        int,
+        typer.Option(
+            "--forward-batch",
+            min=1,
+            help="Inputs per forward pass: a gathered batch runs as length-sorted forwards of this many (GPU: raise it)",
+        ),
+    ] = 8,
     max_wait_ms: Annotated[
         float, typer.Option("--max-wait-ms", min=0, help="Longest wait for a batch to fill, in milliseconds")
     ] = 5.0,
@@ -940,6 +950,7 @@ def serve_command(
     config = ServeConfig(
         limits=limits,
         max_batch=max_batch,
+        forward_batch=forward_batch,
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
         keys=load_keys(api_key, api_key_file),

@@ -209,3 +209,30 @@ def test_audit_has_exactly_one_row_per_answered_verdict_even_after_sigkill(tiny_
     rows = [r for r in audit_rows(tiny_db) if r.startswith("k-")]
     assert len(rows) == len(set(rows))
     assert set(answered) <= set(rows) <= set(sent)
+
+
+def test_a_gathered_batch_runs_as_length_sorted_forwards(tiny_db, llama):
+    """--forward-batch: the worker's gathered inputs go through the model as forwards of at most
+    that many, longest with longest (less padding), and each verdict is the library's."""
+    from guard.serve.inputs import Item
+    from guard.serve.service import Moderator, Work
+
+    guards = GuardSet.load(tiny_db, model=llama)
+    texts = ["a poem about the sea " * n for n in (9, 1, 7, 2, 8)]
+    works = [Work(Item(f"input[{i}]", t), tuple(guards.names)) for i, t in enumerate(texts)]
+    shapes: list[tuple[int, int]] = []
+    handle = llama.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        outcomes = Moderator(guards, Limits(), forward_batch=2).run_batch(works)
+    finally:
+        handle.remove()
+    assert [rows for rows, _ in shapes] == [2, 2, 1]
+    # lengths 9, 8 | 7, 2 | 1 (repeats of the phrase): each forward is padded to its own longest only
+    assert [tokens for _, tokens in shapes] == sorted((tokens for _, tokens in shapes), reverse=True)
+    assert shapes[1][1] < shapes[0][1]
+    for text, outcome in zip(texts, outcomes):
+        alone = guards.check_batch([{"text": text}])[0]
+        assert {n: v.label for n, v in outcome.verdicts.items()} == {n: v.label for n, v in alone.items()}
+        assert {n: v.scores for n, v in outcome.verdicts.items()} == {n: v.scores for n, v in alone.items()}

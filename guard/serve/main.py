@@ -90,6 +90,7 @@ def serve(
             "api_keys": len(config.keys),
             "audit": config.audit,
             "max_batch": config.max_batch,
+            "forward_batch": config.forward_batch,
             "max_wait_ms": config.max_wait_ms,
             "max_queue": config.max_queue,
         },

@@ -32,7 +32,11 @@ OPENAI_MODELS = ("omni-moderation-", "text-moderation-")
 @dataclass
 class ServeConfig:
     limits: Limits = field(default_factory=Limits)
-    max_batch: int = 32
+    max_batch: int = 32  # most inputs the worker gathers for one model call
+    # inputs per forward pass: a gathered batch is sorted by length and split into forwards of at
+    # most this many, so short texts are not padded to the longest (on 2 CPU cores, 16 texts as two
+    # forwards of 8 cost 0.75 of one forward of 16: BENCHMARKS.md); a GPU wants it near max_batch
+    forward_batch: int = 8
     max_wait_ms: float = 5.0
     max_queue: int = 256
     keys: ApiKeys = field(default_factory=ApiKeys)
@@ -61,9 +65,10 @@ class Outcome:
 class Moderator:
     """Runs gathered inputs through the model: the batcher's `run_batch`, on its worker thread."""
 
-    def __init__(self, guards: GuardSet, limits: Limits):
+    def __init__(self, guards: GuardSet, limits: Limits, forward_batch: int = 8):
         self.guards = guards
         self.limits = limits
+        self.forward_batch = forward_batch
         self.artifacts = {p.artifact.name: p.artifact for p in guards.policies}
         self.flagged_labels = {
             name: [label.name for label in art.labels if label.flagged] for name, art in self.artifacts.items()
@@ -85,7 +90,9 @@ class Moderator:
         for (policies, explain), indices in groups.items():
             # policies sharing a prompt share one forward for the whole group
             checked = self._subset(policies).check_batch(
-                [works[i].item.fields() for i in indices], batch_size=len(indices), explain=explain
+                [works[i].item.fields() for i in indices],
+                batch_size=min(len(indices), self.forward_batch),  # length-sorted forwards of this many
+                explain=explain,
             )
             for i, verdicts in zip(indices, checked):
                 results[i] = Outcome(verdicts)
@@ -108,7 +115,7 @@ class Service:
         self.guards = guards
         self.store = store
         self.metrics = Metrics()
-        self.moderator = Moderator(guards, self.config.limits)
+        self.moderator = Moderator(guards, self.config.limits, self.config.forward_batch)
         self.batcher = MicroBatcher(
             self.moderator.run_batch,
             max_batch=self.config.max_batch,
