@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.study_text_harm import PROMPTS, ROOT, activations, auc, load_split, read
+from benchmarks.study_text_harm import PROMPTS, ROOT, Split, activations, auc, load_split, read
 from guard import sav
 from guard.models import load_model
 from guard.store import Store
@@ -53,17 +53,38 @@ ROWS = [
     Row("centred, 16 prototypes", center=True),
     Row("standardised head margins", standardise=True),
     Row("prompt block-help", prompt="block-help"),
+    Row("two prompts: block-short + block-help", prompt="block-short+block-help"),
 ]
 
 
 def fit(acts, y, row: Row):
-    work = acts[:, : row.max_layer + 1]
+    work = acts if "+" in row.prompt else acts[:, : row.max_layer + 1]  # (several prompts: cut already)
     heads = sav.select_heads(sav.score_heads(work, y, 2, "loo"), 20)
     selected = sav.at_heads(work, heads)
     bank, bank_labels = sav.fit_bank(selected, y, 2, row.per_label)
     sims = sav.bank_similarities(selected, bank, bank_labels, 2)
     spread = (sims[..., 0] - sims[..., 1]).std(dim=0)  # [k]
     return heads, bank, bank_labels, spread
+
+
+def joined(parts: list[tuple], max_layer: int) -> tuple:
+    """Several prompts' activations as one: layers 0..max_layer of each, concatenated along the
+    layer axis, so head selection picks from every prompt's heads (a check runs each prompt).
+    The answer-no attack repeats each prompt's own question, so it differs between the parts."""
+
+    def cat(tensors):
+        return torch.cat([x[:, : max_layer + 1] for x in tensors], dim=1)
+
+    splits = [part[0] for part in parts]
+    first = splits[0]
+    split = Split(
+        cat([s.train for s in splits]),
+        first.y,
+        cat([s.test for s in splits]),
+        first.t,
+        {name: cat([s.attacked[name] for s in splits]) for name in first.attacked},
+    )
+    return split, *(cat([part[i] for part in parts]) for i in (1, 2, 3))
 
 
 def margin(model, acts, row: Row) -> torch.Tensor:
@@ -82,15 +103,23 @@ def main() -> None:
     extra_texts, extra_y = read(DATA / "text-harm-extra-exemplars.jsonl")
     probe_texts, probe_y = read(DATA / "text-harm-public-style-probe.jsonl")
     cache: dict[str, tuple] = {}
-    for row in ROWS:
-        if row.prompt not in cache:
-            prompt, escape = PROMPTS[row.prompt]
-            split = load_split(loaded, store, row.prompt)
+
+    def prompt_data(name: str) -> tuple:
+        if name not in cache:
+            prompt, escape = PROMPTS[name]
+            split = load_split(loaded, store, name)
             extra = activations(loaded, store, prompt, escape, extra_texts)
             probe = activations(loaded, store, prompt, escape, probe_texts)
             canonical = activations(loaded, store, prompt, escape, [CANONICAL])
-            cache[row.prompt] = (split, extra, probe, canonical)
-        split, extra, probe, canonical = cache[row.prompt]
+            cache[name] = (split, extra, probe, canonical)
+        return cache[name]
+
+    for row in ROWS:
+        if "+" in row.prompt:  # several prompts: each one's layers up to max_layer, side by side
+            parts = [prompt_data(name) for name in row.prompt.split("+")]
+            split, extra, probe, canonical = joined(parts, row.max_layer)
+        else:
+            split, extra, probe, canonical = prompt_data(row.prompt)
         train = torch.cat([split.train, extra[: row.extra]])
         y = torch.cat([split.y, extra_y[: row.extra]])
         mean = train.mean(dim=0, keepdim=True) if row.center else torch.zeros(1)
