@@ -78,8 +78,7 @@ def head_vectors(loaded, prompt: str, escape: str, texts: list[str], what: str) 
 
 
 def margins(train: torch.Tensor, y: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
-    heads = sav.select_heads(sav.score_heads(train, y, 2, "loo"), 20)
-    bank, bank_labels = sav.fit_bank(sav.at_heads(train, heads), y, 2, 16)
+    heads, bank, bank_labels = sav.fit_classifier(train, y, 2, 20, per_label=16)
     sims = sav.bank_similarities(sav.at_heads(test, heads), bank, bank_labels, 2)
     return sims[..., 0].mean(1) - sims[..., 1].mean(1)
 

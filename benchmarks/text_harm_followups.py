@@ -59,10 +59,8 @@ ROWS = [
 
 def fit(acts, y, row: Row):
     work = acts if "+" in row.prompt else acts[:, : row.max_layer + 1]  # (several prompts: cut already)
-    heads = sav.select_heads(sav.score_heads(work, y, 2, "loo"), 20)
-    selected = sav.at_heads(work, heads)
-    bank, bank_labels = sav.fit_bank(selected, y, 2, row.per_label)
-    sims = sav.bank_similarities(selected, bank, bank_labels, 2)
+    heads, bank, bank_labels = sav.fit_classifier(work, y, 2, 20, per_label=row.per_label)
+    sims = sav.bank_similarities(sav.at_heads(work, heads), bank, bank_labels, 2)
     spread = (sims[..., 0] - sims[..., 1]).std(dim=0)  # [k]
     return heads, bank, bank_labels, spread
 

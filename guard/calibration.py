@@ -153,9 +153,9 @@ def cross_fitted_values(
         if not bool(test.any()):
             continue
         train = ~test
-        scores = sav.score_heads(acts[train], labels[train], num_labels, scoring)
-        heads = sav.select_heads(scores, k, max_layer)
-        bank, bank_labels = sav.fit_bank(sav.at_heads(acts[train], heads), labels[train], num_labels, prototypes)
+        heads, bank, bank_labels = sav.fit_classifier(
+            acts[train], labels[train], num_labels, k, scoring, max_layer, prototypes
+        )
         sims = sav.bank_similarities(sav.at_heads(acts[test], heads), bank, bank_labels, num_labels)
         win, _, _, val = sav.classify(sims, vote)
         values[test], winners[test] = val.double(), win

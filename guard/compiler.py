@@ -67,22 +67,12 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
             prototypes=policy.prototypes,
             vote=policy.vote,
         )
-    # the settings beyond the paper, as set (absent: the paper's, and what older artifacts had)
-    method: dict = {}
-    if policy.escape != "none":
-        method["escape"] = policy.escape
-    if policy.max_layer is not None:
-        method["max_layer"] = policy.max_layer
-    if policy.prototypes != 1:
-        method["prototypes"] = policy.prototypes
-    if policy.vote != "count":
-        method["vote"] = policy.vote
     metrics = {
         "exemplars": len(labels),
         "exemplars_per_label": {n: int((labels == i).sum()) for i, n in enumerate(names)},
         "best_head_accuracy": float(scores.accuracy.max()),
         "selected_head_accuracy_mean": float(torch.stack([scores.accuracy[h] for h in heads]).mean()),
-        "method": method,
+        "method": policy.method,
     }
     art = Artifact(
         name=policy.name,

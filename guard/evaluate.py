@@ -396,9 +396,11 @@ def fit_and_predict(policy: Policy, ex_acts, y, test_acts, heads: list[tuple[int
     predict `test_acts` with its vote: what the sweeps re-fit."""
     num_labels = len(policy.labels)
     if heads is None:
-        scores = sav.score_heads(ex_acts, y, num_labels, policy.scoring)
-        heads = sav.select_heads(scores, policy.heads, policy.max_layer)
-    bank, bank_labels = sav.fit_bank(sav.at_heads(ex_acts, heads), y, num_labels, policy.prototypes)
+        heads, bank, bank_labels = sav.fit_classifier(
+            ex_acts, y, num_labels, policy.heads, policy.scoring, policy.max_layer, policy.prototypes
+        )
+    else:
+        bank, bank_labels = sav.fit_bank(sav.at_heads(ex_acts, heads), y, num_labels, policy.prototypes)
     return predict(policy, sav.at_heads(test_acts, heads), bank, bank_labels).tolist()
 
 

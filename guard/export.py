@@ -68,8 +68,8 @@ class HeadsGraph(nn.Module):
         self.layers = sorted({layer for layer, _ in self.heads})
         bank, bank_labels = artifact.bank  # the centroids, or the prototypes (the torch path's own)
         self.register_buffer("bank", bank.detach().float().clone())  # [M, k, D]
-        # each label's rows of the bank, fixed at export: the graph takes a max over constant indices
-        self.label_rows = [torch.nonzero(bank_labels == c).flatten() for c in range(len(artifact.labels))]
+        self.register_buffer("bank_labels", bank_labels.clone())
+        self.num_labels = len(artifact.labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         # Own hooks, not the model's head tap (guard.capture): the tap reshapes with the batch size
@@ -97,9 +97,7 @@ class HeadsGraph(nn.Module):
             layer: taken[layer][rows, last].reshape(-1, layout.num_heads, layout.head_dim) for layer in self.layers
         }
         selected = torch.stack([per_layer[layer][:, head] for layer, head in self.heads], dim=1)  # [B, k, D]
-        sims = sav.cosine(selected[:, None], self.bank[None])  # [B, M, k]
-        per_label = [sims.index_select(1, rows).amax(dim=1) for rows in self.label_rows]  # C x [B, k]
-        return selected, torch.stack(per_label, dim=-1)  # [B, k, C], as sav.bank_similarities
+        return selected, sav.bank_similarities(selected, self.bank, self.bank_labels, self.num_labels)
 
 
 def _decoder(loaded: LoadedModel) -> nn.Module:

@@ -120,6 +120,21 @@ class Policy:
         """Fill the prompt template; `values` must hold every {field} the template names."""
         return fill_prompt(self.prompt, values, self.escape)
 
+    @property
+    def method(self) -> dict:
+        """The classifier settings beyond the paper's, only those set (absent: the paper's, and
+        what policies before 0.2 had); the compiled artifact keeps them (Artifact.method)."""
+        method: dict = {}
+        if self.escape != "none":
+            method["escape"] = self.escape
+        if self.max_layer is not None:
+            method["max_layer"] = self.max_layer
+        if self.prototypes != 1:
+            method["prototypes"] = self.prototypes
+        if self.vote != "count":
+            method["vote"] = self.vote
+        return method
+
     @cached_property
     def version(self) -> str:
         """Content hash of everything that changes the compiled result (not comments or order of
@@ -141,14 +156,7 @@ class Policy:
             canonical["targets"] = {self.labels[i].name: list(t) for i, t in self.targets.items()}
         if self.uncertain_margin:
             canonical["uncertain_margin"] = self.uncertain_margin
-        if self.escape != "none":
-            canonical["escape"] = self.escape
-        if self.max_layer is not None:
-            canonical["max_layer"] = self.max_layer
-        if self.prototypes != 1:
-            canonical["prototypes"] = self.prototypes
-        if self.vote != "count":
-            canonical["vote"] = self.vote
+        canonical.update(self.method)
         blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

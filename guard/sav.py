@@ -159,7 +159,8 @@ def bank_similarities(x: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Te
     for c in range(num_labels):
         own = sims[:, bank_labels == c]  # [B, Mc, K]
         t = min(top, own.shape[1])
-        out[:, :, c] = own.topk(t, dim=1).values.mean(dim=1)
+        # top 1 (centroids, prototypes) is a plain max: one op, as the ONNX export traces it
+        out[:, :, c] = own.amax(dim=1) if t == 1 else own.topk(t, dim=1).values.mean(dim=1)
     return out
 
 
@@ -256,6 +257,21 @@ def classify(sims: torch.Tensor, vote: str = "count") -> tuple[torch.Tensor, tor
 
 
 vote_fn = vote  # `classify` takes a `vote` argument that shadows the function
+
+
+def fit_classifier(
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    num_labels: int,
+    k: int,
+    scoring: str = "loo",
+    max_layer: int | None = None,
+    per_label: int = 1,
+) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
+    """The classifier compile fits, from activations `[N, L, H, D]`: `(heads, bank, bank_labels)`,
+    the top-k heads (none deeper than `max_layer`) and what they compare an input with."""
+    heads = select_heads(score_heads(acts, labels, num_labels, scoring), k, max_layer)
+    return heads, *fit_bank(at_heads(acts, heads), labels, num_labels, per_label)
 
 
 def fit_bank(selected: torch.Tensor, labels: torch.Tensor, num_labels: int, per_label: int = 1):
