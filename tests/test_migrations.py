@@ -31,9 +31,10 @@ def counts(path) -> dict[str, int]:
     return {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in ("heads", "exemplars", "activations")}
 
 
-def test_guard_0_1_database_upgrades_in_place_and_keeps_its_verdicts(old_db, llama):
+def test_guard_0_1_database_upgrades_in_place_and_keeps_its_verdicts(old_db, guard01_llama):
+    llama = guard01_llama
     expected = json.loads((DATA / "guard-0.1-verdicts.json").read_text())
-    assert llama.fingerprint == expected["fingerprint"], "tests/fixtures.py makes the same tiny llama as in 0.1"
+    assert llama.fingerprint == expected["fingerprint"], "tests/data/tiny-llama-0.1 is the tiny llama of 0.1"
     assert "guard_migrations" in tables(old_db) and "guard_schema" not in tables(old_db)
     before = counts(old_db)
     assert before["heads"] == 6 and before["activations"] == 8
@@ -61,7 +62,8 @@ def test_guard_0_1_database_upgrades_in_place_and_keeps_its_verdicts(old_db, lla
             ]
 
 
-def test_upgraded_database_keeps_versions_of_new_compiles(old_db, llama, tmp_path):
+def test_upgraded_database_keeps_versions_of_new_compiles(old_db, guard01_llama, tmp_path):
+    llama = guard01_llama
     from guard.compiler import compile_policy
     from tests.fixtures import TEXTS, write_policy
 
