@@ -54,6 +54,12 @@ REPOS = {
     # a fork that keeps microsoft/BotBuilder-PersonalityChat's history; 8d78c4b is the upstream
     # commit before the data files were deleted from the repository
     "sempjc/BotBuilder-PersonalityChat": "8d78c4bf50019e4cb4a44dbf0132d61780da60e3",
+    "Aatrox103/SAP": "8f2c4dfaad564a583bd476660740cf6082577b0e",
+    # a verbatim copy of sylinrl/TruthfulQA's TruthfulQA.csv (817 questions), which cannot be
+    # fetched here itself
+    "benedictflorance/truthfulqa_experiments": "6fdfd38288e86296582a584694df5cf43d1f634a",
+    "clinc/oos-eval": "828f8093932c8fe6ca7936c3d2e52903b1c523de",
+    "openai/grade-school-math": "3101c7d5072418e28b9008a6636bde82a006892c",
 }
 
 
@@ -356,6 +362,44 @@ def ex_shakespeare(m):
     return sample(dedupe(rows), 200, "shakespeare")
 
 
+SAP_CATEGORIES = (
+    "fraud",
+    "politics",
+    "pornography_sexual_minors",
+    "race",
+    "religion",
+    "suicide",
+    "terrorism",
+    "violence",
+)
+
+
+def ex_sap(m):
+    rows = []
+    for cat in SAP_CATEGORIES:
+        data = json.loads(m.text(f"datasets/SAP200/{cat}/generated_cases.json"))
+        cands = [row(d["Attack Prompt"], "harmful", "sap", "roleplay", category=cat) for d in data]
+        rows += sample(dedupe(cands), 30, f"sap:{cat}")
+    return rows
+
+
+def ex_truthfulqa(m):
+    reader = csv.DictReader(io.StringIO(m.text("datasets/TruthfulQA.csv")))
+    rows = [row(r["Question"], "benign", "truthfulqa", "question", category=r["Category"]) for r in reader]
+    return sample(rows, 400, "truthfulqa")
+
+
+def ex_clinc(m):
+    data = json.loads(m.text("data/data_full.json"))
+    rows = [row(t, "benign", "clinc", "chat", category=intent) for t, intent in data["test"] + data["oos_test"]]
+    return sample(dedupe(rows), 400, "clinc")
+
+
+def ex_gsm8k(m):
+    lines = m.text("grade_school_math/data/test.jsonl").splitlines()
+    return sample([row(json.loads(x)["question"], "benign", "gsm8k", "math") for x in lines], 150, "gsm8k")
+
+
 # source id -> (repository, path(s) read, licence, extractor)
 SOURCES = {
     "advbench": ("Princeton-SysML/Jailbreak_LLM", "data/advbench.txt", "MIT (AdvBench, llm-attacks)", ex_advbench),
@@ -411,6 +455,15 @@ SOURCES = {
     "state-union": ("nltk/nltk_data", "packages/corpora/state_union.zip", "public domain", ex_state_union),
     "movie-reviews": ("nltk/nltk_data", "packages/corpora/movie_reviews.zip", "CC-BY-4.0", ex_movie_reviews),
     "shakespeare": ("nltk/nltk_data", "packages/corpora/shakespeare.zip", "public domain", ex_shakespeare),
+    "sap": ("Aatrox103/SAP", "datasets/SAP200/<category>/generated_cases.json", "Apache-2.0", ex_sap),
+    "truthfulqa": (
+        "benedictflorance/truthfulqa_experiments",
+        "datasets/TruthfulQA.csv",
+        "Apache-2.0 (TruthfulQA, sylinrl/TruthfulQA)",
+        ex_truthfulqa,
+    ),
+    "clinc": ("clinc/oos-eval", "data/data_full.json", "CC-BY-3.0", ex_clinc),
+    "gsm8k": ("openai/grade-school-math", "grade_school_math/data/test.jsonl", "MIT", ex_gsm8k),
 }
 
 
@@ -443,7 +496,7 @@ FIT = [
     "selfinstruct-seed",
     "vicunabench",
     "humaneval",
-    "medquad",
+    "truthfulqa",
     "inaugural",
     "movie-reviews",
     "shakespeare",
@@ -452,8 +505,12 @@ EVAL = [
     "team-written-heldout",
     "maliciousinstruct",
     "simplesafetytests",
+    "sap",
+    "clinc",
     "mtbench",
     "selfinstruct-user",
+    "gsm8k",
+    "medquad",
     "cyberseceval-frr",
     "state-union",
 ]
@@ -509,10 +566,13 @@ TEMPLATES = {
 DERIVED_PER_LABEL = {"fit": 120, "eval": 60}
 # base sources of the derived files, per side and label
 DERIVED_BASES = {
-    "fit": {"harmful": ["advbench", "catqa", "dangerousqa"], "benign": ["selfinstruct-seed", "vicunabench", "medquad"]},
+    "fit": {
+        "harmful": ["advbench", "catqa", "dangerousqa"],
+        "benign": ["selfinstruct-seed", "vicunabench", "truthfulqa"],
+    },
     "eval": {
         "harmful": ["maliciousinstruct", "simplesafetytests"],
-        "benign": ["mtbench", "selfinstruct-user", "cyberseceval-frr"],
+        "benign": ["mtbench", "selfinstruct-user", "medquad", "cyberseceval-frr"],
     },
 }
 
@@ -644,6 +704,8 @@ def build(out: Path) -> dict[str, dict[str, list[dict]]]:
     for side in ("eval", "fit"):
         files[side].update(derive(side, files[side], seen))
     for side, group in files.items():
+        for stale in sorted((out / side).glob("*.jsonl")):
+            stale.unlink()  # a source that moved sides or was dropped leaves no file behind
         for name, rows in group.items():
             write_jsonl(out / side / f"{name}.jsonl", rows)
     return files
