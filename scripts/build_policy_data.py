@@ -602,8 +602,13 @@ SWAP = {
     "myself": "themselves",
     "mine": "theirs",
     "your": "their",
+    "yours": "theirs",
+    "yourself": "themselves",
+    "you're": "they are",
     "you": "they",
 }
+# "you" stays a subject ("they") after these words or at the start, else it is an object ("them")
+SUBJECT_BEFORE = {"can", "could", "do", "should", "would", "will", "if", "when", "that", "and", "or", "where", "what"}
 _STOP = (
     "a an the to of for and or in on at by with from that this these those into how can i you my your "
     "me we our is are be do does what which who whom without any some someone something about as it its "
@@ -635,7 +640,14 @@ def verb_phrase(text: str) -> str | None:
     head = vp.split()[0].lower()
     if head not in VERBS and not (m and head not in STOP | {"get", "be"} and not head.endswith(("ing", "ed", "s"))):
         return None
-    words = [SWAP.get(w.lower(), w) for w in vp.split()]
+    words = []
+    for i, w in enumerate(vp.split()):
+        bare = w.lower().rstrip(",;'\"")
+        tail = w[len(bare) :] if w.lower().startswith(bare) else ""
+        if bare == "you" and i > 0 and words[-1].lower() not in SUBJECT_BEFORE:
+            words.append("them" + tail)
+        else:
+            words.append(SWAP[bare] + tail if bare in SWAP else w)
     return " ".join(words)
 
 
