@@ -400,6 +400,49 @@ def ex_gsm8k(m):
     return sample([row(json.loads(x)["question"], "benign", "gsm8k", "math") for x in lines], 150, "gsm8k")
 
 
+def _switchboard_turns(m) -> list[str]:
+    """Complete utterances of the Switchboard sample's discourse file, disfluency markup removed: fillers
+    ({F uh, }) dropped, other {X ...} kept as words, repairs ([ a, + b ]) read as their repair,
+    <noise> and slashes dropped."""
+    text = _nltk_zip(m, "switchboard").read("switchboard/discourse").decode("utf-8", errors="replace")
+    out = []
+    for line in text.splitlines():
+        hit = re.match(r"^(\S+) [AB]\.\d+ utt\d+: (.*)$", line)
+        if not hit:
+            continue
+        act, u = hit.group(1), hit.group(2).strip()
+        if act.startswith("%") or not u.endswith("/") or re.search(r"-\s*/$", u):
+            continue  # "/" ends a complete unit, "-/" an abandoned one; act "%" is uninterpretable
+        u = re.sub(r"\{F [^{}]*\}", " ", u)
+        u = re.sub(r"\{[A-Z] ([^{}]*)\}", r"\1", u)
+        while re.search(r"\[[^\[\]]*\+[^\[\]]*\]", u):
+            u = re.sub(r"\[[^\[\]]*\+([^\[\]]*)\]", r"\1", u)
+        u = re.sub(r"<[^>]*>|\(\(|\)\)|[#/{}\[\]+<>]", " ", u)
+        u = re.sub(r"\s+([,.?!])", r"\1", re.sub(r"\s+", " ", u)).strip(" ,-")
+        u = re.sub(r",+", ",", u).strip(" ,")
+        if u and re.search(r"[A-Za-z]", u):
+            out.append(u[0].upper() + u[1:])
+    return out
+
+
+def ex_switchboard(m):
+    rows = [
+        row(u, "benign", "switchboard", "spoken")
+        for u in _switchboard_turns(m)
+        if len(u.split()) >= 4 and len(u) <= 300
+    ]
+    return sample(dedupe(rows), 250, "switchboard")
+
+
+def ex_switchboard_oneword(m):
+    rows = [
+        row(u, "benign", "switchboard-oneword", "one-word")
+        for u in _switchboard_turns(m)
+        if _one_word(u) and len(u.strip(".?!,")) >= 2
+    ]
+    return dedupe(rows)
+
+
 # source id -> (repository, path(s) read, licence, extractor)
 SOURCES = {
     "advbench": ("Princeton-SysML/Jailbreak_LLM", "data/advbench.txt", "MIT (AdvBench, llm-attacks)", ex_advbench),
@@ -464,6 +507,18 @@ SOURCES = {
     ),
     "clinc": ("clinc/oos-eval", "data/data_full.json", "CC-BY-3.0", ex_clinc),
     "gsm8k": ("openai/grade-school-math", "grade_school_math/data/test.jsonl", "MIT", ex_gsm8k),
+    "switchboard": (
+        "nltk/nltk_data",
+        "packages/corpora/switchboard.zip (switchboard/discourse)",
+        "Open Content License (OPL 1.0)",
+        ex_switchboard,
+    ),
+    "switchboard-oneword": (
+        "nltk/nltk_data",
+        "packages/corpora/switchboard.zip (switchboard/discourse)",
+        "Open Content License (OPL 1.0)",
+        ex_switchboard_oneword,
+    ),
 }
 
 
@@ -507,6 +562,8 @@ EVAL = [
     "simplesafetytests",
     "sap",
     "clinc",
+    "switchboard-oneword",
+    "switchboard",
     "mtbench",
     "selfinstruct-user",
     "gsm8k",

@@ -4,6 +4,7 @@ by whole source, and no text is on both sides."""
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,18 @@ def test_held_back_evaluation_sets_are_not_sources():
     for sid, entry in manifest.items():
         where = f"{sid} {entry['repository']} {entry['path']}".lower()
         assert not any(b in where for b in banned), sid
+
+
+def test_card_counts_match_the_files():
+    """policies/data/CARD.md's per-file table says what the files hold."""
+    card = (ROOT / "policies" / "data" / "CARD.md").read_text(encoding="utf-8")
+    table = {
+        m[1]: (int(m[2]), int(m[3]))
+        for m in re.finditer(r"^\| `((?:fit|eval)/[^`]+\.jsonl)` \| (\d+) \| (\d+) \|", card, re.M)
+    }
+    files = {}
+    for side in ("fit", "eval"):
+        for p in sorted((POLICY / side).glob("*.jsonl")):
+            labels = [json.loads(line)["label"] for line in p.read_text(encoding="utf-8").splitlines()]
+            files[f"{side}/{p.name}"] = (labels.count("harmful"), labels.count("benign"))
+    assert table == files
