@@ -302,19 +302,8 @@ def evaluate(
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
     names = policy.label_names
     answers = policy.answer_words
-    answer_ids = baselines.answer_token_ids(loaded, answers) if with_baselines else None
-
     n_ex = len(policy.exemplars)
-    rendered = [loaded.prepare(policy.render(item.prompt_fields()), imgs) for item, imgs in pairs]
-    feats = features(
-        loaded,
-        rendered,
-        store=store,
-        batch_size=batch_size,
-        progress="model inputs" if progress else None,
-        hidden=with_baselines,
-        answer_ids=answer_ids,
-    )
+    rendered, feats = _features_of(policy, pairs, loaded, store, batch_size, progress, with_baselines)
     ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
     y = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
     truth = [names.index(item.label) for item in tests]
@@ -323,10 +312,7 @@ def evaluate(
     verdicts = PolicyHeads(artifact).verdicts(sav.at_heads(test_acts, artifact.heads))  # as guard check decides
     methods = _methods(policy, artifact, verdicts, feats, y, truth, answers, with_baselines)
     if embeddings is not None:
-        embed_pred = baselines.logistic_regression(embeddings[:n_ex], y, embeddings[n_ex:])[0].tolist()
-        methods["embed"] = MethodResult(
-            "embed", METHOD_TITLES["embed"], embed_pred, metrics.report(truth, embed_pred, names, policy.flagged_labels)
-        )
+        methods["embed"] = _embed_row(policy, embeddings, y, truth)
     ev = Evaluation(
         policy=policy.name,
         version=policy.version,
@@ -357,6 +343,31 @@ def evaluate(
         ev.attacks = attack_flips(policy, artifact, targets, loaded, store, batch_size, progress)
     ev.seconds = time.perf_counter() - started
     return ev
+
+
+def _features_of(policy, pairs, loaded, store, batch_size, progress, with_baselines):
+    """(rendered model inputs, their features) for (item, images) pairs; with baselines, the
+    last hidden state and the answer words' log-probabilities too."""
+    answer_ids = baselines.answer_token_ids(loaded, policy.answer_words) if with_baselines else None
+    rendered = [loaded.prepare(policy.render(item.prompt_fields()), imgs) for item, imgs in pairs]
+    feats = features(
+        loaded,
+        rendered,
+        store=store,
+        batch_size=batch_size,
+        progress="model inputs" if progress else None,
+        hidden=with_baselines,
+        answer_ids=answer_ids,
+    )
+    return rendered, feats
+
+
+def _embed_row(policy: Policy, embeddings: torch.Tensor, y: torch.Tensor, truth: list[int]) -> MethodResult:
+    """The sentence-embedding baseline fitted on the exemplars' embeddings (the first len(y)),
+    predicting the test items'."""
+    pred = baselines.logistic_regression(embeddings[: len(y)], y, embeddings[len(y) :])[0].tolist()
+    report = metrics.report(truth, pred, policy.label_names, policy.flagged_labels)
+    return MethodResult("embed", METHOD_TITLES["embed"], pred, report)
 
 
 def _exemplars_then_tests(policy: Policy, items: list[Exemplar], test_file) -> tuple[list, list, list]:
