@@ -346,7 +346,7 @@ def leave_one_source_out(
         forwards=feats.computed,
         cached=feats.cached,
         baseline=baseline,
-        notes=[*policy.notes, *duplicate_notes(policy, groups, rendered)],
+        notes=[*policy.notes, *duplicate_notes(groups, rendered)],
         seconds=time.perf_counter() - started,
     )
 
@@ -366,7 +366,7 @@ def _loso_breakdown(policy, groups, outputs: list[FoldOutput], group_by, with_em
     return Breakdown(group_by, "loso", rows, list(preds)), errors
 
 
-def duplicate_notes(policy: Policy, groups: Sequence[str], rendered: Sequence) -> list[str]:
+def duplicate_notes(groups: Sequence[str], rendered: Sequence) -> list[str]:
     """A note per group whose exemplars also appear, as the same model input, in another group
     (those items are not truly held out)."""
     from guard.features import cache_key

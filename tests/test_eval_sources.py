@@ -170,6 +170,14 @@ def test_a_group_that_takes_a_whole_label_is_skipped(tmp_path, llama_dir, llama,
     assert list(ev.breakdown.rows) == [path.name]
 
 
+def test_an_exemplar_in_two_groups_is_noted():
+    notes = eval_sources.duplicate_notes(["a", "a", "b", "c"], ["x", "y", "x", "z"])
+    assert notes == [
+        "a: 1 exemplar(s) also appear in another group, so the fit without a still sees them",
+        "b: 1 exemplar(s) also appear in another group, so the fit without b still sees them",
+    ]
+
+
 # --- rates ---------------------------------------------------------------------------------------
 
 
@@ -341,8 +349,14 @@ def test_logistic_regression_matches_a_naive_fit():
 def make_sentence_model(directory):
     """A tiny random-init sentence-transformers model (one-layer BERT, character vocabulary, mean
     pooling, normalised), saved as a local model folder for `--baseline embed:DIR`."""
-    from sentence_transformers import SentenceTransformer, models
+    import warnings
+
+    from sentence_transformers import SentenceTransformer
     from transformers import BertConfig, BertModel, BertTokenizer
+
+    with warnings.catch_warnings():  # sentence-transformers 6 moved the modules; older releases have only this path
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sentence_transformers import models
 
     letters = "abcdefghijklmnopqrstuvwxyz'"
     words = sorted({w for rows in SOURCES.values() for t, _, _ in rows for w in t.lower().replace("'", " ").split()})
