@@ -225,6 +225,18 @@ def test_eval_file_by_group_and_errors(tiny_policy, tmp_path, db, llama):
     assert [e["text"] for e in ev.errors] == [rows[i][0] for i in wrong]
     data = ev.to_dict()
     assert data["by_group"]["split"] == "file" and data["by_group"]["groups"][0]["group"] == "forum"
+    errors = tmp_path / "errors.jsonl"
+    args = ["eval", str(tiny_policy), str(path), "--db", db, "--group-by", "source", "--errors", str(errors), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["by_group"] == data["by_group"] and out["errors"] == data["errors"]
+    assert [json.loads(line) for line in errors.read_text().splitlines()] == data["errors"]
+    bad = runner.invoke(app, ["eval", str(tiny_policy), str(path), "--db", db, "--group-by", "register"])
+    assert (
+        bad.exit_code == 2
+        and "no item has a 'register' field (source, file, label, or the records' fields: source)" in bad.stderr
+    )
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -237,6 +249,7 @@ def test_loso_command_json_and_errors_file(source_policy, db, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["split"] == "loso" and data["exemplars"] == 13
+    assert data["forwards"] == {"run": 13, "cached": 0}  # every exemplar runs once; the folds re-fit in memory
     by = data["by_group"]
     assert by["group_by"] == "source" and [g["group"] for g in by["groups"]][:3] == ["a.jsonl", "b.jsonl", "c.jsonl"]
     first = by["groups"][0]["sav"]
