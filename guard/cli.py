@@ -754,11 +754,12 @@ def export_command(
 def eval_command(
     policy_file: Annotated[str, typer.Argument(help="Policy YAML file")],
     test_file: Annotated[
-        str,
+        str | None,
         typer.Argument(
-            help="Labelled data in any exemplar format (JSONL/CSV with text and label, VLGuard, MHaluBench, an image folder)"
+            help="Labelled data in any exemplar format (JSONL/CSV with text and label, VLGuard, MHaluBench, an "
+            "image folder); not with --leave-one-source-out"
         ),
-    ],
+    ] = None,
     db: DbOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
@@ -809,6 +810,36 @@ def eval_command(
         bool,
         typer.Option("--attacks", help="Attack every flagged test item (injections, language, noise); count flips"),
     ] = False,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            "--group-by",
+            help="Rates per group of items: source (a record's 'source' field, else its file: an exemplar's "
+            "from: file, the policy for inline ones, the test file) [loso default], file, label, or any record field",
+        ),
+    ] = None,
+    loso: Annotated[
+        bool,
+        typer.Option(
+            "--leave-one-source-out",
+            help="Hold each group of exemplars out of a fit on the others (as compile fits) and judge it; no test file",
+        ),
+    ] = False,
+    split: Annotated[
+        str | None, typer.Option("--split", help="file (the test file, the default) or loso (= --leave-one-source-out)")
+    ] = None,
+    errors: Annotated[
+        str | None,
+        typer.Option("--errors", help="Write every item SAV misjudged as JSONL (text, group, labels, scores, votes)"),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            help="embed: sentence embedding (all-MiniLM-L6-v2, extra 'embed') + logistic regression on the same "
+            "split; embed:DIR for a local sentence-transformers model",
+        ),
+    ] = None,
     plot: Annotated[str | None, typer.Option("--plot", help="Write the sweep curves to this PNG")] = None,
     size: Annotated[
         str | None, typer.Option("--size", help="Plot size in pixels, WIDTHxHEIGHT [default 1200x500]")
@@ -816,7 +847,8 @@ def eval_command(
     threads: ThreadsOption = None,
     as_json: JsonOption = False,
 ):
-    """Measure a policy on a labelled file: SAV (as 'guard check' decides) next to baselines, same model, same split."""
+    """Measure a policy on a labelled file, or source by source (--leave-one-source-out): SAV (as
+    'guard check' decides) next to baselines, same model, same split."""
     _need_extra("sklearn", "guard eval", "eval")
     if plot:
         _need_extra("matplotlib", "--plot", "eval")
@@ -824,6 +856,20 @@ def eval_command(
     from guard.plots import SWEEP_SIZE, parse_size
     from guard.policy import load_policy
 
+    loso = _eval_split(split, loso, test_file)
+    if baseline:
+        from guard.baselines import embed_model_dir
+
+        embed_model_dir(baseline)  # a missing extra or model folder: one line, before any work
+    if loso:
+        sweeps = {"--baselines": baselines, "--shots": shots, "--heads": heads, "--max-layers": max_layers}
+        sweeps.update({"--attacks": attacks, "--plot": plot})
+        given = [name for name, value in sweeps.items() if value]
+        if given:
+            _fail(f"--leave-one-source-out does not take {', '.join(given)} (they need a test file)")
+        policy = load_policy(policy_file, data_root=data_root)
+        _quiet_transformers()
+        return _eval_loso(policy, db, device, dtype, batch_size, group_by, baseline, errors, threads, as_json)
     policy = load_policy(policy_file, data_root=data_root)
     shot_list, head_list = parse_int_list(shots, "--shots"), parse_int_list(heads, "--heads")
     depth_list = parse_int_list(max_layers, "--max-layers", minimum=0)
@@ -854,18 +900,69 @@ def eval_command(
         seed=seed,
         max_layers=depth_list,
         attacks=attacks,
+        group_by=group_by,
+        baseline=baseline,
         progress=True,
     )
     if plot:
         from guard.plots import sweep_figure
 
         sweep_figure(ev, plot, plot_size)
+    _write_errors(errors, ev.errors)
     if as_json:
         typer.echo(json.dumps(ev.to_dict()))
     else:
         print_evaluation(ev)
         if plot:
             typer.echo(f"wrote {plot}")
+        if errors:
+            typer.echo(f"wrote {len(ev.errors)} misjudged item(s) to {errors}")
+
+
+def _eval_split(split: str | None, loso: bool, test_file: str | None) -> bool:
+    """Is this a leave-one-source-out run? Refuses contradictions and a missing test file."""
+    if split not in (None, "file", "loso"):
+        _fail(f"--split must be file or loso (got '{split}')")
+    if split == "file" and loso:
+        _fail("--split file contradicts --leave-one-source-out")
+    loso = loso or split == "loso"
+    if loso and test_file:
+        _fail("--leave-one-source-out evaluates the policy's own exemplars, source by source: give no test file")
+    if not loso and not test_file:
+        _fail("give a labelled test file, or --leave-one-source-out to hold out each source of exemplars in turn")
+    return loso
+
+
+def _write_errors(path: str | None, errors: list[dict]) -> None:
+    if path:
+        from guard.eval_sources import write_errors
+
+        write_errors(path, errors)
+
+
+def _eval_loso(policy, db, device, dtype, batch_size, group_by, baseline, errors, threads, as_json) -> None:
+    from guard.eval_sources import DEFAULT_GROUP_BY, leave_one_source_out, print_source_evaluation
+    from guard.models import set_threads
+    from guard.store import Store
+
+    set_threads(threads)
+    ev = leave_one_source_out(
+        policy,
+        group_by=group_by or DEFAULT_GROUP_BY,
+        store=Store.open(db, create=True),
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        baseline=baseline,
+        progress=True,
+    )
+    _write_errors(errors, ev.errors)
+    if as_json:
+        typer.echo(json.dumps(ev.to_dict()))
+        return
+    print_source_evaluation(ev)
+    if errors:
+        typer.echo(f"wrote {len(ev.errors)} misjudged item(s) to {errors}")
 
 
 @app.command("serve")

@@ -32,6 +32,16 @@ from guard.attacks import attacks_for
 from guard.compiler import fit
 from guard.data import Exemplar, read_exemplar_file
 from guard.errors import GuardError, PolicyError
+from guard.eval_sources import (
+    DEFAULT_GROUP_BY,
+    Breakdown,
+    breakdown_table,
+    check_group_by,
+    embed_items,
+    errors_of,
+    item_groups,
+    tally,
+)
 from guard.features import Features, features
 from guard.models import LoadedModel, load_model
 from guard.policy import Policy, load_policy, validate_items
@@ -45,6 +55,7 @@ METHOD_TITLES = {
     "zero_shot": "zero-shot",  # log-likelihood of each label's answer word
     "linear_probe": "linear probe, all heads",
     "hidden_centroid": "centroid, last hidden",
+    "embed": "sentence embedding + LR",  # --baseline embed: outside the model, on the same split
 }
 
 
@@ -147,6 +158,8 @@ class Evaluation:
     cached: int = 0  # inputs whose head outputs came from the cache
     answers: list[str] = field(default_factory=list)
     fit_metrics: dict = field(default_factory=dict)  # what compile reports for this fit (LOO accuracies...)
+    breakdown: Breakdown | None = None  # per group of test items (--group-by)
+    errors: list[dict] = field(default_factory=list)  # the test items SAV misjudged (guard.eval_sources.error_record)
     seconds: float = 0.0
 
     @property
@@ -190,6 +203,8 @@ class Evaluation:
             }
             if self.attacks
             else None,
+            "by_group": self.breakdown.to_dict() if self.breakdown else None,
+            "errors": self.errors,
             "notes": self.notes,
             "seconds": round(self.seconds, 2),
         }
@@ -267,38 +282,37 @@ def evaluate(
     seed: int = 0,
     max_layers: Sequence[int] = (),
     attacks: bool = False,
+    group_by: str | None = None,
+    baseline: str | None = None,
     progress: bool = False,
 ) -> Evaluation:
+    """`group_by`: also rates per group of test items (guard.eval_sources); `baseline`: "embed"
+    or "embed:DIR", a sentence-embedding + logistic-regression row fitted on the exemplars."""
     started = time.perf_counter()
     if not isinstance(policy, Policy):
         policy = load_policy(policy)
     notes: list[str] = []
     items = read_test_items(policy, test_file, fmt, images, text, notes, task=task)
+    if group_by:
+        check_group_by(items, group_by)
     pairs, tests, excluded = _exemplars_then_tests(policy, items, test_file)
+    embeddings = embed_items(baseline, [item for item, _ in pairs], progress)
 
     store = store or Store.open(db, create=True)
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
     names = policy.label_names
     answers = policy.answer_words
-    answer_ids = baselines.answer_token_ids(loaded, answers) if with_baselines else None
-
     n_ex = len(policy.exemplars)
-    rendered = [loaded.prepare(policy.render(item.prompt_fields()), imgs) for item, imgs in pairs]
-    feats = features(
-        loaded,
-        rendered,
-        store=store,
-        batch_size=batch_size,
-        progress="model inputs" if progress else None,
-        hidden=with_baselines,
-        answer_ids=answer_ids,
-    )
+    rendered, feats = _features_of(policy, pairs, loaded, store, batch_size, progress, with_baselines)
     ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
     y = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
     truth = [names.index(item.label) for item in tests]
 
     artifact = fit(policy, ex_acts, loaded)
-    methods = _methods(policy, artifact, feats, y, truth, answers, with_baselines)
+    verdicts = PolicyHeads(artifact).verdicts(sav.at_heads(test_acts, artifact.heads))  # as guard check decides
+    methods = _methods(policy, artifact, verdicts, feats, y, truth, answers, with_baselines)
+    if embeddings is not None:
+        methods["embed"] = _embed_row(policy, embeddings, y, truth)
     ev = Evaluation(
         policy=policy.name,
         version=policy.version,
@@ -317,6 +331,7 @@ def evaluate(
         fit_metrics=artifact.metrics,
         notes=notes,
     )
+    _by_group(ev, policy, tests, truth, verdicts, group_by, test_file)
     if shots:
         _shots_sweep(ev, policy, feats, y, truth, shots, repeats, seed, with_baselines)
     if heads:
@@ -324,11 +339,35 @@ def evaluate(
     if max_layers:
         _depth_sweep(ev, policy, ex_acts, test_acts, truth, loaded, rendered[n_ex:], max_layers, batch_size)
     if attacks:
-        verdicts = PolicyHeads(artifact).verdicts(sav.at_heads(test_acts, artifact.heads))
         targets = [pair for pair, v in zip(pairs[n_ex:], verdicts) if v.flagged]
         ev.attacks = attack_flips(policy, artifact, targets, loaded, store, batch_size, progress)
     ev.seconds = time.perf_counter() - started
     return ev
+
+
+def _features_of(policy, pairs, loaded, store, batch_size, progress, with_baselines):
+    """(rendered model inputs, their features) for (item, images) pairs; with baselines, the
+    last hidden state and the answer words' log-probabilities too."""
+    answer_ids = baselines.answer_token_ids(loaded, policy.answer_words) if with_baselines else None
+    rendered = [loaded.prepare(policy.render(item.prompt_fields()), imgs) for item, imgs in pairs]
+    feats = features(
+        loaded,
+        rendered,
+        store=store,
+        batch_size=batch_size,
+        progress="model inputs" if progress else None,
+        hidden=with_baselines,
+        answer_ids=answer_ids,
+    )
+    return rendered, feats
+
+
+def _embed_row(policy: Policy, embeddings: torch.Tensor, y: torch.Tensor, truth: list[int]) -> MethodResult:
+    """The sentence-embedding baseline fitted on the exemplars' embeddings (the first len(y)),
+    predicting the test items'."""
+    pred = baselines.logistic_regression(embeddings[: len(y)], y, embeddings[len(y) :])[0].tolist()
+    report = metrics.report(truth, pred, policy.label_names, policy.flagged_labels)
+    return MethodResult("embed", METHOD_TITLES["embed"], pred, report)
 
 
 def _exemplars_then_tests(policy: Policy, items: list[Exemplar], test_file) -> tuple[list, list, list]:
@@ -346,7 +385,19 @@ def _exemplars_then_tests(policy: Policy, items: list[Exemplar], test_file) -> t
     return pairs, [items[i] for i in kept], excluded
 
 
-def _methods(policy, artifact, feats: Features, y, truth, answers, with_baselines) -> dict[str, MethodResult]:
+def _by_group(ev: Evaluation, policy: Policy, tests, truth, verdicts, group_by: str | None, test_file) -> None:
+    """The errors (each with its group) and, with `group_by`, the rates per group of test items."""
+    groups = item_groups(tests, group_by or DEFAULT_GROUP_BY, test_file)
+    names = policy.label_names
+    embed = ev.methods.get("embed")
+    ev.errors = errors_of(tests, groups, truth, verdicts, names, embed.predictions if embed else None)
+    if group_by:
+        preds = {key: ev.methods[key].predictions for key in ("sav", "embed") if key in ev.methods}
+        flagged = {i for i, label in enumerate(policy.labels) if label.flagged}
+        ev.breakdown = Breakdown(group_by, "file", tally(groups, truth, preds, flagged), list(preds))
+
+
+def _methods(policy, artifact, verdicts, feats: Features, y, truth, answers, with_baselines) -> dict[str, MethodResult]:
     """SAV as `guard check` decides (and its plain vote when thresholds apply), then the baselines."""
     names, flagged, n_ex = policy.label_names, policy.flagged_labels, len(y)
     ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
@@ -360,7 +411,6 @@ def _methods(policy, artifact, feats: Features, y, truth, answers, with_baseline
         pred = [int(p) for p in pred]
         return MethodResult(key, title, pred, metrics.report(truth, pred, names, flagged), extra or {})
 
-    verdicts = PolicyHeads(artifact).verdicts(sav.at_heads(test_acts, artifact.heads))  # as guard check decides
     quality = _calibration_quality(verdicts, truth, names, flagged)
     methods = {"sav": result("sav", [names.index(v.label) for v in verdicts], quality)}
     if artifact.calibration is not None and artifact.calibration.thresholds:
@@ -614,6 +664,8 @@ def print_evaluation(ev: Evaluation, console=None) -> None:
         points = [p for p in ev.sweeps if p.sweep == kind]
         if points:
             console.print(_sweep_table(kind, points))
+    if ev.breakdown:
+        console.print(breakdown_table(ev.breakdown))
     _print_depths(ev, console)
     _print_attacks(ev, console)
     for note in ev.notes:

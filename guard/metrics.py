@@ -10,6 +10,7 @@ Conventions (stated once, used everywhere):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -92,3 +93,16 @@ def report(true: Sequence[int], pred: Sequence[int], labels: Sequence[str], flag
 
 def accuracy(true: Sequence[int], pred: Sequence[int]) -> float:
     return _ratio(sum(int(t) == int(p) for t, p in zip(true, pred)), len(true))
+
+
+WILSON_Z = 1.959964  # two-sided 95%
+
+
+def wilson(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% by default); (0.0, 1.0) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
