@@ -33,6 +33,9 @@ import torch
 from guard import sav
 
 METHOD = "platt-loo"
+# Where each vote rule's value changes the winner between two labels (guard.sav.label_values):
+# a majority of heads (share 1/2) or a positive mean similarity margin.
+VOTE_BOUNDARY = {"count": 0.5, "margin": 0.0}
 PROB_FLOOR = 1e-6  # calibrated scores stay in [PROB_FLOOR, 1 - PROB_FLOOR]
 
 
@@ -141,6 +144,7 @@ def cross_fitted_values(
     prototypes: int = 1,
     vote: str = "count",
     folds: int = CROSS_FIT_FOLDS,
+    bank: str = "centroid",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Label values `[N, C]` (guard.sav.label_values) and winners `[N]` of each exemplar from a
     fit on the other folds: heads scored and selected, bank (centroids or prototypes) fitted,
@@ -153,10 +157,10 @@ def cross_fitted_values(
         if not bool(test.any()):
             continue
         train = ~test
-        heads, bank, bank_labels = sav.fit_classifier(
-            acts[train], labels[train], num_labels, k, scoring, max_layer, prototypes
+        heads, fitted, fitted_labels = sav.fit_classifier(
+            acts[train], labels[train], num_labels, k, scoring, max_layer, prototypes, bank
         )
-        sims = sav.bank_similarities(sav.at_heads(acts[test], heads), bank, bank_labels, num_labels)
+        sims = sav.bank_similarities(sav.at_heads(acts[test], heads), fitted, fitted_labels, num_labels)
         win, _, _, val = sav.classify(sims, vote)
         values[test], winners[test] = val.double(), win
     return values, winners
@@ -313,6 +317,16 @@ class Calibration:
         """Calibrated score of each label from its vote share."""
         return [cal(s) for cal, s in zip(self.platt, shares)]
 
+    def threshold(self, label: int, vote: str) -> float | None:
+        """The calibrated probability at which a flagged label is flagged (`decide`): its target's
+        threshold, else (two labels) the probability at the vote's boundary, where the label starts
+        winning; None for a label of three or more that the vote alone decides."""
+        if label in self.thresholds:
+            return self.thresholds[label].value
+        if len(self.platt) != 2:
+            return None
+        return self.platt[label](VOTE_BOUNDARY[vote])
+
     def to_dict(self, label_names: Sequence[str]) -> dict:
         """The maps and thresholds per label (what `guard inspect` shows)."""
         return {
@@ -341,19 +355,22 @@ def calibrate(
     max_layer: int | None = None,
     prototypes: int = 1,
     vote: str = "count",
+    bank: str = "centroid",
 ) -> Calibration:
     """Cross-fitted votes -> per-label Platt maps -> thresholds for `targets` {label: (metric, value)}.
 
     The paper's classifier (centroids, vote count) gets exact leave-one-out votes; prototypes or
     the margin vote get 10-fold cross-fitted label values (`cross_fitted_values`)."""
     method = METHOD
-    if prototypes == 1 and vote == "count":
+    if prototypes == 1 and vote == "count" and bank == "centroid":
         counts, winners = leave_one_out_votes(acts, labels, num_labels, k, scoring, chunk, max_layer)
         k_eff = counts.sum(dim=1, keepdim=True).clamp(min=1)
         shares = (counts.double() / k_eff).tolist()
     else:
         method = CROSS_FIT_METHOD
-        values, winners = cross_fitted_values(acts, labels, num_labels, k, scoring, max_layer, prototypes, vote)
+        values, winners = cross_fitted_values(
+            acts, labels, num_labels, k, scoring, max_layer, prototypes, vote, bank=bank
+        )
         shares = values.tolist()
     truth = labels.tolist()
     platt = [fit_platt([row[c] for row in shares], [t == c for t in truth]) for c in range(num_labels)]
@@ -393,6 +410,10 @@ def decide(
     whatever the majority says; a flagged label without one is flagged when it wins the vote
     (as without calibration). Several candidates: the highest calibrated score. None: the vote
     winner if it is an allowed label, else the allowed label with the most votes.
+
+    With two labels, winning the vote is itself a threshold on the calibrated probability
+    (`Calibration.threshold`): the Platt map is monotone, so "wins the vote" is "P reaches the
+    probability of the vote's boundary", which is what `guard check` prints beside P.
     """
     counts = [int(c) for c in counts]
     k = max(sum(counts), 1)

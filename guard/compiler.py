@@ -51,6 +51,8 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
     labels = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
     scores, heads, cents = sav.fit_heads(acts, labels, len(names), policy.heads, policy.scoring, policy.max_layer)
     selected = sav.at_heads(acts, heads)  # [N, k, D]
+    if policy.classifier != "centroid":  # stored where the centroids go: the runtime reads it as a bank
+        cents, _ = sav.fit_bank(selected, labels, len(names), bank=policy.classifier)
     # Calibrated scores and thresholds come from leave-one-out votes with head selection redone
     # each time (guard.calibration); a policy with too few exemplars for that has no calibration.
     cal = None
@@ -66,6 +68,7 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
             max_layer=policy.max_layer,
             prototypes=policy.prototypes,
             vote=policy.vote,
+            bank=policy.classifier,
         )
     metrics = {
         "exemplars": len(labels),
@@ -100,7 +103,7 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
     bank, bank_labels = art.bank
     in_sample = sav.classify(sav.bank_similarities(selected, bank, bank_labels, len(names)), policy.vote)[0]
     metrics["train_accuracy"] = float((in_sample == labels).float().mean())
-    if cal is not None and (policy.prototypes != 1 or policy.vote != "count"):
+    if cal is not None and (policy.prototypes != 1 or policy.vote != "count" or policy.classifier != "centroid"):
         metrics["loo_accuracy"] = cal.metrics["loo_vote_accuracy"]  # cross-fitted: the honest one
     elif int(torch.bincount(labels, minlength=len(names)).min()) >= 2:
         # the compile-time estimate of 0.1: heads kept, each item out of its own centroid (optimistic);
@@ -109,6 +112,7 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
         metrics["loo_accuracy"] = float((loo == labels).float().mean())
     if cal is not None:
         metrics.update(cal.metrics)
+        metrics["calibration_method"] = cal.method  # names the headline accuracy's estimator
     return art
 
 

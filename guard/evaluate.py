@@ -447,10 +447,12 @@ def fit_and_predict(policy: Policy, ex_acts, y, test_acts, heads: list[tuple[int
     num_labels = len(policy.labels)
     if heads is None:
         heads, bank, bank_labels = sav.fit_classifier(
-            ex_acts, y, num_labels, policy.heads, policy.scoring, policy.max_layer, policy.prototypes
+            ex_acts, y, num_labels, policy.heads, policy.scoring, policy.max_layer, policy.prototypes, policy.classifier
         )
     else:
-        bank, bank_labels = sav.fit_bank(sav.at_heads(ex_acts, heads), y, num_labels, policy.prototypes)
+        bank, bank_labels = sav.fit_bank(
+            sav.at_heads(ex_acts, heads), y, num_labels, policy.prototypes, policy.classifier
+        )
     return predict(policy, sav.at_heads(test_acts, heads), bank, bank_labels).tolist()
 
 

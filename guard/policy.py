@@ -35,6 +35,7 @@ ALLOW_PATHS_ENV = "GUARD_ALLOW_PATHS"  # os.pathsep-separated folders exemplar f
 Scoring = Literal["loo", "in_sample"]  # head scoring: leave-one-out (default) or in-sample (the paper)
 SCORINGS: tuple[str, ...] = get_args(Scoring)
 VOTES = ("count", "margin")  # guard.sav.label_values
+CLASSIFIERS = ("centroid", "probe")  # guard.sav.BANKS
 ESCAPES = ("none", "xml")
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_HEADS = 20
@@ -86,6 +87,7 @@ class Policy:
     max_layer: int | None = None  # no selected head deeper than this layer (numbered from 0)
     prototypes: int = 1  # per label and head: 1 = the centroid (the paper), more = k-means prototypes
     vote: str = "count"  # count: majority of heads (the paper); margin: mean similarity margin
+    classifier: str = "centroid"  # what the heads compare with: centroids/prototypes, or "probe" (guard.sav)
     source_text: str = ""  # the YAML as written, stored with the artifact
     path: Path | None = None
     base_dir: Path = field(default_factory=Path.cwd)  # relative model paths start here
@@ -133,6 +135,8 @@ class Policy:
             method["prototypes"] = self.prototypes
         if self.vote != "count":
             method["vote"] = self.vote
+        if self.classifier != "centroid":
+            method["classifier"] = self.classifier
         return method
 
     @cached_property
@@ -319,6 +323,7 @@ _TOP_KEYS = {
     "max_layer",
     "prototypes",
     "vote",
+    "classifier",
 }
 _LABEL_KEYS = {"name", "description", "flagged", "answer", "target"}
 _INLINE_KEYS = {"text", "label", "image", "images"}
@@ -444,6 +449,17 @@ def parse_policy(
             doc.key_lines["vote"],
             f"'vote' must be one of: {', '.join(VOTES)} (count: majority of heads; margin: mean similarity margin)",
         )
+    classifier = doc.get("classifier", "centroid")
+    if classifier not in CLASSIFIERS:
+        check.fail(
+            doc.key_lines["classifier"],
+            f"'classifier' must be one of: {', '.join(CLASSIFIERS)} (probe: a logistic regression over the heads)",
+        )
+    if classifier == "probe" and (len(labels) != 2 or prototypes != 1 or vote != "margin"):
+        check.fail(
+            doc.key_lines["classifier"],
+            "'classifier: probe' needs two labels, 'vote: margin' and no 'prototypes' (it is one pair per head)",
+        )
     escape = doc.get("escape", "none")
     if escape not in ESCAPES:
         check.fail(
@@ -496,6 +512,7 @@ def parse_policy(
         max_layer=max_layer,
         prototypes=prototypes,
         vote=vote,
+        classifier=classifier,
         source_text=text,
         base_dir=base_dir,
         data_root=root,

@@ -267,16 +267,99 @@ def fit_classifier(
     scoring: str = "loo",
     max_layer: int | None = None,
     per_label: int = 1,
+    bank: str = "centroid",
 ) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
     """The classifier compile fits, from activations `[N, L, H, D]`: `(heads, bank, bank_labels)`,
     the top-k heads (none deeper than `max_layer`) and what they compare an input with."""
     heads = select_heads(score_heads(acts, labels, num_labels, scoring), k, max_layer)
-    return heads, *fit_bank(at_heads(acts, heads), labels, num_labels, per_label)
+    return heads, *fit_bank(at_heads(acts, heads), labels, num_labels, per_label, bank)
 
 
-def fit_bank(selected: torch.Tensor, labels: torch.Tensor, num_labels: int, per_label: int = 1):
+BANKS = ("centroid", "probe")
+
+
+def fit_bank(selected: torch.Tensor, labels: torch.Tensor, num_labels: int, per_label: int = 1, bank: str = "centroid"):
     """What each selected head compares an input with, `(bank [M, K, D], bank_labels [M])`: the
-    label centroids (raw means, the paper) for one prototype per label, else `prototypes`."""
+    label centroids (raw means, the paper) for one prototype per label, else `prototypes`; or
+    (`bank="probe"`, two labels) the unit vectors of `probe_bank`."""
+    if bank == "probe":
+        return probe_bank(selected, labels), torch.arange(2)
+    if bank != "centroid":
+        raise ValueError(f"unknown bank {bank!r}")
     if per_label == 1:
         return centroids(selected, labels, num_labels), torch.arange(num_labels)
     return prototypes(selected, labels, num_labels, per_label)
+
+
+# --- the probe: a logistic regression over the selected heads, voting head by head ---------------
+#
+# Nearest-centroid cosine is a linear rule on unit vectors: head k's margin cos(x, u) - cos(x, v)
+# is x/|x| . (u - v). Any weight vector w_k with |w_k| < 2 is such a difference of two unit
+# vectors (u, v = p +- w_k/2 with p a unit-length-completing vector orthogonal to w_k), so a
+# logistic regression over the heads' unit vectors, scaled to fit, becomes one "centroid" pair per
+# head: the margin vote then computes its logit up to a positive factor (which calibration's Platt
+# map absorbs, with the intercept), each head still votes for the label its own term favours, and
+# the ONNX export, the store and explanations need nothing new. The regression is fitted on every
+# exemplar of both labels at once, so it weighs what separates them across all sources, not each
+# label's mean: with many exemplars of many registers that generalises better than the centroids.
+
+PROBE_WEIGHT_DECAY = 1e-4  # L2 on the weights of unit-length inputs (chosen by leave-one-source-out
+# accuracy on the fitted side of the default policy's data: benchmarks/study_public_data.py)
+PROBE_STEPS = 200
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=EPS)
+
+
+def logistic_fit(
+    x: torch.Tensor,
+    positive: torch.Tensor,
+    weight_decay: float = PROBE_WEIGHT_DECAY,
+    steps: int = PROBE_STEPS,
+    intercept: bool = True,
+):
+    """Class-balanced L2 logistic regression, x `[N, F]`, positive `[N]` bool -> (w `[F]`, b)
+    (b = 0 without `intercept`). Deterministic: float64, zero start, full-batch L-BFGS."""
+    x = x.double()
+    y = positive.double()
+    share = y.mean().clamp(1e-6, 1 - 1e-6)
+    weight = torch.where(positive, 0.5 / share, 0.5 / (1 - share))
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=intercept)
+    opt = torch.optim.LBFGS(
+        [w, b] if intercept else [w], lr=1, max_iter=steps, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+    )
+
+    def loss_fn():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none")
+        loss = (loss * weight).mean() + weight_decay * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.inference_mode(False), torch.enable_grad():
+        opt.step(loss_fn)
+    return w.detach(), float(b.detach())
+
+
+def probe_bank(selected: torch.Tensor, labels: torch.Tensor, weight_decay: float = PROBE_WEIGHT_DECAY):
+    """Two labels: the logistic regression of label 0 against label 1 on the selected heads' unit
+    vectors `[N, K, D]`, as a bank `[2, K, D]` of unit vectors (u_k for label 0, v_k for label 1)
+    with u_k - v_k = w_k / s (s scales the largest |w_k| to 1.9). Each pair is centred on the head's
+    mean exemplar direction, so the similarities read like centroid similarities.
+
+    No intercept: a dot product with unit vectors has no constant term, so the regression finds its
+    own along the heads' mean directions (every unit head output lies close to its mean, so that
+    component is nearly constant). The margin vote's sign is then the regression's decision, and a
+    head's vote is the sign of its own term, the intercept's share included."""
+    x = unit(selected.double())  # [N, K, D]
+    n, k, d = x.shape
+    w, _ = logistic_fit(x.reshape(n, k * d), labels == 0, weight_decay, intercept=False)
+    w = w.view(k, d)
+    w = w / (w.norm(dim=-1).max().clamp(min=EPS) / 1.9)
+    mean = unit(x.mean(0))  # [K, D]
+    along = unit(w)
+    p = unit(mean - (mean * along).sum(-1, keepdim=True) * along)  # orthogonal to w_k
+    p = p * (1 - (w * w).sum(-1, keepdim=True) / 4).clamp(min=0).sqrt()
+    return torch.stack([p + w / 2, p - w / 2]).to(selected.dtype)
