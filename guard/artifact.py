@@ -114,11 +114,21 @@ class Artifact:
         }
 
 
-# What the headline accuracy is, in plain words (compile, list and inspect lead with it).
+# What the headline accuracy is, in plain words (compile, list and inspect lead with it), by the
+# calibration's estimator (guard.calibration): exact leave-one-out, or 10-fold cross-fitting.
 HEADLINE = (
-    "leave-one-out accuracy: each exemplar classified by a fit made without it, heads chosen again "
-    "each time; the estimate that tracks accuracy on new inputs"
+    "cross-fitted accuracy ({estimator}): each exemplar classified by a fit made without it, heads "
+    "chosen again each time; on sources the exemplars do not cover, see guard eval --leave-one-source-out"
 )
+ESTIMATORS = {"platt-loo": "leave-one-out", "platt-cv10": "10-fold"}
+
+
+def headline_words(metrics: dict) -> str:
+    """The headline accuracy's name and estimator, for the policy these metrics came from."""
+    method = metrics.get("calibration_method")
+    if method is None:  # compiled before the name was stored: the variants are cross-fitted in folds
+        method = "platt-loo" if set(metrics.get("method", {})) <= {"escape", "max_layer"} else "platt-cv10"
+    return HEADLINE.format(estimator=ESTIMATORS.get(method, method))
 
 
 @dataclass

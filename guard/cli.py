@@ -175,12 +175,12 @@ def compile_command(
 
 
 def _headline(summary) -> str:
-    from guard.artifact import HEADLINE
+    from guard.artifact import headline_words
 
     acc = summary.headline_accuracy
     if acc is None:
-        return "leave-one-out accuracy: not computed (too few exemplars per label)"
-    return f"{acc:.1%} {HEADLINE}"
+        return "cross-fitted accuracy: not computed (too few exemplars per label)"
+    return f"{acc:.1%} {headline_words(summary.metrics)}"
 
 
 @app.command("check")
@@ -568,13 +568,23 @@ def _check_with_onnx(items, onnx_dir, policy, batch_size: int, threads, as_json:
 
 
 def _print_verdict(text: str, verdict, show_policy: bool = False) -> None:
+    """One line: the verdict, then what decided it (guard.calibration.decide): each flagged label's
+    calibrated probability against its threshold, else (no calibration) the heads' votes."""
     mark = "FLAGGED" if verdict.flagged else "allowed"
-    shares = ", ".join(f"{name} {share:.0%}" for name, share in verdict.scores.items())
     short = text if len(text) <= 70 else text[:67] + "..."
     where = f"{verdict.policy}: " if show_policy else ""
-    calibrated = f" p={verdict.calibrated[verdict.label]:.2f}" if verdict.calibrated else ""
+    heads = len(verdict.votes) or 1
+    votes = ", ".join(f"{name} {round(share * heads)}/{heads}" for name, share in verdict.scores.items())
+    if verdict.calibrated and verdict.thresholds:
+        rule = " ".join(
+            f"P({name})={verdict.calibrated[name]:.2f}{'>=' if verdict.calibrated[name] >= t else '<'}{t:.2f}"
+            for name, t in verdict.thresholds.items()
+        )
+        why = f"{rule} [votes {votes}]"
+    else:
+        why = f"[votes {votes}]"
     unsure = " uncertain" if verdict.uncertain else ""
-    typer.echo(f"{mark:8} {where}{verdict.label:12} [{shares}]{calibrated}{unsure}  {short}")
+    typer.echo(f"{mark:8} {where}{verdict.label:12} {why}{unsure}  {short}")
 
 
 def _print_explanation(why: dict) -> None:
@@ -616,14 +626,18 @@ def list_command(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("policy", "version", "labels (flagged*)", "model", "heads", "LOO accuracy", "compiled")
+    from guard.artifact import ESTIMATORS, HEADLINE, headline_words
+
+    table = Table("policy", "version", "labels (flagged*)", "model", "heads", "accuracy", "compiled")
     for s in summaries:
         labels = ", ".join(name + ("*" if name in s.flagged else "") for name in s.labels)
         acc = "-" if s.headline_accuracy is None else f"{s.headline_accuracy:.1%}"
-        table.add_row(s.policy, s.version, labels, s.model, str(s.heads), acc, s.compiled)
+        estimator = headline_words(s.metrics).split("(", 1)[1].split(")", 1)[0]
+        table.add_row(s.policy, s.version, labels, s.model, str(s.heads), f"{acc} ({estimator})", s.compiled)
     console = Console()
     console.print(table, markup=False)
-    console.print("LOO accuracy: " + _headline_words(), markup=False)
+    words = HEADLINE.format(estimator=" or ".join(ESTIMATORS.values()))
+    console.print("accuracy: " + words.removeprefix("cross-fitted accuracy "), markup=False)
 
 
 def _list_versions(rows: list[dict], as_json: bool) -> None:
@@ -660,10 +674,11 @@ def rollback_command(
         typer.echo(f"'{name}' now checks with revision {row['revision']} (version {row['version']}, {row['compiled']})")
 
 
-def _headline_words() -> str:
-    from guard.artifact import HEADLINE
-
-    return HEADLINE.removeprefix("leave-one-out accuracy: ")
+# What the calibration reads per label, by vote rule (guard.sav.label_values), in inspect's formula.
+VALUE_WORDS = {
+    "count": "the label's share of the heads' votes",
+    "margin": "the heads' mean similarity to the label minus the best other label's",
+}
 
 
 @app.command("inspect")
@@ -680,6 +695,9 @@ def inspect_command(
     ] = None,
 ):
     """Show a compiled policy's selected heads, metrics and calibration; optionally plot them."""
+    import math
+
+    from guard.calibration import VOTE_BOUNDARY
     from guard.store import Store
 
     art = Store.open(db).load_artifact(name)
@@ -711,16 +729,27 @@ def inspect_command(
     if cal is None:
         out("calibration: none (compiled before calibration, or too few exemplars per label)")
         return
-    out(f"calibration: {cal['method']}; uncertain below a vote margin of {cal['uncertain_margin']:.2f}")
+    value = VALUE_WORDS[art.vote]
+    out(f"calibration: {cal['method']}; x = {value}")
+    flagged = set(art.flagged_labels)
     for label, c in cal["labels"].items():
-        line = f"  {label}: p = sigmoid({c['slope']:.3f} x vote share {c['intercept']:+.3f})"
+        line = f"  {label}: p = sigmoid({c['slope']:.3f} x x {c['intercept']:+.3f})"
         t = c["threshold"]
         if t:
             line += (
-                f"; flag at p >= {t['value']:.3f} for {t['metric']} {t['target']:g} "
-                f"(leave-one-out: recall {t['recall']:.1%}, FPR {t['fpr']:.1%})"
+                f"; flagged at p >= {t['value']:.3f} for {t['metric']} {t['target']:g} "
+                f"(cross-fitted: recall {t['recall']:.1%}, FPR {t['fpr']:.1%})"
             )
+        elif label in flagged and len(cal["labels"]) == 2:
+            boundary = VOTE_BOUNDARY[art.vote]
+            p = 1 / (1 + math.exp(-(c["slope"] * boundary + c["intercept"])))
+            line += f"; flagged at p >= {p:.3f} (x >= {boundary:g}: the vote's boundary)"
         out(line)
+    margin = cal["uncertain_margin"]
+    out(
+        "uncertain: P(verdict's label) < 0.50"
+        + (f", or a vote margin (most votes - next, as a share of heads) below {margin:.2f}" if margin else "")
+    )
 
 
 @app.command("export")

@@ -53,6 +53,7 @@ class Verdict:
     calibrated: dict[str, float] | None = None  # calibrated probability per label (None: no calibration)
     margin: float = 0.0  # (most votes - second most) / heads
     uncertain: bool = False  # margin below the policy's uncertain_margin, or calibrated P(label) < 0.5
+    thresholds: dict[str, float] | None = None  # flagged label -> calibrated P at which it is flagged
     explanation: dict | None = field(default=None, compare=False)  # guard.explain.explain, when asked for
     vectors: torch.Tensor | None = field(default=None, repr=False, compare=False)  # [k, head_dim] at the selected heads
 
@@ -69,6 +70,8 @@ class Verdict:
         if votes:
             out["votes"] = [vote.to_dict() for vote in self.votes]
         out["calibrated"] = None if self.calibrated is None else {k: round(v, 6) for k, v in self.calibrated.items()}
+        if self.thresholds is not None:
+            out["thresholds"] = {k: round(v, 6) for k, v in self.thresholds.items()}
         out["margin"] = round(self.margin, 6)
         out["uncertain"] = self.uncertain
         if self.explanation is not None:
@@ -134,6 +137,10 @@ class PolicyHeads:
             # calibrated scores, thresholds and the uncertain mark: guard.calibration.decide
             decision = calibration.decide(counts_list[b], winner, flagged, art.calibration, values_list[b])
             calibrated = None if decision.calibrated is None else dict(zip(names, decision.calibrated))
+            thresholds = None
+            if art.calibration is not None:
+                found = {n: art.calibration.threshold(c, art.vote) for c, n in enumerate(names) if flagged[c]}
+                thresholds = {n: t for n, t in found.items() if t is not None} or None
             results.append(
                 Verdict(
                     policy=art.name,
@@ -145,6 +152,7 @@ class PolicyHeads:
                     calibrated=calibrated,
                     margin=decision.margin,
                     uncertain=decision.uncertain,
+                    thresholds=thresholds,
                     vectors=selected[b],
                 )
             )

@@ -148,6 +148,7 @@ def test_compile_stores_calibration_that_check_uses(tmp_path, llama_dir, db, lla
             "scores",
             "votes",
             "calibrated",
+            "thresholds",
             "margin",
             "uncertain",
         ]

@@ -230,6 +230,27 @@ def test_a_verdict_its_calibration_does_not_back_is_uncertain():
     assert (backed.label, backed.flagged, backed.uncertain) == (0, True, False)
 
 
+@pytest.mark.parametrize("vote", ["count", "margin"])
+def test_decide_agrees_with_a_naive_reading_of_its_printed_threshold(vote):
+    """On random values and targets: flagged exactly when P(flagged label) reaches the threshold
+    that `guard check` prints (the target's, else the probability at the vote's boundary)."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        c = two_label_calibration(threshold=rng.choice([None, 0.3, 0.7]))
+        if vote == "margin":
+            v = rng.uniform(-1, 1)
+            values, winner = [v, -v], 0 if v >= 0 else 1
+        else:
+            k = rng.choice([5, 7, 21])
+            harmful = rng.randint(0, k)
+            values, winner = [harmful / k, 1 - harmful / k], 0 if 2 * harmful > k else 1
+        counts = [round(values[0] * 21), 21 - round(values[0] * 21)]
+        d = cal.decide(counts, winner, [True, False], c, values=values)
+        assert d.flagged == (c.scores(values)[0] >= c.threshold(0, vote))
+
+
 def test_decide_without_threshold_keeps_the_vote_and_marks_uncertain():
     c = two_label_calibration(margin=0.25)
     close = cal.decide([6, 4], 0, [True, False], c)

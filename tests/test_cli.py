@@ -55,7 +55,7 @@ def test_check_json_schema(compiled):
     assert list(record["verdicts"]) == ["never"] and record["flagged"] is False
     verdict = record["verdicts"]["never"]
     assert list(verdict)[:6] == ["policy", "version", "flagged", "label", "scores", "votes"]  # the 0.1 keys, first
-    assert list(verdict)[6:] == ["calibrated", "margin", "uncertain"]
+    assert list(verdict)[6:] == ["calibrated", "margin", "uncertain"]  # no calibration: no thresholds
     assert verdict["policy"] == "never" and verdict["flagged"] is False
     assert set(verdict["scores"]) == {"harmful", "benign"}
     assert len(verdict["votes"]) == 4
@@ -111,7 +111,7 @@ def test_bad_policy_error_names_file_and_line(tmp_path, db):
     assert result.exit_code == 2
     assert (
         result.stderr.strip()
-        == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: data_root, description, escape, exemplars, heads, labels, max_layer, model, name, prompt, prototypes, scoring, uncertain_margin, vote)"
+        == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: classifier, data_root, description, escape, exemplars, heads, labels, max_layer, model, name, prompt, prototypes, scoring, uncertain_margin, vote)"
     )
 
 

@@ -30,7 +30,18 @@ def test_verdict_has_label_scores_and_one_vote_per_selected_head(guard):
         assert vote.label == max(vote.similarity, key=vote.similarity.get)
     assert verdict.scores[verdict.label] == max(verdict.scores.values())
     d = verdict.to_dict()
-    assert list(d) == ["policy", "version", "flagged", "label", "scores", "votes", "calibrated", "margin", "uncertain"]
+    assert list(d) == [
+        "policy",
+        "version",
+        "flagged",
+        "label",
+        "scores",
+        "votes",
+        "calibrated",
+        "thresholds",
+        "margin",
+        "uncertain",
+    ]
     assert {"layer", "head", "label", "similarity"} <= set(d["votes"][0])
 
 
