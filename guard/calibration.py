@@ -320,11 +320,11 @@ class Calibration:
     def threshold(self, label: int, vote: str) -> float | None:
         """The calibrated probability at which a flagged label is flagged (`decide`): its target's
         threshold, else (two labels) the probability at the vote's boundary, where the label starts
-        winning; None for a label of three or more that the vote alone decides."""
+        winning; None where the vote alone decides (three or more labels, or a flat map)."""
         if label in self.thresholds:
             return self.thresholds[label].value
-        if len(self.platt) != 2:
-            return None
+        if len(self.platt) != 2 or self.platt[label].slope <= 0:
+            return None  # a flat map (the votes did not separate the labels) says nothing: the vote decides
         return self.platt[label](VOTE_BOUNDARY[vote])
 
     def to_dict(self, label_names: Sequence[str]) -> dict:

@@ -265,3 +265,12 @@ def test_decide_without_threshold_keeps_the_vote_and_marks_uncertain():
     )
     d = cal.decide([3, 7], 1, [True, True], c_all)
     assert (d.label, d.flagged) == (1, True)
+
+
+def test_threshold_is_the_probability_at_the_vote_boundary_and_none_for_a_flat_map():
+    c = two_label_calibration()
+    assert c.threshold(0, "count") == pytest.approx(cal.Platt(6.0, -3.0)(0.5))
+    assert c.threshold(0, "margin") == pytest.approx(cal.Platt(6.0, -3.0)(0.0))
+    assert two_label_calibration(threshold=0.3).threshold(0, "margin") == 0.3  # a target's own
+    flat = cal.Calibration(cal.METHOD, [cal.Platt(0.0, 0.0), cal.Platt(0.0, 0.0)], {}, 0.0)
+    assert flat.threshold(0, "count") is None  # the votes did not separate the labels: the vote decides
