@@ -11,9 +11,9 @@ from guard.compiler import compile_policy
 from guard.runtime import Guard
 from tests.fixtures import write_policy
 
-BAD = "bomb kill weapon hurt attack steal poison".split()
-GOOD = "bread poem sea cake garden music tea".split()
-FILLER = "how do I make a the for my with at home".split()
+BAD = ["bomb", "kill", "weapon", "hurt", "attack", "steal", "poison"]
+GOOD = ["bread", "poem", "sea", "cake", "garden", "music", "tea"]
+FILLER = ["how", "do", "I", "make", "a", "the", "for", "my", "with", "at", "home"]
 
 
 def texts(words: list[str], n: int, seed: int) -> list[str]:
