@@ -3,6 +3,7 @@ graceful shutdown, and the audit log under SIGKILL. Real servers on 127.0.0.1 th
 under uvicorn in a thread (in-process configs) or `guard serve` in a subprocess."""
 
 import base64
+import json
 import signal
 import sqlite3
 import threading
@@ -236,3 +237,32 @@ def test_a_gathered_batch_runs_as_length_sorted_forwards(tiny_db, llama):
         alone = guards.check_batch([{"text": text}])[0]
         assert {n: v.label for n, v in outcome.verdicts.items()} == {n: v.label for n, v in alone.items()}
         assert {n: v.scores for n, v in outcome.verdicts.items()} == {n: v.scores for n, v in alone.items()}
+
+
+def test_bad_inputs_never_reach_a_batch(tiny_db, llama):
+    """Issue 18: bad inputs sent among good ones are refused before the queue: every batch the worker
+    runs holds good inputs only, and runs once (no batch is re-run one input at a time)."""
+    service = service_for(tiny_db, llama, max_wait_ms=50)
+    batches, run = [], service.batcher.run_batch
+
+    def recording(works):
+        batches.append([w.item.text for w in works])
+        return run(works)
+
+    service.batcher.run_batch = recording
+    bad = ["\ud800 lone", "nul \0 here", "ok then \udfff"]
+    good = [f"a good text {i}" for i in range(9)]
+    with thread_server(create_app(service)) as url, httpx.Client(timeout=60) as client:
+        barrier = threading.Barrier(len(bad) + len(good))
+
+        def send(text):
+            barrier.wait(10)
+            body = json.dumps({"input": text}).encode()  # \ud800 as its JSON escape
+            return text, client.post(f"{url}/v1/check", content=body, headers={"Content-Type": "application/json"})
+
+        with ThreadPoolExecutor(len(bad) + len(good)) as pool:
+            answers = dict(pool.map(send, bad + good))
+    assert all(answers[t].status_code == 400 and answers[t].json()["error"]["code"] == "invalid_text" for t in bad)
+    assert all(answers[t].status_code == 200 for t in good)
+    seen = [text for batch in batches for text in batch]
+    assert sorted(seen) == sorted(good)  # each good input in exactly one batch; no bad one in any

@@ -20,7 +20,7 @@ from guard.serve.audit import AuditWriter
 from guard.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
 from guard.serve.inputs import Item
 from guard.serve.keys import ApiKeys
-from guard.serve.limits import ApiError, LimitError, Limits, bad_request, check_tokens
+from guard.serve.limits import ApiError, Limits, bad_request, check_tokens
 from guard.serve.metrics import Metrics
 
 log = logging.getLogger("guard.serve")
@@ -81,7 +81,7 @@ class Moderator:
             if work.item.text:
                 try:
                     check_tokens(self.guards.loaded.token_count(work.item.text), self.limits, work.item.param)
-                except LimitError as exc:
+                except Exception as exc:  # this input alone fails (a LimitError is its 413)
                     results[i] = exc
         groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
         for i, work in enumerate(works):
