@@ -371,6 +371,14 @@ def scan_command(
     images: Annotated[
         str | None, typer.Option("--images", help="Folder --image-field paths start from [default: the manifest's]")
     ] = None,
+    data_root: Annotated[
+        str | None,
+        typer.Option(
+            "--data-root",
+            help="Folder --image-field paths must stay inside (absolute and ../ paths leading out are refused) "
+            "[default: the --images folder, else the manifest's]",
+        ),
+    ] = None,
     prompt: Annotated[
         str | None, typer.Option("--prompt", help="Text that goes with each image (fills {text})")
     ] = None,
@@ -429,6 +437,7 @@ def scan_command(
         extra=tuple(sorted(needed - {"text"})),
         prompt=prompt,
         images=images,
+        data_root=data_root,
     )
     done = existing(out, resume, overwrite)
     started = time.monotonic()
