@@ -927,8 +927,16 @@ def serve_command(
     ] = None,
     audit: Annotated[bool, typer.Option("--audit", help="Record every verdict in the database's audit log")] = False,
     audit_text: Annotated[
-        bool, typer.Option("--audit-text", help="Also record the input text (by default only its SHA-256)")
+        bool, typer.Option("--audit-text", help="Also record the input text (by default only its keyed hash)")
     ] = False,
+    audit_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--audit-secret",
+            help="File of the audit log's hashing secret, made 0600 if missing [default: beside an SQLite "
+            "database; required for PostgreSQL] [env GUARD_AUDIT_SECRET_FILE]",
+        ),
+    ] = None,
     audit_retention_days: Annotated[
         float | None, typer.Option("--audit-retention-days", min=0, help="Delete audit rows older than this")
     ] = None,
@@ -939,8 +947,8 @@ def serve_command(
     ] = 30.0,
 ):
     """Serve the compiled policies over HTTP: OpenAI's POST /v1/moderations and guard's POST /v1/check."""
-    if audit_text and not audit:
-        _fail("--audit-text goes with --audit")
+    if (audit_text or audit_secret) and not audit:
+        _fail("--audit-text and --audit-secret go with --audit")
     _quiet_transformers()
     from guard.serve.keys import load_keys
     from guard.serve.limits import Limits
@@ -966,6 +974,7 @@ def serve_command(
         audit=audit,
         audit_text=audit_text,
         audit_retention_days=audit_retention_days,
+        audit_secret=audit_secret,
         threads=threads,
     )
     serve(

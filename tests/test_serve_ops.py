@@ -159,8 +159,9 @@ def test_sigterm_finishes_requests_in_flight(tiny_db, tmp_path):
 
 
 def audit_rows(db: str) -> list[str]:
+    """The caller's X-Request-ID of every row (issue 18: request_id is the server's own)."""
     with sqlite3.connect(db) as con:
-        return [r[0] for r in con.execute("select request_id from audit_log")]
+        return [r[0] for r in con.execute("select client_request_id from audit_log") if r[0] is not None]
 
 
 def test_audit_has_exactly_one_row_per_answered_verdict_even_after_sigkill(tiny_db, tmp_path):

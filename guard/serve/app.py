@@ -3,7 +3,8 @@
 Every error is a JSON body `{"error": {"message", "type", "param", "code", "request_id"}}` with a
 4xx status for the caller's mistakes and limits, 503/504 for capacity and time; no verdict is
 ever implied by an error. Each response carries `X-Request-ID` (the caller's, if it sent a sane
-one) and each request is logged as one JSON line with that id.
+one) and each request is logged as one JSON line with that id and the server's own id for it
+(`server_request_id`, the audit log's `request_id`: a caller cannot choose it).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         items = await _items(body, limits)
         outcomes = await service.check(items, policies)
         request_id = request.state.request_id
-        await service.record(request_id, "moderations", items, outcomes, api_key)
+        await audit(request, "moderations", items, outcomes, api_key)
         flagged = {name: service.moderator.flagged_labels[name] for name in policies}
         results = [
             moderation_result(o.verdicts, flagged, item.input_types, single=len(policies) == 1)
@@ -101,7 +102,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         items = await _items(body, limits)
         outcomes = await service.check(items, policies, explain=explain)
         request_id = request.state.request_id
-        await service.record(request_id, "check", items, outcomes, api_key)
+        await audit(request, "check", items, outcomes, api_key)
         return {
             "id": f"chk-{request_id}",
             "policies": list(policies),
@@ -140,6 +141,18 @@ def _add_routes(app: FastAPI, service: Service) -> None:
     async def metrics(request: Request):
         authorize(request, service)
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
+
+    async def audit(request: Request, endpoint: str, items, outcomes, api_key) -> None:
+        state = request.state
+        await service.record(
+            state.server_request_id,
+            endpoint,
+            items,
+            outcomes,
+            api_key,
+            client_request_id=state.client_request_id,
+            deadline=state.started + limits.timeout_s,
+        )
 
 
 def _readiness_problems(service: Service) -> list[str]:
@@ -254,8 +267,16 @@ class RequestContext:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        server_request_id = uuid.uuid4().hex  # the audit log's id: never the caller's choice
+        client_request_id = incoming if REQUEST_ID.fullmatch(incoming) else None
+        request_id = client_request_id or server_request_id  # echoed in X-Request-ID and errors
+        state = scope.setdefault("state", {})
+        state.update(
+            request_id=request_id,
+            server_request_id=server_request_id,
+            client_request_id=client_request_id,
+            started=time.monotonic(),
+        )
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
 
@@ -282,6 +303,7 @@ class RequestContext:
                 "request",
                 extra={
                     "request_id": request_id,
+                    "server_request_id": server_request_id,
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status["code"],

@@ -88,6 +88,7 @@ def serve(
             "port": port,
             "policies": guards.names,
             "api_keys": len(config.keys),
+            "api_key_ids": config.keys.ids,  # keyed hashes, as the audit log records them
             "audit": config.audit,
             "max_batch": config.max_batch,
             "forward_batch": config.forward_batch,
