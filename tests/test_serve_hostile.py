@@ -1,7 +1,8 @@
 """`guard serve` against hostile clients (issue 18), on a real server process on 127.0.0.1.
 
-Audit failures leak nothing of other requests and answer within the request timeout. The
-timeouts here are small (1-3 s) and the bounds on them generous.
+Audit failures leak nothing of other requests and answer within the request timeout; the API
+docs need a key; /readyz reports the served versions. The timeouts here are small (1-3 s) and
+the bounds on them generous.
 """
 
 import json
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from guard.compiler import compile_policy
+from guard.store import Store
 from tests.fixtures import TEXTS, write_policy
 from tests.serve_helpers import ServeProcess
 
@@ -133,3 +135,35 @@ def test_with_the_write_lock_held_every_request_answers_within_its_timeout(serve
         assert not any(texts_for(j) in response.text or f"lock-{j}" in response.text for j in range(4) if j != i)
     ok = httpx.post(f"{server.url}/v1/check", json={"input": "hello"}, headers=auth(KEYS[0]), timeout=60)
     assert ok.status_code == 200, ok.text
+
+
+# --- 5 and 6: docs behind the keys; readiness reports versions --------------------------------------
+
+
+@pytest.mark.parametrize("route", ["/docs", "/redoc", "/openapi.json"])
+def test_api_docs_need_a_key_when_keys_are_set(server, route):
+    refused = httpx.get(server.url + route)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(server.url + route, headers=auth(KEYS[1])).status_code == 200
+    if route == "/openapi.json":
+        paths = httpx.get(server.url + route, headers=auth(KEYS[1])).json()["paths"]
+        assert "/v1/check" in paths and "/docs" not in paths
+
+
+def test_readyz_reports_served_versions_and_that_new_ones_need_a_restart(
+    server, hostile_db, llama_dir, llama, tmp_path
+):
+    ready = httpx.get(f"{server.url}/readyz").json()
+    served = Store.open(hostile_db).load_artifact("tiny").version
+    assert ready["ready"] is True and ready["versions"] == {"tiny": served}
+    assert "restart" in ready["reload"] and "database_versions" not in ready
+    # a new version compiled while serving: still served at the old one, and /readyz says so
+    texts = {label: items[:-1] for label, items in TEXTS.items()}
+    compile_policy(write_policy(tmp_path, llama_dir, texts), hostile_db, loaded=llama)
+    newer = Store.open(hostile_db).load_artifact("tiny").version
+    assert newer != served
+    ready = httpx.get(f"{server.url}/readyz").json()
+    assert ready["ready"] is True and ready["versions"] == {"tiny": served}
+    assert ready["database_versions"] == {"tiny": newer}
+    check = httpx.post(f"{server.url}/v1/check", json={"input": "hi"}, headers=auth(KEYS[0]), timeout=60).json()
+    assert check["results"][0]["verdicts"]["tiny"]["version"] == served

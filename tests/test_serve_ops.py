@@ -91,6 +91,7 @@ def test_without_keys_every_route_is_open(tiny_db, llama):
     with thread_server(create_app(service_for(tiny_db, llama))) as url:
         assert httpx.post(f"{url}/v1/check", json={"input": "hello"}).status_code == 200
         assert httpx.get(f"{url}/metrics").status_code == 200
+        assert httpx.get(f"{url}/openapi.json").status_code == 200  # no keys: the docs are open too
 
 
 def test_loopback_addresses():

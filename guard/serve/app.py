@@ -5,6 +5,8 @@ Every error is a JSON body `{"error": {"message", "type", "param", "code", "requ
 ever implied by an error. Each response carries `X-Request-ID` (the caller's, if it sent a sane
 one) and each request is logged as one JSON line with that id and the server's own id for it
 (`server_request_id`, the audit log's `request_id`: a caller cannot choose it).
+
+With API keys, the API docs (`/docs`, `/redoc`, `/openapi.json`) need a key as `/v1/*` does.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,7 +42,13 @@ ROUTES = {
     "/healthz",
     "/readyz",
     "/metrics",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
 }
+RELOAD_NOTE = (
+    "policies compiled (or rolled back) while the server runs are not picked up: restart it to serve their new versions"
+)
 
 
 def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
@@ -57,12 +66,38 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
                 await asyncio.to_thread(service.stop)
             log.info("stopped")
 
-    app = FastAPI(title="guard", summary="Content moderation with Sparse Attention Vectors", lifespan=lifespan)
+    # the docs routes are guard's own (_add_docs), behind the keys when there are keys
+    app = FastAPI(
+        title="guard",
+        summary="Content moderation with Sparse Attention Vectors",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.service = service
     app.add_middleware(RequestContext, service=service)
     _add_error_handlers(app, service)
     _add_routes(app, service)
+    _add_docs(app, service)
     return app
+
+
+def _add_docs(app: FastAPI, service: Service) -> None:
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request):
+        authorize(request, service)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        authorize(request, service)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="guard: API docs")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        authorize(request, service)
+        return get_redoc_html(openapi_url="/openapi.json", title="guard: API docs")
 
 
 def _add_routes(app: FastAPI, service: Service) -> None:
@@ -131,16 +166,21 @@ def _add_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/readyz")
     async def readyz():
-        problems = await run_in_threadpool(_readiness_problems, service)
-        body = {"ready": not problems, "policies": service.policy_names, "queue_depth": service.batcher.depth}
+        problems, stored = await run_in_threadpool(_readiness, service)
+        served = {name: art.version for name, art in service.moderator.artifacts.items()}
+        body = {
+            "ready": not problems,
+            "policies": service.policy_names,
+            "versions": served,  # the version each policy is served at: the one loaded at start
+            "queue_depth": service.batcher.depth,
+            "reload": RELOAD_NOTE,
+        }
+        newer = {name: v for name, v in stored.items() if name in served and v != served[name]}
+        if newer:  # the database's current version differs: a restart would serve it
+            body["database_versions"] = newer
         if problems:
             return JSONResponse({**body, "problems": problems}, status_code=503)
         return body
-
-    @app.get("/metrics")
-    async def metrics(request: Request):
-        authorize(request, service)
-        return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
     async def audit(request: Request, endpoint: str, items, outcomes, api_key) -> None:
         state = request.state
@@ -154,23 +194,29 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             deadline=state.started + limits.timeout_s,
         )
 
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        authorize(request, service)
+        return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
-def _readiness_problems(service: Service) -> list[str]:
-    problems = []
+
+def _readiness(service: Service) -> tuple[list[str], dict[str, str]]:
+    """What keeps the server from being ready, and each stored policy's current version."""
+    problems, stored = [], {}
     if not service.batcher.alive:
         problems.append("the model worker is not running")
     if service.audit is not None and not service.audit.alive:
         problems.append("the audit writer is not running")
     if service.store is not None:
         try:
-            stored = set(service.store.policy_names())
+            stored = {summary.policy: summary.version for summary in service.store.summaries()}
         except Exception as exc:
             problems.append(f"the policy database cannot be read ({str(exc).splitlines()[0]})")
         else:
             missing = [name for name in service.policy_names if name not in stored]
             if missing:
                 problems.append(f"policies no longer in the database: {', '.join(missing)}")
-    return problems
+    return problems, stored
 
 
 def _policy_summary(art) -> dict:

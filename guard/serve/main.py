@@ -94,6 +94,8 @@ def serve(
             "forward_batch": config.forward_batch,
             "max_wait_ms": config.max_wait_ms,
             "max_queue": config.max_queue,
+            "versions": {p.artifact.name: p.artifact.version for p in guards.policies},
+            "reload": "policies compiled while serving are picked up only at restart",
         },
     )
     server = uvicorn.Server(
