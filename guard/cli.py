@@ -940,6 +940,20 @@ def serve_command(
     audit_retention_days: Annotated[
         float | None, typer.Option("--audit-retention-days", min=0, help="Delete audit rows older than this")
     ] = None,
+    header_timeout: Annotated[
+        float,
+        typer.Option("--header-timeout", min=0.1, help="Seconds a request's headers may take to arrive; then 408"),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option("--body-timeout", min=0.1, help="Seconds a request body may take to arrive; then 408"),
+    ] = 30.0,
+    keep_alive: Annotated[
+        float, typer.Option("--keep-alive", min=0.1, help="Seconds an idle keep-alive connection stays open")
+    ] = 5.0,
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", min=1, help="Open connections at most; beyond, 503 and closed")
+    ] = 512,
     threads: ThreadsOption = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
     shutdown_timeout: Annotated[
@@ -975,6 +989,10 @@ def serve_command(
         audit_text=audit_text,
         audit_retention_days=audit_retention_days,
         audit_secret=audit_secret,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        keep_alive_s=keep_alive,
+        max_connections=max_connections,
         threads=threads,
     )
     serve(

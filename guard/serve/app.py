@@ -6,7 +6,9 @@ ever implied by an error. Each response carries `X-Request-ID` (the caller's, if
 one) and each request is logged as one JSON line with that id and the server's own id for it
 (`server_request_id`, the audit log's `request_id`: a caller cannot choose it).
 
-With API keys, the API docs (`/docs`, `/redoc`, `/openapi.json`) need a key as `/v1/*` does.
+Bodies are JSON (`Content-Type: application/json`, else 415), read within `--body-timeout`
+(else 408) and `--max-body-bytes`; a body too deep or with too large a number is a 400. With
+API keys, the API docs (`/docs`, `/redoc`, `/openapi.json`) need a key as `/v1/*` does.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from guard.serve.inputs import Item, parse_input
 from guard.serve.limits import ApiError, LimitError, bad_request, check_body_size
@@ -46,6 +49,7 @@ ROUTES = {
     "/redoc",
     "/openapi.json",
 }
+JSON_TYPE = re.compile(r"application/([\w.+-]+\+)?json", re.I)  # application/json, application/x+json
 RELOAD_NOTE = (
     "policies compiled (or rolled back) while the server runs are not picked up: restart it to serve their new versions"
 )
@@ -265,19 +269,52 @@ def authorize(request: Request, service: Service) -> str | None:
 
 
 async def read_json(request: Request, service: Service) -> dict:
-    """The body as a JSON object, read no further than the body size limit."""
+    """The body as a JSON object, read no further than the body size limit and no longer than
+    the body timeout (counted from the request's arrival)."""
     limits = service.config.limits
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if not JSON_TYPE.fullmatch(content_type):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"the request body must be JSON sent as Content-Type: application/json (not {content_type or 'none'!r})",
+        )
     length = request.headers.get("content-length")
     if length and length.isdigit():
         check_body_size(int(length), limits)
+    timeout = service.config.body_timeout_s
+    try:
+        body = await asyncio.wait_for(
+            _read_body(request, limits), timeout=max(0.0, request.state.started + timeout - time.monotonic())
+        )
+    except asyncio.TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {timeout:g} s (the body timeout)",
+            headers={"Connection": "close"},
+        ) from None
+    return parse_json(body)
+
+
+async def _read_body(request: Request, limits) -> bytes:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         check_body_size(len(body), limits)
+    return bytes(body)
+
+
+def parse_json(body: bytes) -> dict:
+    """A JSON object from the body, or a 400: invalid, too deeply nested, a number too long."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+    except RecursionError:
+        raise bad_request("the request body is nested too deeply", code="invalid_json") from None
+    except ValueError:  # an integer beyond Python's digit limit (4300)
+        raise bad_request("the request body holds a number too long to read", code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
     return data
@@ -294,6 +331,11 @@ def _add_error_handlers(app: FastAPI, service: Service) -> None:
         if isinstance(exc, LimitError):
             log.info("limit", extra={"request_id": request.state.request_id, "limit": exc.limit})
         return error_response(request, exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect):
+        # the client left mid-body: nothing reaches it; RequestContext logs it as 499, not a 500
+        return Response(status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -324,19 +366,31 @@ class RequestContext:
             started=time.monotonic(),
         )
         started = time.perf_counter()
-        status = {"code": 500, "sent": False}
+        status = {"code": 500, "sent": False, "gone": False}
+
+        async def receive_watched():
+            message = await receive()
+            if message["type"] == "http.disconnect" and not status["sent"]:
+                status["gone"] = True  # the client left before its answer
+            return message
 
         async def send_with_id(message):
+            if status["gone"]:
+                status["code"] = 499  # nginx's "client closed request": nothing is sent
+                return
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
                 MutableHeaders(scope=message).append("x-request-id", request_id)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_watched, send_with_id)
         except Exception:
-            log.exception("internal error", extra={"request_id": request_id, "path": scope["path"]})
-            if not status["sent"]:
+            if status["gone"]:  # an error from reading a body the client stopped sending: no fault here
+                status["code"] = 499
+            else:
+                log.exception("internal error", extra={"request_id": request_id, "path": scope["path"]})
+            if not status["sent"] and not status["gone"]:
                 error = ApiError(500, "internal_error", "internal error; nothing was decided", kind="server_error")
                 self.service.metrics.errors.labels(error.code).inc()
                 await JSONResponse(error.body(request_id), status_code=500)(scope, receive, send_with_id)

@@ -44,6 +44,10 @@ class ServeConfig:
     audit_text: bool = False
     audit_retention_days: float | None = None
     audit_secret: str | None = None  # the keyed hashes' secret file [default: beside an SQLite database]
+    header_timeout_s: float = 10.0  # a request's headers (and a body the app leaves unread) must arrive within this
+    body_timeout_s: float = 30.0  # a request body the app reads must arrive within this; then 408
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int | None = 512  # open connections at most; beyond, 503 and closed
     threads: int | None = None  # torch threads of the model worker (None: GUARD_THREADS, else torch's default)
     retry_after_s: int = 1  # what a 503 for a full queue tells the client to wait
 
