@@ -9,7 +9,7 @@ The input hash and the API key id are HMAC-SHA256 under a secret (`AuditKey`) ke
 beside an SQLite database (`guard.db.audit-key`, created 0600 on first use) or where
 `--audit-secret FILE` / `GUARD_AUDIT_SECRET_FILE` says (required for PostgreSQL): whoever reads
 the log without the secret can neither confirm a guessed text nor a guessed key from it.
-Rows written before guard 0.3 hold a plain SHA-256.
+Rows written before schema revision 0005 hold a plain SHA-256.
 """
 
 from __future__ import annotations
