@@ -1047,7 +1047,7 @@ def audit_command(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("time (UTC)", "request", "policy", "version", "label", "flagged", "ms", "input sha256")
+    table = Table("time (UTC)", "request", "policy", "version", "label", "flagged", "ms", "input hash")
     for row in rows:
         table.add_row(
             row.created_at[:23],

@@ -87,6 +87,30 @@ def test_a_request_over_its_timeout_gets_504_and_no_verdict(tiny_db, llama):
         assert httpx.get(f"{url}/healthz").status_code == 200
 
 
+def test_the_request_timeout_counts_from_arrival(tiny_db, llama):
+    """Issue 18: --timeout covers the whole request, its body's arrival included: a body sent over
+    0.6 s and a batch that waits 0.8 s to fill pass a 1 s timeout (from the queue alone, 0.8 s)."""
+    import socket
+
+    service = service_for(tiny_db, llama, max_wait_ms=800, limits=Limits(timeout_s=1.0))
+    with thread_server(create_app(service)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        body = json.dumps({"input": "slowly sent"}).encode()
+        head = f"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(head.encode() + body[:5])
+            time.sleep(0.6)
+            sock.sendall(body[5:])
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 504"), answer[:200]
+        assert b'"code":"timeout"' in answer.replace(b" ", b"")
+
+
 def test_without_keys_every_route_is_open(tiny_db, llama):
     with thread_server(create_app(service_for(tiny_db, llama))) as url:
         assert httpx.post(f"{url}/v1/check", json={"input": "hello"}).status_code == 200

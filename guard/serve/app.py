@@ -114,7 +114,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         body = await read_json(request, service)
         policies = service.resolve_policies(_optional_str(body, "model"))
         items = await _items(body, limits)
-        outcomes = await service.check(items, policies)
+        outcomes = await service.check(items, policies, deadline=request.state.started + limits.timeout_s)
         request_id = request.state.request_id
         await audit(request, "moderations", items, outcomes, api_key)
         flagged = {name: service.moderator.flagged_labels[name] for name in policies}
@@ -139,7 +139,9 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             raise bad_request("explain must be true or false", "explain")
         policies = service.resolve_policies(requested, "policies")
         items = await _items(body, limits)
-        outcomes = await service.check(items, policies, explain=explain)
+        outcomes = await service.check(
+            items, policies, explain=explain, deadline=request.state.started + limits.timeout_s
+        )
         request_id = request.state.request_id
         await audit(request, "check", items, outcomes, api_key)
         return {

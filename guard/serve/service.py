@@ -195,8 +195,12 @@ class Service:
 
     # --- checking ---------------------------------------------------------------------------
 
-    async def check(self, items: list[Item], policies: tuple[str, ...], explain: bool = False) -> list[Outcome]:
-        """Verdicts for every item, or an ApiError: a request never gets part of its answers."""
+    async def check(
+        self, items: list[Item], policies: tuple[str, ...], explain: bool = False, deadline: float | None = None
+    ) -> list[Outcome]:
+        """Verdicts for every item, or an ApiError: a request never gets part of its answers.
+        The wait ends at `deadline` (time.monotonic(): the request's arrival plus the request
+        timeout), else the request timeout from now."""
         if any(item.images for item in items) and not self.multimodal:
             reference = self.guards.loaded.source.reference
             raise bad_request(f"the policies run on '{reference}', a text model: it cannot take images", "input")
@@ -219,7 +223,8 @@ class Service:
             ) from None
         waiting = [asyncio.wrap_future(f) for f in futures]
         try:
-            outcomes = await asyncio.wait_for(asyncio.gather(*waiting), timeout=self.config.limits.timeout_s)
+            timeout = self.config.limits.timeout_s if deadline is None else max(0.0, deadline - time.monotonic())
+            outcomes = await asyncio.wait_for(asyncio.gather(*waiting), timeout=timeout)
         except asyncio.TimeoutError:
             raise ApiError(
                 504,
