@@ -371,6 +371,14 @@ def scan_command(
     images: Annotated[
         str | None, typer.Option("--images", help="Folder --image-field paths start from [default: the manifest's]")
     ] = None,
+    data_root: Annotated[
+        str | None,
+        typer.Option(
+            "--data-root",
+            help="Folder --image-field paths must stay inside (absolute and ../ paths leading out are refused) "
+            "[default: the --images folder, else the manifest's]",
+        ),
+    ] = None,
     prompt: Annotated[
         str | None, typer.Option("--prompt", help="Text that goes with each image (fills {text})")
     ] = None,
@@ -429,6 +437,7 @@ def scan_command(
         extra=tuple(sorted(needed - {"text"})),
         prompt=prompt,
         images=images,
+        data_root=data_root,
     )
     done = existing(out, resume, overwrite)
     started = time.monotonic()
@@ -1044,11 +1053,33 @@ def serve_command(
     ] = None,
     audit: Annotated[bool, typer.Option("--audit", help="Record every verdict in the database's audit log")] = False,
     audit_text: Annotated[
-        bool, typer.Option("--audit-text", help="Also record the input text (by default only its SHA-256)")
+        bool, typer.Option("--audit-text", help="Also record the input text (by default only its keyed hash)")
     ] = False,
+    audit_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--audit-secret",
+            help="File of the audit log's hashing secret, made 0600 if missing [default: beside an SQLite "
+            "database; required for PostgreSQL] [env GUARD_AUDIT_SECRET_FILE]",
+        ),
+    ] = None,
     audit_retention_days: Annotated[
         float | None, typer.Option("--audit-retention-days", min=0, help="Delete audit rows older than this")
     ] = None,
+    header_timeout: Annotated[
+        float,
+        typer.Option("--header-timeout", min=0.1, help="Seconds a request's headers may take to arrive; then 408"),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option("--body-timeout", min=0.1, help="Seconds a request body may take to arrive; then 408"),
+    ] = 30.0,
+    keep_alive: Annotated[
+        float, typer.Option("--keep-alive", min=0.1, help="Seconds an idle keep-alive connection stays open")
+    ] = 5.0,
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", min=1, help="Open connections at most; beyond, 503 and closed")
+    ] = 512,
     threads: ThreadsOption = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
     shutdown_timeout: Annotated[
@@ -1056,8 +1087,8 @@ def serve_command(
     ] = 30.0,
 ):
     """Serve the compiled policies over HTTP: OpenAI's POST /v1/moderations and guard's POST /v1/check."""
-    if audit_text and not audit:
-        _fail("--audit-text goes with --audit")
+    if (audit_text or audit_secret) and not audit:
+        _fail("--audit-text and --audit-secret go with --audit")
     _quiet_transformers()
     from guard.serve.keys import load_keys
     from guard.serve.limits import Limits
@@ -1083,6 +1114,11 @@ def serve_command(
         audit=audit,
         audit_text=audit_text,
         audit_retention_days=audit_retention_days,
+        audit_secret=audit_secret,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        keep_alive_s=keep_alive,
+        max_connections=max_connections,
         threads=threads,
     )
     serve(
@@ -1137,7 +1173,7 @@ def audit_command(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("time (UTC)", "request", "policy", "version", "label", "flagged", "ms", "input sha256")
+    table = Table("time (UTC)", "request", "policy", "version", "label", "flagged", "ms", "input hash")
     for row in rows:
         table.add_row(
             row.created_at[:23],

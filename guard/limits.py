@@ -47,7 +47,8 @@ LIMITS = Limits.from_env()
 
 def check_text(text, what: str = "text", limits: Limits = LIMITS, allow_empty: bool = False) -> str:
     """`text` as a str, or InputError: not a string, empty (only whitespace), over the length
-    limit, or holding NUL characters (no real text has them; they truncate C-level tokenizers)."""
+    limit, holding NUL characters (no real text has them; they truncate C-level tokenizers), or
+    not valid Unicode (a lone surrogate, as JSON's "\\ud800" makes: tokenizers refuse it)."""
     if not isinstance(text, str):
         raise InputError(f"{what} must be a string, not {type(text).__name__}")
     if len(text) > limits.max_text_chars:
@@ -56,6 +57,13 @@ def check_text(text, what: str = "text", limits: Limits = LIMITS, allow_empty: b
         raise InputError(f"empty {what}: nothing to check")
     if "\0" in text:
         raise InputError(f"{what} contains a NUL character")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(
+                f"{what} is not valid Unicode (a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start})"
+            ) from None
     return text
 
 

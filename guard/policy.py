@@ -686,13 +686,19 @@ def confined(root: Path, rel: str, roots: Sequence[Path], fail) -> Path:
     A policy names files relative to its data root; an absolute path or a `..` that leads out of
     the allowed folders would let a policy read any file the user can (README, "Paths")."""
     path = Path(root) / Path(rel).expanduser()
-    real = path.resolve()
-    if not any(real == r or r in real.parents for r in roots):
+    if not is_inside(path, roots):
         fail(
             f"'{rel}' is outside the policy's folder and data root; allow its folder explicitly with "
             f"--allow-path DIR (or {ALLOW_PATHS_ENV})"
         )
     return path
+
+
+def is_inside(path: str | Path, roots: Sequence[Path]) -> bool:
+    """Whether `path`, symlinks followed, is one of `roots` (resolved folders) or inside one:
+    an absolute path or a `..` that leads out is not, nor a symlink that points out."""
+    real = Path(path).resolve()
+    return any(real == r or r in real.parents for r in roots)
 
 
 def load_policy(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Columns:
     extra: tuple[str, ...] = ()  # other prompt {fields}, taken from the columns of the same name
     prompt: str | None = None  # the text that goes with every image (image folders, image manifests)
     images: str | None = None  # folder image paths start from [default: the manifest's folder]
+    data_root: str | None = None  # folder image paths must stay inside [default: where they start]
 
 
 class InputError(GuardError):
@@ -365,7 +367,13 @@ def row_item(row, number: int, where: str, columns: Columns, base: Path) -> Item
         name = row.get(columns.image)
         if not name:
             return Item(item_id, error=f"{where}: no '{columns.image}' (the image field)")
-        fields["images"] = [str(Path(columns.images or base) / str(name))]
+        start = Path(columns.images or base)
+        path = start / str(name)
+        if not image_under_root(path, Path(columns.data_root or start)):
+            # one answer for a file outside the data root and for one missing inside it: the
+            # records of a scan say nothing of what exists elsewhere on the machine
+            return Item(item_id, error=f"{where}: image '{name}' is not a file under the data root")
+        fields["images"] = [str(path)]
         if columns.prompt is not None:
             fields["text"] = columns.prompt
     if columns.text in row or not columns.image:
@@ -377,6 +385,21 @@ def row_item(row, number: int, where: str, columns: Columns, base: Path) -> Item
         if row.get(name) is not None:
             fields[name] = str(row[name])
     return Item(item_id, fields)
+
+
+def image_under_root(path: Path, root: Path) -> bool:
+    """Whether a manifest's image path is a regular file inside `root` (symlinks followed), by
+    the policy loader's confinement (guard.policy.is_inside)."""
+    import stat
+
+    from guard.policy import is_inside
+
+    if not is_inside(path, [root.expanduser().resolve()]):
+        return False
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 READERS = {

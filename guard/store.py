@@ -136,15 +136,18 @@ class CalibrationRow(Base):
 class AuditRow(Base):
     """One verdict given by `guard serve --audit` (guard.audit), from Alembic revision 0004.
 
-    `input_sha256` identifies the input without keeping it; `input_text` is kept only when the
-    operator asked for it (`--audit-text`). `created_at` is ISO 8601 UTC with microseconds, so
-    it sorts as text.
+    `input_sha256` identifies the input without keeping it (a keyed hash, HMAC-SHA256 under the
+    audit secret, since revision 0005; a plain SHA-256 before); `input_text` is kept only when the
+    operator asked for it (`--audit-text`). `request_id` is made by the server, one per request;
+    the caller's X-Request-ID is kept apart in `client_request_id` (revision 0005). `created_at`
+    is ISO 8601 UTC with microseconds, so it sorts as text.
     """
 
     __tablename__ = "audit_log"
     id: orm.Mapped[int] = orm.mapped_column(primary_key=True, autoincrement=True)
     created_at: orm.Mapped[str] = orm.mapped_column(sa.String(40), index=True)
     request_id: orm.Mapped[str] = orm.mapped_column(sa.String(128), index=True)
+    client_request_id: orm.Mapped[str | None] = orm.mapped_column(sa.String(128), index=True)
     item: orm.Mapped[int]  # the input's index in its request
     endpoint: orm.Mapped[str] = orm.mapped_column(sa.String(40))
     api_key: orm.Mapped[str | None] = orm.mapped_column(sa.String(16))  # a short hash of the key, never the key
@@ -235,6 +238,8 @@ class Store:
         if path is not None and not create and not path.exists():
             raise StoreError(f"database '{display}' does not exist; run 'guard compile POLICY.yaml' first")
         created = path is not None and not path.exists()
+        if created and create:
+            _create_private(path)
         try:
             engine = _engine(url)
             tables = set(sa.inspect(engine).get_table_names())
@@ -602,6 +607,13 @@ def _calibration_from_row(row: CalibrationRow, num_labels: int) -> Calibration:
     thresholds = {c: Threshold(**lab["threshold"]) for c, lab in enumerate(row.labels) if lab["threshold"]}
     shares = from_blob(row.shares, (-1, num_labels)).double().tolist()
     return Calibration(row.method, platt, thresholds, row.uncertain_margin, shares, row.metrics)
+
+
+def _create_private(path: Path) -> None:
+    """Create a new SQLite file readable by its owner only (0600): SQLite gives its -wal and -shm
+    files the same mode. An existing file, or one another process just made, is left as it is."""
+    with contextlib.suppress(FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
 
 
 SQLITE_BUSY_MS = 30_000  # how long a writer waits for another to finish before failing

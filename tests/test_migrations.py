@@ -90,5 +90,35 @@ def test_concurrent_first_opens_migrate_once(tmp_path):
 
 def test_revisions_form_one_chain():
     revisions = list(migrations.script().walk_revisions())
-    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004"]
-    assert migrations.head() == "0004"
+    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004", "0005"]
+    assert migrations.head() == "0005"
+
+
+def test_a_0004_audit_log_upgrades_keeping_its_rows(tmp_path):
+    """Revision 0005 (issue 18) adds audit_log.client_request_id: rows written before keep their
+    request_id and get NULL there, and the audit log reads them as before."""
+    from guard.audit import AuditLog
+
+    path = tmp_path / "audit-0004.db"
+    Store.open(str(path), create=True).engine.dispose()
+    con = sqlite3.connect(path)  # take the database back to what revision 0004 made
+    con.execute("DROP INDEX ix_audit_log_client_request_id")
+    con.execute("ALTER TABLE audit_log DROP COLUMN client_request_id")
+    con.execute(
+        "INSERT INTO audit_log (created_at, request_id, item, endpoint, api_key, policy, policy_version, "
+        "model_fingerprint, input_sha256, input_text, label, flagged, scores, latency_ms) VALUES "
+        "('2026-11-28T12:00:00.000000+00:00', 'old-1', 0, 'check', NULL, 'p', 'v1', 'fp', ?, NULL, 'benign', 0, "
+        "'{\"harmful\": 0.25}', 1.5)",
+        ("ab" * 32,),
+    )
+    con.execute("UPDATE guard_schema SET version_num = '0004'")
+    con.commit()
+    con.close()
+
+    store = Store.open(str(path))
+    assert store.schema_revision() == migrations.head() == "0005"
+    (row,) = AuditLog(store).query()
+    assert (row.request_id, row.client_request_id, row.input_sha256) == ("old-1", None, "ab" * 32)
+    indexes = {r[1] for r in sqlite3.connect(path).execute("PRAGMA index_list(audit_log)")}
+    assert "ix_audit_log_client_request_id" in indexes
+    Store.open(str(path))  # at head: opening again changes nothing

@@ -394,3 +394,39 @@ def test_shards_around_an_over_long_line(tmp_path):
         shards = plan([str(path)], shard_bytes=shard_bytes)
         assert len(shards) >= 2 and sum(s.count for s in shards) == 40
         assert [dataclasses.asdict(item) for s in shards for item in read_shard(s)] == whole
+
+
+def test_manifest_image_paths_stay_under_the_data_root(tmp_path, scan_db):
+    """Issue 18: absolute, ../ and symlinked image paths in a manifest that lead out of the data
+    root are refused with the same words as a missing file, so records say nothing of what exists
+    elsewhere; --data-root widens the root."""
+    from guard.scan_input import Columns, read_items
+
+    (tmp_path / "outside.png").write_bytes(b"outside the root")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "inside.png").write_bytes(b"not really a png")
+    (folder / "link.png").symlink_to(tmp_path / "outside.png")
+    names = ["inside.png", "../outside.png", str(tmp_path / "outside.png"), "link.png", "missing.png", "/etc/passwd"]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"m{i}", "file": n}) + "\n" for i, n in enumerate(names)))
+
+    def errors(**options):
+        columns = Columns(id="id", image="file", prompt="what is this", images=str(folder), **options)
+        return {item.id: item.error for item in read_items([str(manifest)], columns)}
+
+    found = errors()
+    assert found["m0"] is None  # inside the root: read (and judged) later
+    for i, name in list(enumerate(names))[1:]:
+        assert found[f"m{i}"] == f"line {i + 1}: image '{name}' is not a file under the data root", name
+    wider = errors(data_root=str(tmp_path))
+    assert wider["m1"] is None and wider["m2"] is None and wider["m3"] is None  # now inside the root
+    assert wider["m4"] == found["m4"] and wider["m5"] == found["m5"]
+
+    out = tmp_path / "out.jsonl"
+    args = ["scan", manifest, "--out", out, "--db", scan_db, "-p", "tiny", "--id-field", "id", "--image-field", "file"]
+    result = run(*args, "--images", folder, "--prompt", "what is this")
+    assert result.exit_code in (0, 1, 2), result.output
+    records = {r["id"]: r for r in read_records(str(out))}
+    assert records["m5"]["error"] == "line 6: image '/etc/passwd' is not a file under the data root"
+    assert "not a file under the data root" not in records["m0"].get("error", "")

@@ -347,12 +347,14 @@ def test_the_server_survives_its_errors(client, server):
 
 
 def test_every_answered_verdict_has_one_audit_row(client, served_db):
-    def rows(request_id):
+    # issue 18: rows are found by the caller's X-Request-ID in client_request_id (request_id is
+    # the server's), and the input hash is keyed (HMAC-SHA256 under the secret beside the database)
+    def rows(client_request_id):
         with sqlite3.connect(served_db) as con:
             return con.execute(
-                "select item, policy, label, flagged, input_sha256, input_text, latency_ms from audit_log "
-                "where request_id = ? order by item, policy",
-                (request_id,),
+                "select item, policy, label, flagged, input_sha256, input_text, latency_ms, request_id from audit_log "
+                "where client_request_id = ? order by item, policy",
+                (client_request_id,),
             ).fetchall()
 
     response = client.post(
@@ -364,14 +366,36 @@ def test_every_answered_verdict_has_one_audit_row(client, served_db):
     found = rows("audit-1")
     assert len(found) == 3 * 2
     import hashlib
+    import hmac
+    from pathlib import Path
 
-    for item, policy, label, flagged, digest, text, latency in found:
+    secret = bytes.fromhex(Path(served_db + ".audit-key").read_text().strip())
+    for item, policy, label, flagged, digest, text, latency, request_id in found:
         verdict = results[item]["verdicts"][policy]
         assert (label, bool(flagged)) == (verdict["label"], verdict["flagged"])
-        assert digest == hashlib.sha256(TEXTS_TO_CHECK[item].encode()).hexdigest()
+        assert digest != hashlib.sha256(TEXTS_TO_CHECK[item].encode()).hexdigest()  # not from the text alone
+        keyed = hmac.new(secret, b"input\0" + TEXTS_TO_CHECK[item].encode(), hashlib.sha256).hexdigest()
+        assert digest == keyed
         assert text is None and latency > 0  # no --audit-text: the text is not kept
+        assert request_id != "audit-1" and len(request_id) == 32  # the server's own id
     error_of(client.post("/v1/check", json={"input": ""}, headers={"X-Request-ID": "audit-2"}), 400, "empty_input")
     assert rows("audit-2") == []  # a refused request decided nothing
+
+
+def test_callers_do_not_choose_the_audit_request_id(client, served_db):
+    for _ in range(2):
+        response = client.post("/v1/check", json={"input": "hello", "policy": "tiny"}, headers={"X-Request-ID": "same"})
+        assert response.status_code == 200 and response.headers["x-request-id"] == "same"
+    with sqlite3.connect(served_db) as con:
+        ids = con.execute("select request_id from audit_log where client_request_id = 'same'").fetchall()
+    assert len(ids) == 2 and len(set(ids)) == 2 and ("same",) not in ids
+
+
+def test_the_database_and_the_audit_secret_are_the_owners_only(server, served_db):
+    import os
+
+    assert os.stat(served_db).st_mode & 0o777 == 0o600
+    assert os.stat(served_db + ".audit-key").st_mode & 0o777 == 0o600
 
 
 def test_guard_audit_lists_and_exports(client, served_db):
@@ -380,7 +404,7 @@ def test_guard_audit_lists_and_exports(client, served_db):
     out = runner.invoke(app, ["audit", "--db", served_db, "--json", "--policy", "strict", "--since", "1h"])
     assert out.exit_code == 0, out.output
     rows = [json.loads(line) for line in out.output.splitlines()]
-    mine = [r for r in rows if r["request_id"] == "exp-1"]
+    mine = [r for r in rows if r["client_request_id"] == "exp-1"]
     assert [r["item"] for r in mine] == [0, 1] and all(r["policy"] == "strict" for r in rows)
     assert {"created_at", "policy_version", "model_fingerprint", "input_sha256", "scores", "latency_ms"} <= set(mine[0])
     flagged = runner.invoke(app, ["audit", "--db", served_db, "--json", "--flagged"])

@@ -3,6 +3,7 @@ graceful shutdown, and the audit log under SIGKILL. Real servers on 127.0.0.1 th
 under uvicorn in a thread (in-process configs) or `guard serve` in a subprocess."""
 
 import base64
+import json
 import signal
 import sqlite3
 import threading
@@ -86,10 +87,35 @@ def test_a_request_over_its_timeout_gets_504_and_no_verdict(tiny_db, llama):
         assert httpx.get(f"{url}/healthz").status_code == 200
 
 
+def test_the_request_timeout_counts_from_arrival(tiny_db, llama):
+    """Issue 18: --timeout covers the whole request, its body's arrival included: a body sent over
+    0.6 s and a batch that waits 0.8 s to fill pass a 1 s timeout (from the queue alone, 0.8 s)."""
+    import socket
+
+    service = service_for(tiny_db, llama, max_wait_ms=800, limits=Limits(timeout_s=1.0))
+    with thread_server(create_app(service)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        body = json.dumps({"input": "slowly sent"}).encode()
+        head = f"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(head.encode() + body[:5])
+            time.sleep(0.6)
+            sock.sendall(body[5:])
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 504"), answer[:200]
+        assert b'"code":"timeout"' in answer.replace(b" ", b"")
+
+
 def test_without_keys_every_route_is_open(tiny_db, llama):
     with thread_server(create_app(service_for(tiny_db, llama))) as url:
         assert httpx.post(f"{url}/v1/check", json={"input": "hello"}).status_code == 200
         assert httpx.get(f"{url}/metrics").status_code == 200
+        assert httpx.get(f"{url}/openapi.json").status_code == 200  # no keys: the docs are open too
 
 
 def test_loopback_addresses():
@@ -158,8 +184,9 @@ def test_sigterm_finishes_requests_in_flight(tiny_db, tmp_path):
 
 
 def audit_rows(db: str) -> list[str]:
+    """The caller's X-Request-ID of every row (issue 18: request_id is the server's own)."""
     with sqlite3.connect(db) as con:
-        return [r[0] for r in con.execute("select request_id from audit_log")]
+        return [r[0] for r in con.execute("select client_request_id from audit_log") if r[0] is not None]
 
 
 def test_audit_has_exactly_one_row_per_answered_verdict_even_after_sigkill(tiny_db, tmp_path):
@@ -236,3 +263,32 @@ def test_a_gathered_batch_runs_as_length_sorted_forwards(tiny_db, llama):
         alone = guards.check_batch([{"text": text}])[0]
         assert {n: v.label for n, v in outcome.verdicts.items()} == {n: v.label for n, v in alone.items()}
         assert {n: v.scores for n, v in outcome.verdicts.items()} == {n: v.scores for n, v in alone.items()}
+
+
+def test_bad_inputs_never_reach_a_batch(tiny_db, llama):
+    """Issue 18: bad inputs sent among good ones are refused before the queue: every batch the worker
+    runs holds good inputs only, and runs once (no batch is re-run one input at a time)."""
+    service = service_for(tiny_db, llama, max_wait_ms=50)
+    batches, run = [], service.batcher.run_batch
+
+    def recording(works):
+        batches.append([w.item.text for w in works])
+        return run(works)
+
+    service.batcher.run_batch = recording
+    bad = ["\ud800 lone", "nul \0 here", "ok then \udfff"]
+    good = [f"a good text {i}" for i in range(9)]
+    with thread_server(create_app(service)) as url, httpx.Client(timeout=60) as client:
+        barrier = threading.Barrier(len(bad) + len(good))
+
+        def send(text):
+            barrier.wait(10)
+            body = json.dumps({"input": text}).encode()  # \ud800 as its JSON escape
+            return text, client.post(f"{url}/v1/check", content=body, headers={"Content-Type": "application/json"})
+
+        with ThreadPoolExecutor(len(bad) + len(good)) as pool:
+            answers = dict(pool.map(send, bad + good))
+    assert all(answers[t].status_code == 400 and answers[t].json()["error"]["code"] == "invalid_text" for t in bad)
+    assert all(answers[t].status_code == 200 for t in good)
+    seen = [text for batch in batches for text in batch]
+    assert sorted(seen) == sorted(good)  # each good input in exactly one batch; no bad one in any

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from typer.testing import CliRunner
 
-from guard.audit import AuditLog, AuditRecord, input_digest, parse_since
+from guard.audit import AuditKey, AuditLog, AuditRecord, input_digest, load_or_create_secret, parse_since
 from guard.cli import app
 from guard.errors import GuardError
-from guard.serve.audit import AuditWriter
+from guard.serve.audit import AuditFailed, AuditWriter
 from guard.serve.inputs import parse_input
 from guard.serve.keys import ApiKeys, load_keys
 from guard.serve.limits import ApiError, LimitError, Limits
@@ -30,9 +30,17 @@ def test_keys_accept_only_a_bearer_with_a_known_key():
 
 
 def test_key_ids_do_not_reveal_the_key():
+    # issue 18: a keyed hash (the audit secret's), not a plain SHA-256 of the key: a guessed key
+    # cannot be matched against the ids in the audit log
     key = "secret-key-0123456789"
-    key_id = ApiKeys([key]).check(f"Bearer {key}")
-    assert key_id == hashlib.sha256(key.encode()).hexdigest()[:12] and key not in key_id
+    keys = ApiKeys([key])
+    key_id = keys.check(f"Bearer {key}")
+    assert len(key_id) == 12 and key not in key_id and keys.ids == [key_id]
+    assert key_id != hashlib.sha256(key.encode()).hexdigest()[:12]
+    audit_key = AuditKey(b"s" * 32)
+    keys.use_audit_key(audit_key)
+    assert keys.check(f"Bearer {key}") == audit_key.key_id(hashlib.sha256(key.encode()).digest()) != key_id
+    assert AuditKey(b"t" * 32).key_id(hashlib.sha256(key.encode()).digest()) != keys.check(f"Bearer {key}")
 
 
 def test_keys_from_options_environment_and_file(tmp_path):
@@ -60,7 +68,7 @@ def record(i: int, when: datetime, policy="p", flagged=False) -> AuditRecord:
         policy=policy,
         policy_version="v1",
         model_fingerprint="fp",
-        input_sha256=input_digest(f"text {i}"),
+        input_sha256=input_digest(f"text {i}", key=b"k" * 32),
         label="harmful" if flagged else "benign",
         flagged=flagged,
         scores={"harmful": 0.25},
@@ -107,9 +115,40 @@ def test_parse_since():
         parse_since("last week", now)
 
 
-def test_input_digest_covers_text_and_images():
-    assert input_digest("hello") == hashlib.sha256(b"hello").hexdigest()
-    assert input_digest("hello", ["abc"]) != input_digest("hello") != input_digest("hello", ["abd"])
+def test_input_digest_is_keyed_and_covers_text_and_images():
+    # issue 18: HMAC-SHA256 under the audit secret; the text alone does not give it
+    key = b"k" * 32
+    assert input_digest("hello", key=key) != hashlib.sha256(b"hello").hexdigest()
+    assert input_digest("hello", key=key) != input_digest("hello", key=b"j" * 32)
+    assert input_digest("hello", ["abc"], key=key) != input_digest("hello", key=key)
+    assert input_digest("hello", ["abc"], key=key) != input_digest("hello", ["abd"], key=key)
+
+
+def test_the_audit_secret_is_made_once_0600_beside_the_database(tmp_path, monkeypatch):
+    monkeypatch.delenv("GUARD_AUDIT_SECRET_FILE", raising=False)
+    store = Store.open(str(tmp_path / "g.db"), create=True)
+    assert (tmp_path / "g.db").stat().st_mode & 0o777 == 0o600  # a new database is its owner's only
+    key = AuditKey.for_store(store)
+    assert key.path == tmp_path / "g.db.audit-key" and key.path.stat().st_mode & 0o777 == 0o600
+    assert AuditKey.for_store(store).secret == key.secret  # the same secret next time
+    elsewhere = AuditKey.for_store(store, tmp_path / "other.key")
+    assert elsewhere.secret != key.secret and load_or_create_secret(tmp_path / "other.key") == elsewhere.secret
+    monkeypatch.setenv("GUARD_AUDIT_SECRET_FILE", str(tmp_path / "other.key"))
+    assert AuditKey.for_store(store).secret == elsewhere.secret
+    (tmp_path / "bad.key").write_text("not hex\n")
+    with pytest.raises(GuardError, match="not a hex secret"):
+        load_or_create_secret(tmp_path / "bad.key")
+
+
+def test_the_audit_secret_needs_a_file_where_there_is_no_sqlite_file(monkeypatch):
+    monkeypatch.delenv("GUARD_AUDIT_SECRET_FILE", raising=False)
+
+    class Postgres:  # a Store on a server database: no file to put the secret beside
+        class engine:
+            url = "postgresql+psycopg://guard@localhost/guard"
+
+    with pytest.raises(GuardError, match="--audit-secret"):
+        AuditKey.for_store(Postgres())
 
 
 def test_writer_groups_waiting_rows_into_one_commit_and_prunes(audit):
@@ -135,15 +174,34 @@ def test_writer_groups_waiting_rows_into_one_commit_and_prunes(audit):
     assert sum(commits) == 5 and len(commits) < 5  # fewer commits than requests
 
 
-def test_writer_reports_failures_to_the_waiting_request(audit):
-    writer = AuditWriter(audit).start()
+def test_writer_reports_failures_to_each_waiting_request_without_the_error_text(audit):
+    # issue 18: the database's error text holds every row of the commit; each request gets an
+    # error of its own that names only the kind of failure
+    gate, entered, inner = threading.Event(), threading.Event(), audit.write
+    calls = []
 
     def broken(records):
-        raise RuntimeError("disk full")
+        calls.append(len(records))
+        if len(calls) == 1:
+            entered.set()
+            gate.wait(10)  # hold the first commit so that the next two share one
+            return inner(records)
+        raise RuntimeError(f"disk full while writing {[r.request_id for r in records]}")
 
     audit.write = broken
-    with pytest.raises(RuntimeError, match="disk full"):
-        writer.write([record(0, datetime.now(timezone.utc))]).result(10)
+    writer = AuditWriter(audit).start()
+    first = writer.write([record(0, datetime.now(timezone.utc))])
+    assert entered.wait(10)
+    futures = [writer.write([record(i, datetime.now(timezone.utc))]) for i in (1, 2)]
+    gate.set()
+    first.result(10)
+    errors = []
+    for future in futures:
+        with pytest.raises(AuditFailed) as caught:
+            future.result(10)
+        errors.append(caught.value)
+    assert calls == [1, 2] and errors[0] is not errors[1]
+    assert all(e.reason == "RuntimeError" and "r1" not in str(e) and "disk" not in str(e) for e in errors)
     writer.close()
     with pytest.raises(RuntimeError, match="closed"):
         writer.write([]).result(1)

@@ -3,7 +3,12 @@
 Every error is a JSON body `{"error": {"message", "type", "param", "code", "request_id"}}` with a
 4xx status for the caller's mistakes and limits, 503/504 for capacity and time; no verdict is
 ever implied by an error. Each response carries `X-Request-ID` (the caller's, if it sent a sane
-one) and each request is logged as one JSON line with that id.
+one) and each request is logged as one JSON line with that id and the server's own id for it
+(`server_request_id`, the audit log's `request_id`: a caller cannot choose it).
+
+Bodies are JSON (`Content-Type: application/json`, else 415), read within `--body-timeout`
+(else 408) and `--max-body-bytes`; a body too deep or with too large a number is a 400. With
+API keys, the API docs (`/docs`, `/redoc`, `/openapi.json`) need a key as `/v1/*` does.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from guard.serve.inputs import Item, parse_input
 from guard.serve.limits import ApiError, LimitError, bad_request, check_body_size
@@ -38,7 +45,14 @@ ROUTES = {
     "/healthz",
     "/readyz",
     "/metrics",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
 }
+JSON_TYPE = re.compile(r"application/([\w.+-]+\+)?json", re.I)  # application/json, application/x+json
+RELOAD_NOTE = (
+    "policies compiled (or rolled back) while the server runs are not picked up: restart it to serve their new versions"
+)
 
 
 def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
@@ -56,12 +70,38 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
                 await asyncio.to_thread(service.stop)
             log.info("stopped")
 
-    app = FastAPI(title="guard", summary="Content moderation with Sparse Attention Vectors", lifespan=lifespan)
+    # the docs routes are guard's own (_add_docs), behind the keys when there are keys
+    app = FastAPI(
+        title="guard",
+        summary="Content moderation with Sparse Attention Vectors",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.service = service
     app.add_middleware(RequestContext, service=service)
     _add_error_handlers(app, service)
     _add_routes(app, service)
+    _add_docs(app, service)
     return app
+
+
+def _add_docs(app: FastAPI, service: Service) -> None:
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request):
+        authorize(request, service)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        authorize(request, service)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="guard: API docs")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        authorize(request, service)
+        return get_redoc_html(openapi_url="/openapi.json", title="guard: API docs")
 
 
 def _add_routes(app: FastAPI, service: Service) -> None:
@@ -74,9 +114,9 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         body = await read_json(request, service)
         policies = service.resolve_policies(_optional_str(body, "model"))
         items = await _items(body, limits)
-        outcomes = await service.check(items, policies)
+        outcomes = await service.check(items, policies, deadline=request.state.started + limits.timeout_s)
         request_id = request.state.request_id
-        await service.record(request_id, "moderations", items, outcomes, api_key)
+        await audit(request, "moderations", items, outcomes, api_key)
         flagged = {name: service.moderator.flagged_labels[name] for name in policies}
         results = [
             moderation_result(o.verdicts, flagged, item.input_types, single=len(policies) == 1)
@@ -99,9 +139,11 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             raise bad_request("explain must be true or false", "explain")
         policies = service.resolve_policies(requested, "policies")
         items = await _items(body, limits)
-        outcomes = await service.check(items, policies, explain=explain)
+        outcomes = await service.check(
+            items, policies, explain=explain, deadline=request.state.started + limits.timeout_s
+        )
         request_id = request.state.request_id
-        await service.record(request_id, "check", items, outcomes, api_key)
+        await audit(request, "check", items, outcomes, api_key)
         return {
             "id": f"chk-{request_id}",
             "policies": list(policies),
@@ -130,11 +172,33 @@ def _add_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/readyz")
     async def readyz():
-        problems = await run_in_threadpool(_readiness_problems, service)
-        body = {"ready": not problems, "policies": service.policy_names, "queue_depth": service.batcher.depth}
+        problems, stored = await run_in_threadpool(_readiness, service)
+        served = {name: art.version for name, art in service.moderator.artifacts.items()}
+        body = {
+            "ready": not problems,
+            "policies": service.policy_names,
+            "versions": served,  # the version each policy is served at: the one loaded at start
+            "queue_depth": service.batcher.depth,
+            "reload": RELOAD_NOTE,
+        }
+        newer = {name: v for name, v in stored.items() if name in served and v != served[name]}
+        if newer:  # the database's current version differs: a restart would serve it
+            body["database_versions"] = newer
         if problems:
             return JSONResponse({**body, "problems": problems}, status_code=503)
         return body
+
+    async def audit(request: Request, endpoint: str, items, outcomes, api_key) -> None:
+        state = request.state
+        await service.record(
+            state.server_request_id,
+            endpoint,
+            items,
+            outcomes,
+            api_key,
+            client_request_id=state.client_request_id,
+            deadline=state.started + limits.timeout_s,
+        )
 
     @app.get("/metrics")
     async def metrics(request: Request):
@@ -142,22 +206,23 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
 
-def _readiness_problems(service: Service) -> list[str]:
-    problems = []
+def _readiness(service: Service) -> tuple[list[str], dict[str, str]]:
+    """What keeps the server from being ready, and each stored policy's current version."""
+    problems, stored = [], {}
     if not service.batcher.alive:
         problems.append("the model worker is not running")
     if service.audit is not None and not service.audit.alive:
         problems.append("the audit writer is not running")
     if service.store is not None:
         try:
-            stored = set(service.store.policy_names())
+            stored = {summary.policy: summary.version for summary in service.store.summaries()}
         except Exception as exc:
             problems.append(f"the policy database cannot be read ({str(exc).splitlines()[0]})")
         else:
             missing = [name for name in service.policy_names if name not in stored]
             if missing:
                 problems.append(f"policies no longer in the database: {', '.join(missing)}")
-    return problems
+    return problems, stored
 
 
 def _policy_summary(art) -> dict:
@@ -206,19 +271,52 @@ def authorize(request: Request, service: Service) -> str | None:
 
 
 async def read_json(request: Request, service: Service) -> dict:
-    """The body as a JSON object, read no further than the body size limit."""
+    """The body as a JSON object, read no further than the body size limit and no longer than
+    the body timeout (counted from the request's arrival)."""
     limits = service.config.limits
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if not JSON_TYPE.fullmatch(content_type):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"the request body must be JSON sent as Content-Type: application/json (not {content_type or 'none'!r})",
+        )
     length = request.headers.get("content-length")
     if length and length.isdigit():
         check_body_size(int(length), limits)
+    timeout = service.config.body_timeout_s
+    try:
+        body = await asyncio.wait_for(
+            _read_body(request, limits), timeout=max(0.0, request.state.started + timeout - time.monotonic())
+        )
+    except asyncio.TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {timeout:g} s (the body timeout)",
+            headers={"Connection": "close"},
+        ) from None
+    return parse_json(body)
+
+
+async def _read_body(request: Request, limits) -> bytes:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         check_body_size(len(body), limits)
+    return bytes(body)
+
+
+def parse_json(body: bytes) -> dict:
+    """A JSON object from the body, or a 400: invalid, too deeply nested, a number too long."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+    except RecursionError:
+        raise bad_request("the request body is nested too deeply", code="invalid_json") from None
+    except ValueError:  # an integer beyond Python's digit limit (4300)
+        raise bad_request("the request body holds a number too long to read", code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
     return data
@@ -235,6 +333,11 @@ def _add_error_handlers(app: FastAPI, service: Service) -> None:
         if isinstance(exc, LimitError):
             log.info("limit", extra={"request_id": request.state.request_id, "limit": exc.limit})
         return error_response(request, exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect):
+        # the client left mid-body: nothing reaches it; RequestContext logs it as 499, not a 500
+        return Response(status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -254,22 +357,42 @@ class RequestContext:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        server_request_id = uuid.uuid4().hex  # the audit log's id: never the caller's choice
+        client_request_id = incoming if REQUEST_ID.fullmatch(incoming) else None
+        request_id = client_request_id or server_request_id  # echoed in X-Request-ID and errors
+        state = scope.setdefault("state", {})
+        state.update(
+            request_id=request_id,
+            server_request_id=server_request_id,
+            client_request_id=client_request_id,
+            started=time.monotonic(),
+        )
         started = time.perf_counter()
-        status = {"code": 500, "sent": False}
+        status = {"code": 500, "sent": False, "gone": False}
+
+        async def receive_watched():
+            message = await receive()
+            if message["type"] == "http.disconnect" and not status["sent"]:
+                status["gone"] = True  # the client left before its answer
+            return message
 
         async def send_with_id(message):
+            if status["gone"]:
+                status["code"] = 499  # nginx's "client closed request": nothing is sent
+                return
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
                 MutableHeaders(scope=message).append("x-request-id", request_id)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_watched, send_with_id)
         except Exception:
-            log.exception("internal error", extra={"request_id": request_id, "path": scope["path"]})
-            if not status["sent"]:
+            if status["gone"]:  # an error from reading a body the client stopped sending: no fault here
+                status["code"] = 499
+            else:
+                log.exception("internal error", extra={"request_id": request_id, "path": scope["path"]})
+            if not status["sent"] and not status["gone"]:
                 error = ApiError(500, "internal_error", "internal error; nothing was decided", kind="server_error")
                 self.service.metrics.errors.labels(error.code).inc()
                 await JSONResponse(error.body(request_id), status_code=500)(scope, receive, send_with_id)
@@ -282,6 +405,7 @@ class RequestContext:
                 "request",
                 extra={
                     "request_id": request_id,
+                    "server_request_id": server_request_id,
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status["code"],

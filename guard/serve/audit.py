@@ -5,6 +5,11 @@ exists for every answered request even if the process is killed a moment later. 
 writes whatever has accumulated in one transaction as soon as the previous one has committed:
 under load many requests share one commit, and an idle server adds one small commit of latency.
 Rows older than the retention period are pruned at start and then every `prune_every` seconds.
+
+A failed commit fails each of its requests with an `AuditFailed` of its own that names the kind of
+failure only: the database's own error text holds the statement's parameters, which are the rows
+of every request in the commit, and must reach no response and no log line. A request that gave
+up waiting cancels its future; rows whose future is cancelled before the commit starts are dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +23,23 @@ from datetime import datetime, timedelta, timezone
 from guard.audit import AuditLog, AuditRecord
 
 log = logging.getLogger("guard.serve")
+
+
+class AuditFailed(Exception):
+    """The rows of one request could not be written; `reason` is safe to log (no row data)."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"the audit write failed ({reason})")
+        self.reason = reason
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The kind of a database failure, without its text: the exception's class and the driver's
+    error code (SQLITE_BUSY, a PostgreSQL SQLSTATE) where it has one."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
+    name = type(orig).__name__
+    return f"{name} {code}" if code else name
 
 
 class AuditWriter:
@@ -93,6 +115,8 @@ class AuditWriter:
         batch, rows = [], 0
         while self._pending and (not batch or rows + len(self._pending[0][0]) <= self.max_rows):
             records, future = self._pending.pop(0)
+            if not future.set_running_or_notify_cancel():
+                continue  # its request gave up (timeout): it was never answered, so no row
             batch.append((records, future))
             rows += len(records)
         return batch
@@ -103,9 +127,10 @@ class AuditWriter:
         try:
             self.audit.write(records)
         except Exception as exc:
-            log.error("audit write failed", extra={"error": str(exc), "rows": len(records)})
+            reason = failure_reason(exc)  # never str(exc): it holds every row of the commit
+            log.error("audit commit failed", extra={"reason": reason, "rows": len(records), "requests": len(batch)})
             for _, future in batch:
-                future.set_exception(exc)
+                future.set_exception(AuditFailed(reason))  # one each: nothing shared between requests
             return
         if self.on_write is not None:
             self.on_write(len(records), time.perf_counter() - started)
@@ -120,7 +145,7 @@ class AuditWriter:
         try:
             pruned = self.audit.prune(before)
         except Exception as exc:
-            log.error("audit pruning failed", extra={"error": str(exc)})
+            log.error("audit pruning failed", extra={"reason": failure_reason(exc)})
             return
         if pruned:
             log.info("audit rows pruned", extra={"rows": pruned, "before": before.isoformat()})

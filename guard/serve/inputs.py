@@ -16,7 +16,9 @@ import io
 import re
 from dataclasses import dataclass, field
 
+from guard.errors import InputError
 from guard.images import GuardImage, ImageError, decode_image
+from guard.limits import check_fields
 from guard.serve.limits import LimitError, Limits, bad_request, check_items, check_text
 
 DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
@@ -43,7 +45,11 @@ class Item:
 
 
 def parse_input(value, limits: Limits) -> list[Item]:
-    """The inputs of one request, in order; raises ApiError (400/413) naming what is wrong."""
+    """The inputs of one request, in order; raises ApiError (400/413) naming what is wrong.
+
+    Each input passes the library's own input checks here (NUL characters, lone surrogates, ...),
+    before it joins a batch: a bad input is this request's 400, and never fails a shared batch
+    that would then have to be run again one input at a time."""
     if isinstance(value, str):
         items = [_text_item(value, "input", limits)]
     elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
@@ -66,7 +72,16 @@ def _text_item(text: str, param: str, limits: Limits) -> Item:
     check_text(text, limits, param)
     if not text.strip():
         raise bad_request(f"{param} is empty: nothing to check", param, code="empty_input")
-    return Item(param, text)
+    return _checked(Item(param, text))
+
+
+def _checked(item: Item) -> Item:
+    """The item, if the library would take it; else a 400 naming it."""
+    try:
+        check_fields(item.fields())
+    except InputError as exc:
+        raise bad_request(f"{item.param}: {exc}", item.param, code="invalid_text") from None
+    return item
 
 
 def _parts_item(parts: list[dict], limits: Limits) -> Item:
@@ -96,7 +111,7 @@ def _parts_item(parts: list[dict], limits: Limits) -> Item:
     check_text(text, limits, "input")
     if not text.strip() and not images:
         raise bad_request("input is empty: nothing to check", "input", code="empty_input")
-    return Item("input", text if texts else None, images)
+    return _checked(Item("input", text if texts else None, images))
 
 
 def decode_data_url(url: str, param: str, limits: Limits) -> GuardImage:

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 from pathlib import Path
 
 from guard.errors import GuardError
@@ -27,6 +28,22 @@ class ApiKeys:
                 raise GuardError(f"an API key has {len(key)} characters; use at least {MIN_KEY_LENGTH}")
         # compare digests: equal lengths, and the keys themselves are not kept
         self._digests = [hashlib.sha256(key.encode()).digest() for key in dict.fromkeys(keys)]
+        # key ids are a keyed hash: the audit secret's (`use_audit_key`) or, without an audit log,
+        # a secret of this process; either way a guessed key cannot be matched against an id
+        self._key_id = self._process_key_id
+
+    @staticmethod
+    def _process_key_id(digest: bytes, _secret=secrets.token_bytes(32)) -> str:
+        return hmac.new(_secret, b"api-key\0" + digest, hashlib.sha256).hexdigest()[:12]
+
+    def use_audit_key(self, audit_key) -> None:
+        """Derive key ids with the audit secret (guard.audit.AuditKey): stable across restarts."""
+        self._key_id = audit_key.key_id
+
+    @property
+    def ids(self) -> list[str]:
+        """The id of every key, as `check` gives it (safe to log)."""
+        return [self._key_id(digest) for digest in self._digests]
 
     def __bool__(self) -> bool:
         return bool(self._digests)
@@ -35,7 +52,7 @@ class ApiKeys:
         return len(self._digests)
 
     def check(self, authorization: str | None) -> str | None:
-        """The key's id (a short hash, safe to log) if the header carries a valid key, else None.
+        """The key's id (a short keyed hash, safe to log) if the header carries a valid key, else None.
 
         Every key is compared, with `hmac.compare_digest`, whatever matched: the time taken says
         nothing about which key, or how much of one, was right.
@@ -50,7 +67,7 @@ class ApiKeys:
         for known in self._digests:
             if hmac.compare_digest(digest, known):
                 found = known
-        return None if found is None else found.hex()[:12]
+        return None if found is None else self._key_id(found)
 
 
 def load_keys(keys: list[str] | None = None, key_file: str | None = None, env=os.environ) -> ApiKeys:

@@ -64,6 +64,7 @@ def serve(
 
         from guard.serve.app import create_app
         from guard.serve.logs import setup_logging
+        from guard.serve.protocol import protocol_class
         from guard.serve.service import Service
     except ImportError as exc:
         raise GuardError(f"guard serve needs the serve extra: pip install 'guard[serve]' ({exc})") from None
@@ -81,6 +82,7 @@ def serve(
     store, guards = load_guards(db, policies, device, dtype)
     service = Service(guards, config, store=store)
     app = create_app(service)
+    warn_if_readable(store)
     log.info(
         "serving",
         extra={
@@ -88,11 +90,14 @@ def serve(
             "port": port,
             "policies": guards.names,
             "api_keys": len(config.keys),
+            "api_key_ids": config.keys.ids,  # keyed hashes, as the audit log records them
             "audit": config.audit,
             "max_batch": config.max_batch,
             "forward_batch": config.forward_batch,
             "max_wait_ms": config.max_wait_ms,
             "max_queue": config.max_queue,
+            "versions": {p.artifact.name: p.artifact.version for p in guards.policies},
+            "reload": "policies compiled while serving are picked up only at restart",
         },
     )
     server = uvicorn.Server(
@@ -105,6 +110,22 @@ def serve(
             lifespan="on",
             timeout_graceful_shutdown=shutdown_timeout,
             server_header=False,
+            http=protocol_class(config.header_timeout_s, config.max_connections),
+            timeout_keep_alive=config.keep_alive_s,
         )
     )
     server.run()
+
+
+def warn_if_readable(store) -> None:
+    """A warning when the SQLite database (policies, and with --audit the audit log) can be read
+    by other users: guard creates it 0600, an older guard or a copy may have left it 0644."""
+    from guard.store import sqlite_file
+
+    path = sqlite_file(str(store.engine.url))
+    try:
+        mode = path.stat().st_mode if path is not None else 0
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("the database is readable by other users: chmod 600 it", extra={"path": str(path)})

@@ -13,14 +13,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from guard.audit import AuditLog, AuditRecord, input_digest, now_iso
+from guard.audit import AuditKey, AuditLog, AuditRecord, now_iso
 from guard.errors import GuardError
 from guard.runtime import CheckResult, GuardSet
-from guard.serve.audit import AuditWriter
+from guard.serve.audit import AuditFailed, AuditWriter
 from guard.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
 from guard.serve.inputs import Item
 from guard.serve.keys import ApiKeys
-from guard.serve.limits import ApiError, LimitError, Limits, bad_request, check_tokens
+from guard.serve.limits import ApiError, Limits, bad_request, check_tokens
 from guard.serve.metrics import Metrics
 
 log = logging.getLogger("guard.serve")
@@ -43,6 +43,11 @@ class ServeConfig:
     audit: bool = False
     audit_text: bool = False
     audit_retention_days: float | None = None
+    audit_secret: str | None = None  # the keyed hashes' secret file [default: beside an SQLite database]
+    header_timeout_s: float = 10.0  # a request's headers (and a body the app leaves unread) must arrive within this
+    body_timeout_s: float = 30.0  # a request body the app reads must arrive within this; then 408
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int | None = 512  # open connections at most; beyond, 503 and closed
     threads: int | None = None  # torch threads of the model worker (None: GUARD_THREADS, else torch's default)
     retry_after_s: int = 1  # what a 503 for a full queue tells the client to wait
 
@@ -81,7 +86,7 @@ class Moderator:
             if work.item.text:
                 try:
                     check_tokens(self.guards.loaded.token_count(work.item.text), self.limits, work.item.param)
-                except LimitError as exc:
+                except Exception as exc:  # this input alone fails (a LimitError is its 413)
                     results[i] = exc
         groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
         for i, work in enumerate(works):
@@ -126,9 +131,12 @@ class Service:
         )
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.audit: AuditWriter | None = None
+        self.audit_key: AuditKey | None = None
         if self.config.audit:
             if store is None:
                 raise GuardError("the audit log needs the policy database")
+            self.audit_key = AuditKey.for_store(store, self.config.audit_secret)
+            self.config.keys.use_audit_key(self.audit_key)  # key ids stable across restarts
             self.audit = AuditWriter(
                 AuditLog(store),
                 retention_days=self.config.audit_retention_days,
@@ -187,8 +195,12 @@ class Service:
 
     # --- checking ---------------------------------------------------------------------------
 
-    async def check(self, items: list[Item], policies: tuple[str, ...], explain: bool = False) -> list[Outcome]:
-        """Verdicts for every item, or an ApiError: a request never gets part of its answers."""
+    async def check(
+        self, items: list[Item], policies: tuple[str, ...], explain: bool = False, deadline: float | None = None
+    ) -> list[Outcome]:
+        """Verdicts for every item, or an ApiError: a request never gets part of its answers.
+        The wait ends at `deadline` (time.monotonic(): the request's arrival plus the request
+        timeout), else the request timeout from now."""
         if any(item.images for item in items) and not self.multimodal:
             reference = self.guards.loaded.source.reference
             raise bad_request(f"the policies run on '{reference}', a text model: it cannot take images", "input")
@@ -211,7 +223,8 @@ class Service:
             ) from None
         waiting = [asyncio.wrap_future(f) for f in futures]
         try:
-            outcomes = await asyncio.wait_for(asyncio.gather(*waiting), timeout=self.config.limits.timeout_s)
+            timeout = self.config.limits.timeout_s if deadline is None else max(0.0, deadline - time.monotonic())
+            outcomes = await asyncio.wait_for(asyncio.gather(*waiting), timeout=timeout)
         except asyncio.TimeoutError:
             raise ApiError(
                 504,
@@ -235,21 +248,37 @@ class Service:
         return outcomes
 
     async def record(
-        self, request_id: str, endpoint: str, items: list[Item], outcomes: list[Outcome], api_key: str | None
+        self,
+        request_id: str,
+        endpoint: str,
+        items: list[Item],
+        outcomes: list[Outcome],
+        api_key: str | None,
+        *,
+        client_request_id: str | None = None,
+        deadline: float | None = None,
     ) -> None:
-        """Write the audit rows of an answered request before it is answered (no-op without --audit)."""
+        """Write the audit rows of an answered request before it is answered (no-op without --audit).
+
+        `request_id` is the server's own id for the request; `client_request_id` the caller's
+        X-Request-ID. The wait ends at `deadline` (time.monotonic(): the request timeout from
+        its arrival) with a 504; rows not yet being written are then dropped. A failed write is
+        this request's own 503, which says nothing of the database's error: that error's text
+        can hold the parameters of the whole commit, other requests' rows among them.
+        """
         if self.audit is None:
             return
         fingerprint = self.guards.loaded.fingerprint
         created = now_iso()
         records = []
         for index, (item, outcome) in enumerate(zip(items, outcomes)):
-            digest = input_digest(item.text, [image.sha256 for image in item.images])
+            digest = self.audit_key.input_digest(item.text, [image.sha256 for image in item.images])
             for name, verdict in outcome.verdicts.items():
                 records.append(
                     AuditRecord(
                         created_at=created,
                         request_id=request_id,
+                        client_request_id=client_request_id,
                         item=index,
                         endpoint=endpoint,
                         policy=name,
@@ -264,12 +293,28 @@ class Service:
                         api_key=api_key,
                     )
                 )
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            await asyncio.wrap_future(self.audit.write(records))
+            # on timeout wait_for cancels the future: the writer skips rows it has not taken yet
+            await asyncio.wait_for(asyncio.wrap_future(self.audit.write(records)), timeout=left)
+        except asyncio.TimeoutError:
+            log.error(
+                "audit write timed out", extra={"request_id": request_id, "timeout_s": self.config.limits.timeout_s}
+            )
+            raise ApiError(
+                504,
+                "timeout",
+                f"no answer within {self.config.limits.timeout_s:g} s (the request timeout): the verdict could not "
+                "be recorded in the audit log in time; nothing is reported",
+                kind="server_error",
+            ) from None
         except Exception as exc:
+            reason = exc.reason if isinstance(exc, AuditFailed) else type(exc).__name__
+            log.error("audit write failed", extra={"request_id": request_id, "reason": reason})
             raise ApiError(
                 503,
                 "audit_failed",
-                f"the verdict could not be recorded in the audit log ({exc}); nothing is reported",
+                "the verdict could not be recorded in the audit log; nothing is reported",
                 kind="server_error",
+                headers={"Retry-After": str(self.config.retry_after_s)},
             ) from None
