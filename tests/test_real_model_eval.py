@@ -1,5 +1,6 @@
-"""`guard eval --baselines` end to end on the real SmolLM2-135M-Instruct weights and the
-project's held-out file (90 items, none of them exemplars).
+"""`guard eval --baselines` end to end on the real SmolLM2-135M-Instruct weights, guard 0.2's
+default policy (policies/text-harm-0.2.yaml, kept for this) and its held-out file (178 items,
+none of them exemplars).
 
 Measured on 2026-11-28 (CPU, float32), all 150 inputs run once:
 
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.real_model
 
 def test_eval_with_baselines_on_smollm2(tmp_path, capsys):
     db = str(tmp_path / "guard.db")
-    policy, heldout = ROOT / "policies/text-harm.yaml", ROOT / "policies/text-harm/heldout.jsonl"
+    policy, heldout = ROOT / "policies/text-harm-0.2.yaml", ROOT / "policies/text-harm/heldout.jsonl"
     ev = evaluate(policy, heldout, db=db, device="cpu", with_baselines=True, heads=[5, 20], shots=[10, 30], repeats=2)
     n_items = 178
     m = {key: r.report for key, r in ev.methods.items()}
