@@ -80,8 +80,12 @@ def test_newer_schema_and_damaged_vectors_are_refused(pg_db, tmp_path, llama_dir
 
 
 SERVER_UNTIL = """
-import sys, time
+import signal, sys, time
 from tests.postgres import PostgresServer, server_bin
+
+# Ctrl-C raises KeyboardInterrupt even where this test runs in a background job, which starts
+# its children with SIGINT ignored (and Python then installs no handler of its own)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 server = PostgresServer(server_bin()).start()
 print(server.folder, server.port, flush=True)
