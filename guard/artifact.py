@@ -123,12 +123,17 @@ HEADLINE = (
 ESTIMATORS = {"platt-loo": "leave-one-out", "platt-cv10": "10-fold"}
 
 
-def headline_words(metrics: dict) -> str:
-    """The headline accuracy's name and estimator, for the policy these metrics came from."""
+def estimator(metrics: dict) -> str:
+    """How the headline accuracy of the policy these metrics came from was estimated."""
     method = metrics.get("calibration_method")
     if method is None:  # compiled before the name was stored: the variants are cross-fitted in folds
         method = "platt-loo" if set(metrics.get("method", {})) <= {"escape", "max_layer"} else "platt-cv10"
-    return HEADLINE.format(estimator=ESTIMATORS.get(method, method))
+    return ESTIMATORS.get(method, method)
+
+
+def headline_words(metrics: dict) -> str:
+    """The headline accuracy's name and estimator, for the policy these metrics came from."""
+    return HEADLINE.format(estimator=estimator(metrics))
 
 
 @dataclass

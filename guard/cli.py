@@ -635,18 +635,17 @@ def list_command(
     from rich.console import Console
     from rich.table import Table
 
-    from guard.artifact import ESTIMATORS, HEADLINE, headline_words
+    from guard.artifact import ESTIMATORS, HEADLINE, estimator
 
     table = Table("policy", "version", "labels (flagged*)", "model", "heads", "accuracy", "compiled")
     for s in summaries:
         labels = ", ".join(name + ("*" if name in s.flagged else "") for name in s.labels)
         acc = "-" if s.headline_accuracy is None else f"{s.headline_accuracy:.1%}"
-        estimator = headline_words(s.metrics).split("(", 1)[1].split(")", 1)[0]
-        table.add_row(s.policy, s.version, labels, s.model, str(s.heads), f"{acc} ({estimator})", s.compiled)
+        table.add_row(s.policy, s.version, labels, s.model, str(s.heads), f"{acc} ({estimator(s.metrics)})", s.compiled)
     console = Console()
     console.print(table, markup=False)
     words = HEADLINE.format(estimator=" or ".join(ESTIMATORS.values()))
-    console.print("accuracy: " + words.removeprefix("cross-fitted accuracy "), markup=False)
+    console.print("accuracy: " + words, markup=False)
 
 
 def _list_versions(rows: list[dict], as_json: bool) -> None:
@@ -704,8 +703,6 @@ def inspect_command(
     ] = None,
 ):
     """Show a compiled policy's selected heads, metrics and calibration; optionally plot them."""
-    import math
-
     from guard.calibration import VOTE_BOUNDARY
     from guard.store import Store
 
@@ -741,18 +738,16 @@ def inspect_command(
     value = VALUE_WORDS[art.vote]
     out(f"calibration: {cal['method']}; x = {value}")
     flagged = set(art.flagged_labels)
-    for label, c in cal["labels"].items():
-        line = f"  {label}: p = sigmoid({c['slope']:.3f} x x {c['intercept']:+.3f})"
+    for index, (label, c) in enumerate(cal["labels"].items()):
+        line = f"  {label}: p = sigmoid({c['slope']:.3f} * x {c['intercept']:+.3f})"
         t = c["threshold"]
         if t:
             line += (
                 f"; flagged at p >= {t['value']:.3f} for {t['metric']} {t['target']:g} "
                 f"(cross-fitted: recall {t['recall']:.1%}, FPR {t['fpr']:.1%})"
             )
-        elif label in flagged and len(cal["labels"]) == 2:
-            boundary = VOTE_BOUNDARY[art.vote]
-            p = 1 / (1 + math.exp(-(c["slope"] * boundary + c["intercept"])))
-            line += f"; flagged at p >= {p:.3f} (x >= {boundary:g}: the vote's boundary)"
+        elif label in flagged and (at := art.calibration.threshold(index, art.vote)) is not None:
+            line += f"; flagged at p >= {at:.3f} (x >= {VOTE_BOUNDARY[art.vote]:g}: the vote's boundary)"
         out(line)
     margin = cal["uncertain_margin"]
     out(

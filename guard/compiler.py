@@ -135,7 +135,7 @@ def compile_policy(
         policy = load_policy(policy)
     # the model first: a model that cannot load must not leave a new, empty database behind
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
-    rendered = [loaded.prepare(policy.render(ex.prompt_fields()), ex.load_images()) for ex in policy.exemplars]
+    rendered = render_exemplars(policy, loaded)
     store = store or Store.open(db, create=True)
     try:
         found = features(
@@ -154,6 +154,12 @@ def compile_policy(
         seconds=time.perf_counter() - started,
         warnings=compile_warnings(policy, loaded),
     )
+
+
+def render_exemplars(policy: Policy, loaded: LoadedModel) -> list:
+    """Each exemplar as the model input compile runs (and the activation cache keys): the policy's
+    prompt filled with its fields, with its images."""
+    return [loaded.prepare(policy.render(ex.prompt_fields()), ex.load_images()) for ex in policy.exemplars]
 
 
 def compile_warnings(policy: Policy, loaded: LoadedModel) -> list[str]:

@@ -23,7 +23,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from guard import baselines, metrics, sav
-from guard.compiler import fit
+from guard.compiler import fit, render_exemplars
 from guard.data import Exemplar
 from guard.errors import GuardError
 from guard.features import features
@@ -329,7 +329,7 @@ def leave_one_source_out(
     embeddings = embed_items(baseline, policy.exemplars, progress)  # before the model: a missing extra fails fast
     store = store or Store.open(db, create=True)
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
-    rendered = [loaded.prepare(policy.render(ex.prompt_fields()), ex.load_images()) for ex in policy.exemplars]
+    rendered = render_exemplars(policy, loaded)
     feats = features(loaded, rendered, store=store, batch_size=batch_size, progress="exemplars" if progress else None)
     outputs, skipped = run_folds(policy, feats.heads, groups, loaded, embeddings, progress)
     if not outputs:

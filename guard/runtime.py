@@ -98,6 +98,13 @@ class PolicyHeads:
         self.artifact = artifact
         self.layers = sorted({layer for layer, _ in artifact.heads})
         self.flagged = {label.name for label in artifact.labels if label.flagged}
+        # the calibrated P at which each flagged label is flagged, fixed per artifact (None: no
+        # calibration, or the vote alone decides); every verdict carries it
+        cal = artifact.calibration
+        found = (
+            {} if cal is None else {lab.name: cal.threshold(c, artifact.vote) for c, lab in enumerate(artifact.labels)}
+        )
+        self.thresholds = {n: t for n, t in found.items() if n in self.flagged and t is not None} or None
 
     def verdicts(self, selected: torch.Tensor, explain: bool = False) -> list[Verdict]:
         """Verdicts from the selected heads' outputs `[B, k, head_dim]` (heads in rank order),
@@ -137,10 +144,6 @@ class PolicyHeads:
             # calibrated scores, thresholds and the uncertain mark: guard.calibration.decide
             decision = calibration.decide(counts_list[b], winner, flagged, art.calibration, values_list[b])
             calibrated = None if decision.calibrated is None else dict(zip(names, decision.calibrated))
-            thresholds = None
-            if art.calibration is not None:
-                found = {n: art.calibration.threshold(c, art.vote) for c, n in enumerate(names) if flagged[c]}
-                thresholds = {n: t for n, t in found.items() if t is not None} or None
             results.append(
                 Verdict(
                     policy=art.name,
@@ -152,7 +155,7 @@ class PolicyHeads:
                     calibrated=calibrated,
                     margin=decision.margin,
                     uncertain=decision.uncertain,
-                    thresholds=thresholds,
+                    thresholds=None if self.thresholds is None else dict(self.thresholds),
                     vectors=selected[b],
                 )
             )
