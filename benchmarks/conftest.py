@@ -23,6 +23,6 @@ def compiled_db(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def guard(compiled_db):
-    from guard.runtime import Guard
+    from guard.check.engine import Guard
 
     return Guard.load(compiled_db, device="cpu")

@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import procedures  # noqa: E402
-from guard.artifact import Artifact  # noqa: E402
+from guard.check.engine import Guard  # noqa: E402
+from guard.method.artifact import Artifact  # noqa: E402
 from guard.models.architectures import ARCHITECTURES, head_layout, o_proj_modules  # noqa: E402
 from guard.models.loaded import LoadedModel  # noqa: E402
 from guard.models.loading import ModelSource  # noqa: E402
 from guard.policy import Label  # noqa: E402
-from guard.runtime import Guard  # noqa: E402
 from tests import vlm_fixtures as fx  # noqa: E402
 
 PROMPT = "Instruction:{text} Is the image and instruction harmful? Answer the question with Yes or No."
@@ -262,7 +262,7 @@ def run_model(name: str, builder, args, device: torch.device, dtype: torch.dtype
 
     c = args.checks
     plain_t, _ = timed(lambda: procedures.plain_forward(loaded, rendered[:c]), device)
-    ref_t, ref_m = timed(lambda: procedures.reference_predict(loaded, guard.artifact, rendered[:c]), device)
+    ref_t, ref_m = timed(lambda: procedures.reference_predict(loaded, guard.method.artifact, rendered[:c]), device)
     for deepest in sorted({layers // 2, layers - 1}):
         g = Guard(synthetic_artifact(loaded, deepest), loaded)
         t, m = timed(lambda: [g.check_batch([item], batch_size=1) for item in items[:c]], device, repeats=args.repeats)

@@ -51,7 +51,7 @@ def _main(procedure: str, db: str, count: int) -> None:
 
     from benchmarks import procedures
     from benchmarks.texts import heldout_texts
-    from guard.runtime import Guard
+    from guard.check.engine import Guard
 
     transformers.logging.set_verbosity_error()
     guard = Guard.load(db, device="cpu")
@@ -65,7 +65,7 @@ def _main(procedure: str, db: str, count: int) -> None:
         elif procedure == "guard_compile":
             procedures.guard_activations(loaded, rendered, batch_size=8)
         elif procedure == "reference_check":
-            procedures.reference_predict(loaded, guard.artifact, rendered)
+            procedures.reference_predict(loaded, guard.method.artifact, rendered)
         elif procedure == "guard_check":
             guard.check_batch(texts, batch_size=8)
         elif procedure == "plain_forward":

@@ -26,11 +26,11 @@ def _main(engine: str, where: str, count: int) -> None:
 
     transformers.logging.set_verbosity_error()
     if engine == "torch":
-        from guard.runtime import Guard
+        from guard.check.engine import Guard
 
         checker = Guard.load(where, device="cpu")
     elif engine == "onnx":
-        from guard.onnx_engine import OnnxGuard
+        from guard.onnx.engine import OnnxGuard
 
         checker = OnnxGuard.load(where)
     else:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from guard import sav
-from guard.artifact import Artifact
-from guard.features import features
+from guard.method import sav
+from guard.method.artifact import Artifact
 from guard.models import LoadedModel
+from guard.models.features import features
 
 REFERENCE_PASSES = 3
 

@@ -29,7 +29,7 @@ GUARD = str(Path(sys.executable).parent / "guard")
 
 ALL_AT_ONCE = """
 import json, sys
-from guard.runtime import GuardSet
+from guard.check.engine import GuardSet
 guards = GuardSet.load(sys.argv[1], device="cpu")
 texts = [json.loads(line)["text"] for line in open(sys.argv[2])]
 results = guards.check_batch(texts, batch_size=int(sys.argv[3]))

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from guard import sav
-from guard.features import features
+from guard.method import sav
 from guard.models import load_model
+from guard.models.features import features
 from guard.policy import fill_prompt
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from guard import sav
-from guard.attacks import attacks_for
-from guard.features import features
+from guard.eval.attacks import attacks_for
+from guard.method import sav
 from guard.models import load_model
+from guard.models.features import features
 from guard.policy import fill_prompt
-from guard.store import Store
+from guard.store.database import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "policies" / "text-harm"

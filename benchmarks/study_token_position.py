@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from guard import sav
+from guard.method import sav
 from guard.models import load_model
 from guard.policy import escape_value, fill_prompt, load_policy
 

@@ -13,7 +13,7 @@ Run: .venv/bin/python -m pytest benchmarks/test_bench_classifier.py --benchmark-
 import pytest
 import torch
 
-from guard import calibration, sav
+from guard.method import calibration, sav
 
 N, LAYERS, HEADS, DIM, K = 957, 17, 9, 64, 20
 VARIANTS = {"probe": {"per_label": 1, "bank": "probe"}, "prototypes-16": {"per_label": 16, "bank": "centroid"}}

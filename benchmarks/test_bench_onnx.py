@@ -20,16 +20,16 @@ THROUGHPUT_INPUTS = 45
 
 @pytest.fixture(scope="module")
 def onnx_dir(guard, tmp_path_factory) -> str:
-    from guard.export import export_onnx
+    from guard.onnx.export import export_onnx
 
     return str(
-        export_onnx(guard.artifact, tmp_path_factory.mktemp("onnx") / "text-harm", loaded=guard.loaded).directory
+        export_onnx(guard.method.artifact, tmp_path_factory.mktemp("onnx") / "text-harm", loaded=guard.loaded).directory
     )
 
 
 @pytest.fixture(scope="module")
 def engine(onnx_dir):
-    from guard.onnx_engine import OnnxGuard
+    from guard.onnx.engine import OnnxGuard
 
     return OnnxGuard.load(onnx_dir)
 

@@ -39,7 +39,11 @@ def test_vlm_check_reference(benchmark, setup):
     family, loaded, guard, _, rendered = setup
     benchmark.group = f"tiny {family}: check {COUNT} images"
     benchmark.pedantic(
-        procedures.reference_predict, args=(loaded, guard.artifact, rendered), rounds=3, iterations=1, warmup_rounds=1
+        procedures.reference_predict,
+        args=(loaded, guard.method.artifact, rendered),
+        rounds=3,
+        iterations=1,
+        warmup_rounds=1,
     )
 
 

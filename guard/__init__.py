@@ -2,9 +2,12 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from guard import _moved
 from guard.errors import GuardError, ModelError, PolicyError, StoreError
-from guard.images import ImageError
+from guard.models.images import ImageError
 from guard.policy import Policy, load_policy
+
+_moved.install()  # guard 0.2's module paths (guard.runtime, guard.scanner, ...) still import, with a warning
 
 try:
     __version__ = version("guard")  # one source of truth: pyproject.toml
@@ -16,11 +19,11 @@ def __getattr__(name):
     # The runtime and compiler import torch and transformers; load them only when asked for,
     # so `import guard` and policy validation stay fast.
     if name in ("Guard", "GuardSet", "Verdict", "HeadVote"):
-        from guard import runtime
+        from guard.check import engine as runtime
 
         return getattr(runtime, name)
     if name == "scan":  # guard.scan(items, guards, ...): the streaming bulk scanner
-        from guard.scanner import scan
+        from guard.scanning.scanner import scan
 
         return scan
     if name == "compile_policy":

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from guard import calibration, sav
-from guard.artifact import Artifact
-from guard.features import dtype_name, features
+from guard.method import calibration, sav
+from guard.method.artifact import Artifact
 from guard.models import LoadedModel, load_model
+from guard.models.features import dtype_name, features
 from guard.policy import Policy, load_policy
-from guard.store import Store
+from guard.store.database import Store
 
 
 @dataclass
@@ -54,7 +54,7 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
     if policy.classifier != "centroid":  # stored where the centroids go: the runtime reads it as a bank
         cents, _ = sav.fit_bank(selected, labels, len(names), bank=policy.classifier)
     # Calibrated scores and thresholds come from leave-one-out votes with head selection redone
-    # each time (guard.calibration); a policy with too few exemplars for that has no calibration.
+    # each time (guard.method.calibration); a policy with too few exemplars for that has no calibration.
     cal = None
     if calibration.can_calibrate(labels, len(names), policy.scoring):
         cal = calibration.calibrate(

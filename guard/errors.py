@@ -25,3 +25,10 @@ class StoreError(GuardError):
 
 class InputError(GuardError):
     """One input to check cannot be used (empty, too long, not UTF-8, too large an image)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none): what a
+    one-line error shows of a library's multi-line message."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

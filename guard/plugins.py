@@ -1,7 +1,7 @@
 """Extension points: model families and exemplar readers that other packages add to guard.
 
 A package adds to guard without editing it, the way simonw/llm plugins and TransformerLens
-adapters do: by calling `guard.models.register_architecture` / `guard.data.register_reader` at
+adapters do: by calling `guard.models.register_architecture` / `guard.policy.exemplars.register_reader` at
 import, or by declaring an entry point that guard loads the first time it looks something up:
 
 ```toml

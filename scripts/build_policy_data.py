@@ -764,7 +764,7 @@ def derive(side: str, pools: dict[str, list[dict]], seen: set[str]) -> dict[str,
 # after it, for both labels, so that casual filler or a note in another language is no benign
 # signal. Without them the fitted policy let every padded harmful request through (the attack
 # suite's "padding") and two thirds of those with a French/Spanish note ("language"). None copies
-# an attack of guard/attacks.py: the chat comes from the chitchat source, the notes are German,
+# an attack of guard/eval/attacks.py: the chat comes from the chitchat source, the notes are German,
 # Italian and English wording of this file's own, and the attack suite keeps measuring.
 WRAPS = [
     "{chat} {text}",

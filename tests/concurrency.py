@@ -62,9 +62,9 @@ def compiler(db: str, workdir: Path, model: str, index: int, rounds: int) -> dic
 
 
 def checker(db: str, workdir: Path, model: str, index: int, rounds: int) -> dict:
+    from guard.check.engine import GuardSet
     from guard.models import load_model
-    from guard.runtime import GuardSet
-    from guard.store import Store
+    from guard.store.database import Store
 
     expected = json.loads((workdir / "expected.json").read_text())
     loaded = load_model(model, device="cpu")
@@ -107,7 +107,7 @@ def torn_read(art, exemplars: int | None) -> str:
 
 def run(db: str, workdir: Path, model: str, compilers: int = 4, checkers: int = 8, rounds: int = 3) -> dict:
     """Start all workers at once; their summed figures."""
-    from guard.store import Store
+    from guard.store.database import Store
 
     Store.open(db, create=True).engine.dispose()  # as an operator would: the database exists first
     workdir.mkdir(parents=True, exist_ok=True)

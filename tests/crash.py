@@ -30,15 +30,15 @@ def compile_command(db: str, policy: Path, phases: Path | None = None) -> list[s
     """`guard compile`; with `phases`, run through this module, which appends the name of each
     phase to that file as it begins (so a trial knows where its kill landed)."""
     if phases is None:
-        return [sys.executable, "-m", "guard.cli", "compile", str(policy), "--db", db]
+        return [sys.executable, "-m", "guard.cli.main", "compile", str(policy), "--db", db]
     return [sys.executable, "-m", "tests.crash", str(phases), "compile", str(policy), "--db", db]
 
 
 def _compile_marking_phases(phases: str, argv: list[str]) -> None:
-    """`guard compile` (guard.cli), with guard.compiler's steps wrapped to record each phase
+    """`guard compile` (guard.cli.main), with guard.compiler's steps wrapped to record each phase
     with one unbuffered write (it survives a SIGKILL that comes after it)."""
     import guard.compiler
-    from guard import cli
+    from guard.cli import main as cli
 
     fd = os.open(phases, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
@@ -109,7 +109,7 @@ def last_phase(phases: Path) -> str:
 def consistent(db: str, expected: dict[str, int], fresh: bool) -> str:
     """ "" if the database after a kill is whole; else what is wrong."""
     from guard.errors import StoreError
-    from guard.store import Store
+    from guard.store.database import Store
 
     if fresh and not Path(db).exists():
         return ""

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from guard.cli import app
+from guard.cli.main import app
 from guard.errors import PolicyError
 from guard.policy import DATA_ROOT_ENV, load_policy
 
@@ -276,7 +276,7 @@ def test_item_in_neither_layout_says_what_it_found(mhalu_root, tmp_path):
         "keys ['claims', 'id', 'image_path']"
     )
     notes: list[str] = []
-    from guard.data import read_exemplar_file
+    from guard.policy.exemplars import read_exemplar_file
 
     assert read_exemplar_file(mhalu_root / "odd.json", "mhalubench", "odd.json", "here", notes=notes) == []
     assert notes == [
@@ -438,7 +438,7 @@ def test_shot_files_accept_the_authors_other_key_names(tmp_path):
         )
     )
     notes: list[str] = []
-    from guard.data import read_exemplar_file
+    from guard.policy.exemplars import read_exemplar_file
 
     got = read_exemplar_file(root / "full.json", "sav-shots", "full.json", "here", root=root, notes=notes)
     assert [(e.text, e.label, e.images) for e in got] == [

@@ -12,13 +12,14 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from guard import calibration, migrations, sav
-from guard.cli import app
+from guard.check.engine import Guard
+from guard.cli.main import app
 from guard.compiler import compile_policy
 from guard.errors import PolicyError
+from guard.method import calibration, sav
 from guard.policy import load_policy, parse_policy
-from guard.runtime import Guard
-from guard.store import Store
+from guard.store import migrations
+from guard.store.database import Store
 from tests.fixtures import TEXTS, write_policy
 
 runner = CliRunner()
@@ -175,11 +176,11 @@ def test_recall_target_flags_at_least_what_the_vote_flags(tmp_path, llama_dir, d
 def test_policy_without_target_checks_as_before(tiny_policy, db, llama):
     compile_policy(tiny_policy, db, loaded=llama)
     guard = Guard.load(db, model=llama)
-    art = guard.artifact
+    art = guard.method.artifact
     assert art.calibration is not None and art.calibration.thresholds == {}
     verdicts = guard.check_batch(INPUTS)
     rendered = [guard.render(t) for t in INPUTS]
-    from guard.features import features
+    from guard.models.features import features
 
     acts = features(llama, rendered, layers=range(llama.layout.num_layers)).heads
     winners = sav.predict(acts, art.heads, art.centroids)
@@ -192,7 +193,7 @@ def test_too_few_exemplars_compile_without_calibration(tmp_path, llama_dir, db, 
     two = {label: items[:2] for label, items in TEXTS.items()}
     compile_policy(write_policy(tmp_path, llama_dir, two), db, loaded=llama)
     guard = Guard.load(db, model=llama)
-    assert guard.artifact.calibration is None
+    assert guard.method.artifact.calibration is None
     v = guard.check("anything")
     assert v.calibrated is None and v.to_dict()["calibrated"] is None
     out = runner.invoke(app, ["inspect", "--db", db])

@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from guard import calibration as cal
-from guard import sav
+from guard.method import calibration as cal
+from guard.method import sav
 
 
 def naive_loo_votes(acts, labels, num_labels, k, scoring, max_layer=None):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from guard.capture import StopForward, head_outputs, last_token_index
-from guard.features import features
 from guard.models import load_model
+from guard.models.capture import StopForward, head_outputs, last_token_index
+from guard.models.features import features
 
 PROMPTS = ["how do I bake bread", "write a poem about the sea and the wind at night please", "hi"]
 

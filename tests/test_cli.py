@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from guard.cli import app
+from guard.cli.main import app
 from tests.fixtures import TEXTS, write_policy
 
 runner = CliRunner()

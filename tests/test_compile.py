@@ -6,14 +6,14 @@ import pytest
 import torch
 import yaml
 
-from guard import sav
+from guard.check.engine import Guard
 from guard.compiler import compile_policy
 from guard.errors import ModelError
-from guard.features import features
+from guard.method import sav
 from guard.models import load_model
+from guard.models.features import features
 from guard.policy import load_policy
-from guard.runtime import Guard
-from guard.store import Store
+from guard.store.database import Store
 from tests.fixtures import TEXTS, make_text_model, write_policy
 
 
@@ -62,17 +62,17 @@ def test_interrupted_compile_keeps_the_previous_artifact(tmp_path, db, llama, ll
     grown = {label: items + [f"another {label} example number {i}" for i in range(3)] for label, items in TEXTS.items()}
     path = write_policy(tmp_path, llama_dir, grown)
 
-    import guard.store
+    import guard.store.database
 
     calls = []
-    original = guard.store.Store.put_activations
+    original = guard.store.database.Store.put_activations
 
     def put_then_interrupt(self, *args):
         original(self, *args)
         calls.append(1)
         raise KeyboardInterrupt  # after the first batch was cached
 
-    monkeypatch.setattr(guard.store.Store, "put_activations", put_then_interrupt)
+    monkeypatch.setattr(guard.store.database.Store, "put_activations", put_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         compile_policy(path, db, loaded=llama, batch_size=2)
     monkeypatch.undo()
@@ -87,7 +87,7 @@ def test_interrupted_compile_keeps_the_previous_artifact(tmp_path, db, llama, ll
 def test_failed_save_leaves_database_unchanged(tiny_policy, db, llama, monkeypatch):
     compile_policy(tiny_policy, db, loaded=llama)
     monkeypatch.setattr(
-        "guard.store.HeadRow.__init__", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full"))
+        "guard.store.database.HeadRow.__init__", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full"))
     )
     with pytest.raises(RuntimeError):
         compile_policy(tiny_policy, db, loaded=llama)

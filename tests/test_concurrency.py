@@ -4,7 +4,7 @@ errors, and no checker ever loads a policy that is not exactly one version its c
 
 import pytest
 
-from guard.store import Store
+from guard.store.database import Store
 from tests import concurrency
 
 

@@ -9,14 +9,15 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from guard import baselines, eval_sources, metrics
-from guard.cli import app
+from guard.check.engine import Guard
+from guard.cli.main import app
 from guard.compiler import compile_policy
-from guard.eval_sources import exemplar_groups, leave_one_source_out, loso_folds, origin_file
-from guard.evaluate import evaluate
-from guard.features import features
+from guard.eval import baselines, metrics
+from guard.eval import sources as eval_sources
+from guard.eval.evaluate import evaluate
+from guard.eval.sources import exemplar_groups, leave_one_source_out, loso_folds, origin_file
+from guard.models.features import features
 from guard.policy import load_policy
-from guard.runtime import Guard
 
 runner = CliRunner()
 

@@ -6,15 +6,16 @@ import json
 import pytest
 import torch
 
-from guard import baselines, sav
-from guard.capture import head_outputs, last_token_index
+from guard.check.engine import Guard
 from guard.compiler import compile_policy
 from guard.errors import GuardError, PolicyError
-from guard.evaluate import evaluate, parse_int_list
-from guard.features import features
+from guard.eval import baselines
+from guard.eval.evaluate import evaluate, parse_int_list
+from guard.method import sav
+from guard.models.capture import head_outputs, last_token_index
+from guard.models.features import features
 from guard.policy import load_policy
-from guard.runtime import Guard
-from guard.store import Store
+from guard.store.database import Store
 from tests.fixtures import TEXTS, write_policy
 
 TESTS = [
@@ -58,7 +59,7 @@ def test_sav_row_is_what_check_says(tiny_policy, test_file, db, llama):
     ev = evaluate(tiny_policy, test_file, db=db, loaded=llama)
     guard = Guard.load(db, model=llama)
     verdicts = guard.check_batch([t for t, _ in TESTS], batch_size=4)
-    names = guard.artifact.label_names
+    names = guard.method.artifact.label_names
     assert ev.methods["sav"].predictions == [names.index(v.label) for v in verdicts]
     truth = [names.index(lab) for _, lab in TESTS]
     assert ev.methods["sav"].report.accuracy == pytest.approx(
@@ -215,7 +216,7 @@ def test_eval_command_json_table_and_plot(tiny_policy, test_file, db, tmp_path):
     from PIL import Image
     from typer.testing import CliRunner
 
-    from guard.cli import app
+    from guard.cli.main import app
 
     runner = CliRunner()
     plot = tmp_path / "sweep.png"

@@ -8,14 +8,14 @@ import pytest
 import torch
 import yaml
 
-from guard import baselines
-from guard.capture import head_outputs, last_token_index
+from guard.check.engine import Guard
 from guard.compiler import compile_policy
-from guard.evaluate import evaluate
-from guard.features import features
-from guard.images import load_image
+from guard.eval import baselines
+from guard.eval.evaluate import evaluate
 from guard.models import load_model
-from guard.runtime import Guard
+from guard.models.capture import head_outputs, last_token_index
+from guard.models.features import features
+from guard.models.images import load_image
 
 # one family with a fixed image token count, one whose count depends on the image size
 FAMILIES = ["llava", "qwen2_vl"]
@@ -62,7 +62,7 @@ def test_eval_on_images_with_baselines(vlm, colour_data, tmp_path):
 
 
 def _read(policy, folder):
-    from guard.evaluate import read_test_items
+    from guard.eval.evaluate import read_test_items
     from guard.policy import load_policy
 
     return read_test_items(load_policy(policy), folder, "folder")

@@ -9,11 +9,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guard.data import read_exemplar_file
 from guard.errors import GuardError
-from guard.images import decode_image
 from guard.limits import read_lines
+from guard.models.images import decode_image
 from guard.policy import parse_policy
+from guard.policy.exemplars import read_exemplar_file
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

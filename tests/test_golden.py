@@ -32,7 +32,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from guard.cli import app
+from guard.cli.main import app
 from tests.fixtures import TEXTS, write_policy
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -215,7 +215,7 @@ def test_list_json(compiled):
 
 def test_onnx_manifest(compiled):
     pytest.importorskip("onnxruntime", reason="the ONNX extra: pip install -e '.[onnx]'")
-    from guard.export import MANIFEST
+    from guard.onnx.format import MANIFEST
 
     db, tmp, subs = compiled["db"], compiled["tmp"], compiled["subs"]
     result = run("export", "tiny", "--onnx", tmp / "onnx", "--db", db, "--json")

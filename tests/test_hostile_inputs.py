@@ -17,10 +17,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from guard.cli import app, friendly
+from guard.cli.main import app, friendly
 from guard.errors import GuardError, InputError, PolicyError, StoreError
-from guard.images import ImageError, load_image
 from guard.limits import LIMITS, check_text, decode_line, read_lines, read_regular_file
+from guard.models.images import ImageError, load_image
 from guard.policy import load_policy
 from tests.fixtures import TEXTS, write_policy
 
@@ -110,11 +110,11 @@ class RecordingStream(io.BytesIO):
 
 
 def test_the_scan_and_stdin_line_reader_never_reads_a_line_whole():
-    """guard.scan_input.decoded_lines (behind `check -` and `scan`): an over-long line is one
+    """guard.scanning.readers.decoded_lines (behind `check -` and `scan`): an over-long line is one
     TooLong outcome, thrown away in bounded reads; no read asks for more than the limit plus a
     line ending, or one skip chunk; the lines after it keep their numbers and texts."""
     from guard.limits import Limits
-    from guard.scan_input import SKIP_CHUNK, TooLong, decoded_lines
+    from guard.scanning.readers import SKIP_CHUNK, TooLong, decoded_lines
 
     limits = Limits(max_text_chars=100, max_line_bytes=400)
     huge = b"x" * (40 * SKIP_CHUNK)  # 2.6 MB, one line
@@ -139,7 +139,7 @@ def test_64_megabytes_without_a_newline_on_check_stdin(compiled, monkeypatch):
     for line 2, exit 2."""
     import typer.testing
 
-    from guard.scan_input import SKIP_CHUNK
+    from guard.scanning.readers import SKIP_CHUNK
 
     stream = RecordingStream(b"z" * (64 * 1024 * 1024) + b"\nbanana bread\n")
     monkeypatch.setattr(typer.testing, "make_input_stream", lambda input, charset: stream)  # stdin.buffer
@@ -205,10 +205,10 @@ def test_billion_laughs_and_self_reference_are_policy_errors(tmp_path):
 def test_an_alias_bomb_is_refused_before_any_value_is_built(tmp_path, monkeypatch):
     """Its size is measured on the YAML node graph, each node once, so the refusal does not
     build a million values first; the line is that of the first value that expands too far."""
-    import guard.policy
+    import guard.policy.yaml_lines
 
     built = []  # (no exception raised in here: a failure report would print the node graph, exponentially)
-    monkeypatch.setattr(guard.policy, "_build", lambda *args: built.append(1))
+    monkeypatch.setattr(guard.policy.yaml_lines, "_build", lambda *args: built.append(1))
     (tmp_path / "bomb.yaml").write_text(BILLION_LAUGHS)
     with pytest.raises(PolicyError, match=r"bomb\.yaml:7: the policy expands to more than 1,000,000 values"):
         load_policy(tmp_path / "bomb.yaml")
@@ -275,12 +275,14 @@ def test_stdin_of_only_bad_lines_is_refused_before_the_database_or_model(tmp_pat
     assert "too long: over 131,072 bytes on one line" in records[0]["error"] and "UTF-8" in records[1]["error"]
     assert "empty text" in records[2]["error"]
 
-    import guard.runtime
-    import guard.store
+    import guard.check.engine
+    import guard.store.database
 
     opened = []
-    monkeypatch.setattr(guard.store.Store, "open", classmethod(lambda cls, *a, **k: opened.append("store")))
-    monkeypatch.setattr(guard.runtime.GuardSet, "with_model", classmethod(lambda cls, *a, **k: opened.append("model")))
+    monkeypatch.setattr(guard.store.database.Store, "open", classmethod(lambda cls, *a, **k: opened.append("store")))
+    monkeypatch.setattr(
+        guard.check.engine.GuardSet, "with_model", classmethod(lambda cls, *a, **k: opened.append("model"))
+    )
     result = run("check", "-", "--db", db, input=b"nul \0 here\n")
     assert result.exit_code == 2 and "error    line 1: text contains a NUL character" in result.stdout
     assert opened == [] and result.stderr == ""
@@ -492,8 +494,8 @@ def test_input_errors_come_before_the_model_loads(tmp_path, llama_dir, db, colou
 
 
 def test_library_refuses_bad_inputs_with_guard_errors(llama, tmp_path, db):
+    from guard.check.engine import Guard
     from guard.compiler import compile_policy
-    from guard.runtime import Guard
 
     compile_policy(write_policy(tmp_path, llama.source.reference, TEXTS), db, loaded=llama)
     guard = Guard.load(db, model=llama)

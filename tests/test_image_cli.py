@@ -6,7 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from guard.cli import app
+from guard.cli.main import app
 
 runner = CliRunner()
 
@@ -151,11 +151,11 @@ def test_several_policies_share_each_image(compiled, colour_data):
 
 def test_missing_prompt_is_reported_before_the_model_loads(compiled, colour_data, monkeypatch):
     """A usage error costs no model load: the check fails on --prompt even when loading would fail."""
-    import guard.runtime
+    import guard.check.engine
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the usage error")
 
-    monkeypatch.setattr(guard.runtime, "load_model", no_loading)
+    monkeypatch.setattr(guard.check.engine, "load_model", no_loading)
     result = run("check", images(colour_data, "red", 1)[0], "--db", compiled, "-p", "ask")
     assert result.exit_code == 2 and "add --prompt TEXT" in result.stderr

@@ -7,7 +7,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from guard.images import MAX_PIXELS, GuardImage, ImageError, as_image, decode_image, file_hash, load_image
+from guard.models.images import MAX_PIXELS, GuardImage, ImageError, as_image, decode_image, file_hash, load_image
 
 
 def save(img, path, **kwargs):

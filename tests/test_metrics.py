@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from guard import metrics
+from guard.eval import metrics
 
 
 def test_binary_example_counted_by_hand():

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from guard import migrations
-from guard.runtime import GuardSet
-from guard.store import Store
+from guard.check.engine import GuardSet
+from guard.store import migrations
+from guard.store.database import Store
 
 DATA = Path(__file__).parent / "data"
 
@@ -97,7 +97,7 @@ def test_revisions_form_one_chain():
 def test_a_0004_audit_log_upgrades_keeping_its_rows(tmp_path):
     """Revision 0005 (issue 18) adds audit_log.client_request_id: rows written before keep their
     request_id and get NULL there, and the audit log reads them as before."""
-    from guard.audit import AuditLog
+    from guard.store.audit import AuditLog
 
     path = tmp_path / "audit-0004.db"
     Store.open(str(path), create=True).engine.dispose()

@@ -9,13 +9,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from guard.cli import app
+from guard.check.engine import Guard
+from guard.cli.main import app
 from guard.compiler import compile_policy
 from guard.errors import GuardError
-from guard.export import MANIFEST, MODEL_FILE, ExportError, export_onnx
-from guard.onnx_engine import OnnxGuard
-from guard.runtime import Guard
-from guard.store import Store
+from guard.onnx.engine import OnnxGuard
+from guard.onnx.export import ExportError, export_onnx
+from guard.onnx.format import MANIFEST, MODEL_FILE
+from guard.store.database import Store
 from tests.fixtures import TEXTS, write_policy
 
 pytest.importorskip("onnxruntime", reason="the ONNX extra: pip install -e '.[onnx]' (scripts/setup.sh installs it)")

@@ -6,12 +6,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from guard.cli import app
+from guard.cli.main import app
 from guard.compiler import compile_policy
 from guard.errors import GuardError
-from guard.evaluate import evaluate
-from guard.plots import parse_size, pca_2d, policy_figure, sweep_figure
-from guard.store import Store
+from guard.eval.evaluate import evaluate
+from guard.eval.plots import parse_size, pca_2d, policy_figure, sweep_figure
+from guard.store.database import Store
 
 runner = CliRunner()
 
@@ -86,7 +86,7 @@ def test_parse_size():
 def test_centroid_axis_projection():
     import torch
 
-    from guard.plots import centroid_axis_2d
+    from guard.eval.plots import centroid_axis_2d
 
     g = torch.Generator().manual_seed(1)
     a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])

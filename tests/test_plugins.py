@@ -8,10 +8,10 @@ import textwrap
 import pytest
 
 from guard import plugins
-from guard.data import READERS, Reader, read_exemplar_file, register_reader
 from guard.errors import ModelError, PolicyError
 from guard.models import ARCHITECTURES, Architecture, load_model, register_architecture
 from guard.policy import load_policy
+from guard.policy.exemplars import READERS, Reader, read_exemplar_file, register_reader
 from tests.fixtures import make_text_model
 
 
@@ -23,7 +23,7 @@ def plugin_package(tmp_path, monkeypatch):
     (site / "demo_plugin" / "__init__.py").write_text(
         textwrap.dedent(
             '''
-            from guard.data import Exemplar
+            from guard.policy.exemplars import Exemplar
             from guard.models import Architecture
 
             ROW = Architecture("starcoder2", "model.layers")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from guard import migrations
-from guard.cli import app
-from guard.store import Store
+from guard.cli.main import app
+from guard.store import migrations
+from guard.store.database import Store
 from tests.fixtures import TEXTS, write_policy
 from tests.postgres import server_bin
 
@@ -50,8 +50,8 @@ def test_compile_check_list_versions_rollback(pg_db, tmp_path, llama_dir):
 
 
 def test_library_verdicts_match_sqlite(pg_db, tmp_path, llama):
+    from guard.check.engine import Guard
     from guard.compiler import compile_policy
-    from guard.runtime import Guard
 
     path = write_policy(tmp_path, llama.source.reference, TEXTS)
     sqlite_db = str(tmp_path / "g.db")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from guard import sav
+from guard.method import sav
 
 
 def toy(n=60, k=5, d=8, seed=0):
@@ -82,9 +82,9 @@ def probe_policy(tmp_path, llama_dir, **keys):
 
 
 def test_probe_policy_compiles_checks_and_round_trips(tmp_path, llama_dir, llama):
+    from guard.check.engine import Guard
     from guard.compiler import compile_policy
-    from guard.runtime import Guard
-    from guard.store import Store
+    from guard.store.database import Store
 
     db = str(tmp_path / "g.db")
     report = compile_policy(probe_policy(tmp_path, llama_dir), db, loaded=llama)

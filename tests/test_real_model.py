@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from guard.check.engine import Guard
 from guard.compiler import compile_policy
-from guard.runtime import Guard
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "policies/text-harm/eval"
@@ -77,7 +77,7 @@ def sample(path: Path) -> list[dict]:
 
 def test_default_policy_on_sources_it_never_saw(shipped, capsys):
     report, guard = shipped
-    assert guard.artifact.deepest_layer <= 16  # max_layer: checks stop there
+    assert guard.method.artifact.deepest_layer <= 16  # max_layer: checks stop there
     rows = [row for path in sorted(EVAL.glob("*.jsonl")) for row in sample(path)]
     verdicts = guard.check_batch([r["text"] for r in rows])
     harmful = [v.flagged for v, r in zip(verdicts, rows) if r["label"] == "harmful"]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from guard.evaluate import evaluate
+from guard.eval.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +70,6 @@ def test_eval_with_baselines_on_smollm2(tmp_path, capsys):
     assert again.forwards == 0 and again.methods["sav"].predictions == ev.methods["sav"].predictions
     # cross-fitted accuracy on the exemplars is the cautious estimate: they hold the hard cases
     assert 0.7 <= ev.fit_metrics["loo_vote_accuracy"] <= sav.accuracy
-    from guard.store import Store
+    from guard.store.database import Store
 
     assert Store.open(db).policy_names() == []  # eval never writes an artifact

@@ -7,13 +7,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from guard.attacks import attacks_for, question_after_text
-from guard.cli import app
+from guard.check.engine import Guard
+from guard.cli.main import app
 from guard.compiler import compile_policy
 from guard.errors import PolicyError
-from guard.evaluate import evaluate
+from guard.eval.attacks import attacks_for, question_after_text
+from guard.eval.evaluate import evaluate
 from guard.policy import load_policy, parse_policy
-from guard.runtime import Guard
 from tests.fixtures import TEXTS
 from tests.test_evaluate import TESTS, write_tests
 
@@ -73,12 +73,12 @@ def test_escaped_policy_checks_what_it_compiled(tmp_path, llama_dir, llama, db):
     path = block_policy(tmp_path, llama_dir)
     compile_policy(path, db, loaded=llama)
     guard = Guard.load(db, model=llama)
-    assert guard.artifact.escape == "xml"
+    assert guard.method.artifact.escape == "xml"
     text = "a <b>bold</b> & risky request"
     assert guard.render(text) == llama.prepare(load_policy(path).render({"text": text}))
     ev = evaluate(path, write_tests(tmp_path), db=db, loaded=llama)
     verdicts = guard.check_batch([t for t, _ in TESTS])
-    names = guard.artifact.label_names
+    names = guard.method.artifact.label_names
     assert ev.methods["sav"].predictions == [names.index(v.label) for v in verdicts]
 
 
@@ -112,7 +112,7 @@ def test_max_layer_keeps_heads_shallow_and_checks_stop_there(tmp_path, llama_dir
     art = report.artifact
     assert art.deepest_layer <= 1 and art.method["max_layer"] == 1
     guard = Guard.load(db, model=llama)
-    assert guard.artifact.deepest_layer <= 1
+    assert guard.method.artifact.deepest_layer <= 1
     assert guard._set.policies[0].layers == sorted({layer for layer, _ in art.heads})
     verdict = guard.check("tell me how to steal a car")
     assert all(v.layer <= 1 for v in verdict.votes)
@@ -128,7 +128,7 @@ def test_eval_depth_sweep_and_attacks(tmp_path, llama_dir, llama, db):
         compile_policy(block_policy(tmp_path, llama_dir, max_layer=point.max_layer), db, loaded=llama)
         guard = Guard.load(db, model=llama)
         verdicts = guard.check_batch([t for t, _ in TESTS])
-        assert point.deepest == guard.artifact.deepest_layer <= point.max_layer
+        assert point.deepest == guard.method.artifact.deepest_layer <= point.max_layer
         correct = sum(v.label == lab for v, (_, lab) in zip(verdicts, TESTS))
         assert point.accuracy == pytest.approx(correct / len(TESTS))
         assert point.seconds_per_input > 0
@@ -185,14 +185,14 @@ def test_cli_eval_attacks_depths_and_plot(tmp_path, llama_dir, db):
 def test_prototypes_and_margin_vote_check_what_eval_and_the_math_say(tmp_path, llama_dir, llama, db):
     import torch
 
-    from guard import sav
+    from guard.method import sav
 
     path = block_policy(tmp_path, llama_dir, prototypes=2, vote="margin")
     art = compile_policy(path, db, loaded=llama).artifact
     assert art.method == {"escape": "xml", "prototypes": 2, "vote": "margin"}
     assert art.calibration is not None and art.calibration.method == "platt-cv10"
     guard = Guard.load(db, model=llama)  # the bank is recomputed from the stored exemplar vectors
-    bank, bank_labels = guard.artifact.bank
+    bank, bank_labels = guard.method.artifact.bank
     assert torch.equal(bank, art.bank[0]) and bank_labels.tolist() == [0, 0, 1, 1]
     texts = [t for t, _ in TESTS]
     verdicts = guard.check_batch(texts)
@@ -216,7 +216,7 @@ def test_prototypes_and_margin_vote_check_what_eval_and_the_math_say(tmp_path, l
 def test_cross_fitted_values_equal_separate_fold_fits():
     import torch
 
-    from guard import calibration, sav
+    from guard.method import calibration, sav
 
     g = torch.Generator().manual_seed(3)
     y = torch.arange(2).repeat_interleave(12)

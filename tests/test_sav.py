@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from guard import sav
+from guard.method import sav
 
 # --- naive reference: python lists and loops only -------------------------------------------
 

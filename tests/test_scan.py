@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from guard.cli import app
-from guard.scan_output import read_records
+from guard.cli.main import app
+from guard.scanning.writers import read_records
 from tests.fixtures import TEXTS, write_policy
 
 runner = CliRunner()
@@ -136,7 +136,7 @@ def test_library_scan_is_lazy_and_matches_check_batch(guards):
     assert len(taken) == 200 and [r["id"] for r in rest] == list(range(1, 201))
     assert rest[3] == {"id": 4, "error": "empty text: nothing to check"}
     whole = guards.check_batch([f"how do I {WORDS[i % 10]} number {i}" for i in range(200) if i != 3], batch_size=16)
-    from guard.scanner import result_record
+    from guard.scanning.scanner import result_record
 
     expected = [result_record(r["id"], v) for r, v in zip([r for r in rest if "error" not in r], whole)]
     assert [r for r in rest if "error" not in r] == expected
@@ -351,8 +351,8 @@ def test_shards_read_the_same_items_as_whole_files(tmp_path, colour_data):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import guard.scan_input as scan_input
-    from guard.scan_input import Columns, count_items, plan, read_items, read_shard
+    import guard.scanning.readers as scan_input
+    from guard.scanning.readers import Columns, count_items, plan, read_items, read_shard
 
     corpus = write_corpus(tmp_path / "posts.jsonl", 300)
     (tmp_path / "tail.txt").write_bytes(b"one\n\xff bad\nthree")  # no newline at the end
@@ -380,7 +380,7 @@ def test_shards_around_an_over_long_line(tmp_path):
     import dataclasses
 
     from guard.limits import LIMITS, line_too_long
-    from guard.scan_input import plan, read_items, read_shard
+    from guard.scanning.readers import plan, read_items, read_shard
 
     path = tmp_path / "long.txt"
     lines = [f"line {i}" for i in range(1, 40)]
@@ -400,7 +400,7 @@ def test_manifest_image_paths_stay_under_the_data_root(tmp_path, scan_db):
     """Issue 18: absolute, ../ and symlinked image paths in a manifest that lead out of the data
     root are refused with the same words as a missing file, so records say nothing of what exists
     elsewhere; --data-root widens the root."""
-    from guard.scan_input import Columns, read_items
+    from guard.scanning.readers import Columns, read_items
 
     (tmp_path / "outside.png").write_bytes(b"outside the root")
     folder = tmp_path / "images"

@@ -6,8 +6,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from guard.cli import app
-from guard.scan_output import Progress, read_records
+from guard.cli.main import app
+from guard.scanning.writers import Progress, read_records
 from tests.fixtures import TEXTS, write_policy
 from tests.test_scan import corpus_line, write_corpus
 
@@ -53,9 +53,9 @@ def test_ray_scan_equals_local_scan(local_ray, scanned):
 
 def test_ray_resume_across_shards(local_ray, scanned):
     """A resumed Ray scan over a corpus cut into many shards gives the rest of the local records."""
-    from guard.scan_input import Columns, plan
-    from guard.scan_ray import ray_scan_windows
-    from guard.store import Store
+    from guard.scanning.ray_data import ray_scan_windows
+    from guard.scanning.readers import Columns, plan
+    from guard.store.database import Store
 
     tmp, db, corpus, local = scanned
     shards = plan([str(corpus)], shard_bytes=1500)

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from guard.cli import app
+from guard.check.engine import GuardSet
+from guard.cli.main import app
 from guard.compiler import compile_policy
-from guard.runtime import GuardSet
 from tests.fixtures import TEXTS, write_policy
 from tests.serve_helpers import ServeProcess
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from guard.check.engine import GuardSet
 from guard.compiler import compile_policy
-from guard.runtime import GuardSet
 from guard.serve.app import create_app
 from guard.serve.service import Service
-from guard.store import Store
+from guard.store.database import Store
 from tests.fixtures import TEXTS, write_policy
 from tests.serve_helpers import thread_server
 

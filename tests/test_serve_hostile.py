@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from guard.compiler import compile_policy
-from guard.store import Store
+from guard.store.database import Store
 from tests.fixtures import TEXTS, write_policy
 from tests.serve_helpers import ServeProcess
 

@@ -14,16 +14,16 @@ import httpx
 import pytest
 import yaml
 
+from guard.check.engine import GuardSet
 from guard.compiler import compile_policy
 from guard.errors import GuardError
-from guard.images import load_image
+from guard.models.images import load_image
 from guard.policy import load_policy
-from guard.runtime import GuardSet
 from guard.serve.app import create_app
 from guard.serve.limits import Limits
 from guard.serve.main import is_loopback
 from guard.serve.service import ServeConfig, Service
-from guard.store import Store
+from guard.store.database import Store
 from tests.fixtures import TEXTS, write_policy
 from tests.serve_helpers import ServeProcess, thread_server
 

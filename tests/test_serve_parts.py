@@ -8,14 +8,14 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from typer.testing import CliRunner
 
-from guard.audit import AuditKey, AuditLog, AuditRecord, input_digest, load_or_create_secret, parse_since
-from guard.cli import app
+from guard.cli.main import app
 from guard.errors import GuardError
 from guard.serve.audit import AuditFailed, AuditWriter
 from guard.serve.inputs import parse_input
 from guard.serve.keys import ApiKeys, load_keys
 from guard.serve.limits import ApiError, LimitError, Limits
-from guard.store import Store
+from guard.store.audit import AuditKey, AuditLog, AuditRecord, input_digest, load_or_create_secret, parse_since
+from guard.store.database import Store
 
 # --- keys ----------------------------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from guard.check.engine import Guard
 from guard.compiler import compile_policy
-from guard.runtime import Guard
 from tests.serve_helpers import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent

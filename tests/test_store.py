@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from guard.errors import StoreError
-from guard.store import Store, database_url, from_blob, to_blob
+from guard.store.database import Store, database_url, from_blob, to_blob
 
 
 def test_missing_database_is_a_clear_error(tmp_path):
@@ -35,7 +35,7 @@ def test_other_sqlite_database_is_refused_and_left_alone(tmp_path):
 
 
 def test_new_database_records_its_schema_revision(tmp_path):
-    from guard import migrations
+    from guard.store import migrations
 
     store = Store.open(str(tmp_path / "g.db"), create=True)
     revisions = [r[0] for r in sqlite3.connect(tmp_path / "g.db").execute("select version_num from guard_schema")]

@@ -5,10 +5,10 @@ and checks."""
 import pytest
 import torch
 
+from guard.check.engine import Guard
 from guard.compiler import compile_policy
-from guard.features import features
 from guard.models import ARCHITECTURES, load_model
-from guard.runtime import Guard
+from guard.models.features import features
 from tests.fixtures import TEXTS, make_text_model, write_policy
 
 TEXT_FAMILIES = sorted(name for name, arch in ARCHITECTURES.items() if not arch.multimodal)

@@ -2,7 +2,7 @@
 
 guard 0.1 registered its hooks per call on the shared `o_proj` modules, so one thread's hooks
 fired inside another thread's forward (IndexError, wrong verdicts). The tap's hooks are now
-installed once per model and read per-call state (guard.capture), so these tests fail on the old
+installed once per model and read per-call state (guard.models.capture), so these tests fail on the old
 design and pass on the new one.
 """
 
@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from guard.check.engine import Guard, GuardSet
 from guard.compiler import compile_policy
 from guard.models import set_threads
-from guard.runtime import Guard, GuardSet
 from tests.fixtures import TEXTS, write_policy
 
 THREADS = 8

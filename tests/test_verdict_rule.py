@@ -7,8 +7,8 @@ import random
 import pytest
 import yaml
 
+from guard.check.engine import Guard
 from guard.compiler import compile_policy
-from guard.runtime import Guard
 from tests.fixtures import write_policy
 
 BAD = ["bomb", "kill", "weapon", "hurt", "attack", "steal", "poison"]

@@ -7,8 +7,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from guard.cli import app
-from guard.store import Store
+from guard.cli.main import app
+from guard.store.database import Store
 from tests.fixtures import TEXTS, write_policy
 
 runner = CliRunner()

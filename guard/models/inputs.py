@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from guard.errors import GuardError, ModelError
-from guard.images import GuardImage
+from guard.models.images import GuardImage
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from guard.capture import HeadTap
 from guard.errors import GuardError, ModelError
-from guard.images import GuardImage
 from guard.models.architectures import Architecture, HeadLayout, architecture_for, head_layout, o_proj_modules
+from guard.models.capture import HeadTap
+from guard.models.images import GuardImage
 from guard.models.inputs import ImageInputs, ModelInput, TextInputs
 from guard.models.loading import ModelSource, fingerprint, gguf_as_directory, hub_snapshot, resolve
 from guard.models.processors import load_processor
@@ -64,7 +64,7 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 @dataclass
 class LoadedModel:
     """A model ready for guard. Safe to share between threads: forwards run concurrently (the head
-    tap's hooks are installed once, see guard.capture), and tokenizer/processor calls take a lock
+    tap's hooks are installed once, see guard.models.capture), and tokenizer/processor calls take a lock
     (Hugging Face fast tokenizers are not safe to call from several threads at once)."""
 
     source: ModelSource

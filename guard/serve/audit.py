@@ -20,7 +20,7 @@ import time
 from concurrent.futures import Future
 from datetime import datetime, timedelta, timezone
 
-from guard.audit import AuditLog, AuditRecord
+from guard.store.audit import AuditLog, AuditRecord
 
 log = logging.getLogger("guard.serve")
 

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 
 from guard.errors import InputError
-from guard.images import GuardImage, ImageError, decode_image
 from guard.limits import check_fields
+from guard.models.images import GuardImage, ImageError, decode_image
 from guard.serve.limits import LimitError, Limits, bad_request, check_items, check_text
 
 DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)

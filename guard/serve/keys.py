@@ -37,7 +37,7 @@ class ApiKeys:
         return hmac.new(_secret, b"api-key\0" + digest, hashlib.sha256).hexdigest()[:12]
 
     def use_audit_key(self, audit_key) -> None:
-        """Derive key ids with the audit secret (guard.audit.AuditKey): stable across restarts."""
+        """Derive key ids with the audit secret (guard.store.audit.AuditKey): stable across restarts."""
         self._key_id = audit_key.key_id
 
     @property

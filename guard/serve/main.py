@@ -30,8 +30,8 @@ def is_loopback(host: str) -> bool:
 
 def load_guards(db: str | None, policies: Sequence[str] | None, device: str, dtype: str | None):
     """The chosen policies (all of the database's by default; they must share one model) on their model."""
-    from guard.runtime import GuardSet
-    from guard.store import Store
+    from guard.check.engine import GuardSet
+    from guard.store.database import Store
 
     store = Store.open(db)
     names = list(policies) if policies else store.policy_names()
@@ -120,7 +120,7 @@ def serve(
 def warn_if_readable(store) -> None:
     """A warning when the SQLite database (policies, and with --audit the audit log) can be read
     by other users: guard creates it 0600, an older guard or a copy may have left it 0644."""
-    from guard.store import sqlite_file
+    from guard.store.database import sqlite_file
 
     path = sqlite_file(str(store.engine.url))
     try:

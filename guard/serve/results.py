@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from guard.runtime import CheckResult
+from guard.check.engine import CheckResult
 
 
 def category_key(policy: str, label: str, single: bool) -> str:

@@ -13,15 +13,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from guard.audit import AuditKey, AuditLog, AuditRecord, now_iso
+from guard.check.engine import CheckResult, GuardSet
 from guard.errors import GuardError
-from guard.runtime import CheckResult, GuardSet
 from guard.serve.audit import AuditFailed, AuditWriter
 from guard.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
 from guard.serve.inputs import Item
 from guard.serve.keys import ApiKeys
 from guard.serve.limits import ApiError, Limits, bad_request, check_tokens
 from guard.serve.metrics import Metrics
+from guard.store.audit import AuditKey, AuditLog, AuditRecord, now_iso
 
 log = logging.getLogger("guard.serve")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # tests.fixtures, after guard 0.1
 
+from guard.check.engine import GuardSet  # noqa: E402
 from guard.compiler import compile_policy  # noqa: E402
 from guard.models import load_model  # noqa: E402
-from guard.runtime import GuardSet  # noqa: E402
 from tests.fixtures import TEXTS, make_text_model, write_policy  # noqa: E402
 
 TEXTS_TO_CHECK = [

@@ -1,0 +1,1 @@
+"""Checking: verdicts and their head votes, the engines that produce them, explanations."""

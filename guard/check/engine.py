@@ -1,0 +1,344 @@
+"""`Guard`: load a compiled policy and check inputs, with a per-head explanation of each verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from guard import limits
+from guard.check.explain import explain as explain_verdict
+from guard.errors import GuardError, InputError, ModelError
+from guard.method import calibration, sav
+from guard.method.artifact import Artifact
+from guard.models import LoadedModel, load_model
+from guard.models.features import features
+from guard.models.images import as_image
+from guard.policy import fill_prompt
+
+
+@dataclass(kw_only=True)
+class HeadVote:
+    rank: int  # 1 = the best-ranked selected head (ranks are numbered from 1 everywhere)
+    layer: int  # numbered from 0, as in the model
+    head: int  # numbered from 0, as in the model
+    label: str  # the label this head voted for
+    similarity: dict[str, float]  # cosine similarity to each label's centroid (or nearest prototype)
+
+    @property
+    def margin(self) -> float:
+        """Similarity to the voted label's centroid minus the best other label's."""
+        return self.similarity[self.label] - max(v for k, v in self.similarity.items() if k != self.label)
+
+    def to_dict(self) -> dict:
+        return {
+            "rank": self.rank,
+            "layer": self.layer,
+            "head": self.head,
+            "label": self.label,
+            "similarity": round(self.similarity[self.label], 6),
+            "similarities": {k: round(v, 6) for k, v in self.similarity.items()},
+            "margin": round(self.margin, 6),
+        }
+
+
+@dataclass(kw_only=True)
+class Verdict:
+    policy: str
+    version: str
+    label: str
+    flagged: bool
+    scores: dict[str, float]  # share of the selected heads' votes per label
+    votes: list[HeadVote] = field(default_factory=list)
+    calibrated: dict[str, float] | None = None  # calibrated probability per label (None: no calibration)
+    margin: float = 0.0  # (most votes - second most) / heads
+    uncertain: bool = False  # margin below the policy's uncertain_margin, or calibrated P(label) < 0.5
+    thresholds: dict[str, float] | None = None  # flagged label -> calibrated P at which it is flagged
+    explanation: dict | None = field(default=None, compare=False)  # guard.check.explain.explain, when asked for
+    vectors: torch.Tensor | None = field(default=None, repr=False, compare=False)  # [k, head_dim] at the selected heads
+
+    def to_dict(self, votes: bool = True) -> dict:
+        """The verdict as JSON-ready data (`guard check --json`, the server); `votes=False`
+        leaves out the per-head votes."""
+        out = {
+            "policy": self.policy,
+            "version": self.version,
+            "flagged": self.flagged,
+            "label": self.label,
+            "scores": {k: round(v, 6) for k, v in self.scores.items()},
+        }
+        if votes:
+            out["votes"] = [vote.to_dict() for vote in self.votes]
+        out["calibrated"] = None if self.calibrated is None else {k: round(v, 6) for k, v in self.calibrated.items()}
+        if self.thresholds is not None:
+            out["thresholds"] = {k: round(v, 6) for k, v in self.thresholds.items()}
+        out["margin"] = round(self.margin, 6)
+        out["uncertain"] = self.uncertain
+        if self.explanation is not None:
+            out["explanation"] = self.explanation
+        return out
+
+
+class CheckResult(dict):
+    """One input's verdicts, `{policy name: Verdict}` in the order the policies were given.
+    One shape for one policy and for several."""
+
+    @property
+    def flagged(self) -> bool:
+        return any(verdict.flagged for verdict in self.values())
+
+    def to_dict(self, votes: bool = True) -> dict:
+        return {"flagged": self.flagged, "verdicts": {name: v.to_dict(votes) for name, v in self.items()}}
+
+
+class PolicyHeads:
+    """One compiled policy's selected heads and centroids, turning head outputs into verdicts."""
+
+    def __init__(self, artifact: Artifact):
+        self.artifact = artifact
+        self.layers = sorted({layer for layer, _ in artifact.heads})
+        self.flagged = {label.name for label in artifact.labels if label.flagged}
+        # the calibrated P at which each flagged label is flagged, fixed per artifact (None: no
+        # calibration, or the vote alone decides); every verdict carries it
+        cal = artifact.calibration
+        found = (
+            {} if cal is None else {lab.name: cal.threshold(c, artifact.vote) for c, lab in enumerate(artifact.labels)}
+        )
+        self.thresholds = {n: t for n, t in found.items() if n in self.flagged and t is not None} or None
+
+    def verdicts(self, selected: torch.Tensor, explain: bool = False) -> list[Verdict]:
+        """Verdicts from the selected heads' outputs `[B, k, head_dim]` (heads in rank order),
+        each with its explanation when `explain`."""
+        bank, bank_labels = self.artifact.bank  # centroids, or prototypes (policy key `prototypes`)
+        sims = sav.bank_similarities(selected, bank, bank_labels, len(self.artifact.labels))  # [B, k, C]
+        return self.verdicts_from_similarities(sims, selected, explain)
+
+    def verdicts_from_similarities(
+        self, sims: torch.Tensor, selected: torch.Tensor, explain: bool = False
+    ) -> list[Verdict]:
+        """Verdicts from each selected head's similarity to each label centroid `[B, k, C]`
+        (computed here, or by an exported graph: guard.onnx.engine), with the head outputs."""
+        art = self.artifact
+        names = art.label_names
+        winners, votes, counts, values = sav.classify(sims, art.vote)
+        shares = (counts.float() / len(art.heads)).tolist()
+        sims_list, votes_list, counts_list, values_list = (
+            sims.tolist(),
+            votes.tolist(),
+            counts.tolist(),
+            values.tolist(),
+        )
+        flagged = [label.flagged for label in art.labels]
+        results = []
+        for b, winner in enumerate(winners.tolist()):
+            head_votes = [
+                HeadVote(
+                    rank=r + 1,
+                    layer=layer,
+                    head=head,
+                    label=names[votes_list[b][r]],
+                    similarity=dict(zip(names, sims_list[b][r])),
+                )
+                for r, (layer, head) in enumerate(art.heads)
+            ]
+            # calibrated scores, thresholds and the uncertain mark: guard.method.calibration.decide
+            decision = calibration.decide(counts_list[b], winner, flagged, art.calibration, values_list[b])
+            calibrated = None if decision.calibrated is None else dict(zip(names, decision.calibrated))
+            results.append(
+                Verdict(
+                    policy=art.name,
+                    version=art.version,
+                    label=names[decision.label],
+                    flagged=decision.flagged,
+                    scores=dict(zip(names, shares[b])),
+                    votes=head_votes,
+                    calibrated=calibrated,
+                    margin=decision.margin,
+                    uncertain=decision.uncertain,
+                    thresholds=None if self.thresholds is None else dict(self.thresholds),
+                    vectors=selected[b],
+                )
+            )
+            if explain:
+                results[-1].explanation = explain_verdict(art, results[-1])
+        return results
+
+
+def dtype_warnings(artifacts: Sequence[Artifact], loaded: LoadedModel) -> list[str]:
+    """A policy checked in another dtype than it was compiled in can change verdicts (bfloat16
+    checks of a float32 policy changed 1 in 90 on SmolLM2): say so."""
+    now = str(loaded.dtype).removeprefix("torch.")
+    return [
+        f"warning: policy '{art.name}' was compiled in {art.dtype} and is checked in {now}; "
+        f"verdicts near the boundary can differ (use --dtype {art.dtype})"
+        for art in artifacts
+        if art.dtype and art.dtype != now
+    ]
+
+
+class GuardSet:
+    """Several compiled policies on one model, checked together.
+
+    Policies with the same prompt template share one forward pass per input: it captures the
+    union of their layers and stops after the deepest, and each policy reads its own heads from
+    that. N categories sharing a prompt cost one forward, not N.
+    """
+
+    def __init__(self, artifacts: Sequence[Artifact], loaded: LoadedModel):
+        if not artifacts:
+            raise GuardError("no policies to check")
+        for art in artifacts:
+            if loaded.fingerprint != art.model_fingerprint:
+                raise ModelError(
+                    f"policy '{art.name}' was compiled on a different model "
+                    f"(compiled: {art.model_fingerprint[:23]}, now: {loaded.fingerprint[:23]} "
+                    f"from '{loaded.source.reference}'); recompile it with 'guard compile'"
+                )
+        self.loaded = loaded
+        self.warnings = dtype_warnings(artifacts, loaded)
+        self.policies = [PolicyHeads(art) for art in artifacts]
+        self.groups: dict[tuple[str, str], list[PolicyHeads]] = {}  # (prompt template, escape) -> policies
+        for policy in self.policies:
+            self.groups.setdefault((policy.artifact.prompt, policy.artifact.escape), []).append(policy)
+
+    @classmethod
+    def load(
+        cls,
+        db: str | None = None,
+        policies: Sequence[str] | None = None,
+        *,
+        model: str | LoadedModel | None = None,
+        device: str = "auto",
+        dtype: str | None = None,
+    ) -> GuardSet:
+        """Load the named policies (all in the database if None); they must share one model."""
+        from guard.store.database import Store  # imported here: checking from an Artifact needs no SQL
+
+        store = Store.open(db)
+        names = list(policies) if policies else store.policy_names()
+        return cls.with_model([store.load_artifact(name) for name in names], model, device=device, dtype=dtype)
+
+    @classmethod
+    def with_model(
+        cls,
+        artifacts: Sequence[Artifact],
+        model: str | LoadedModel | None = None,
+        *,
+        device: str = "auto",
+        dtype: str | None = None,
+    ) -> GuardSet:
+        """Bind already-loaded artifacts to their model (loaded from the stored reference if None)."""
+        if not artifacts:
+            raise GuardError("the database holds no compiled policy; run 'guard compile POLICY.yaml' first")
+        if len({art.model_fingerprint for art in artifacts}) > 1:
+            names = ", ".join(art.name for art in artifacts)
+            raise GuardError(f"policies {names} were compiled on different models; check them separately")
+        if not isinstance(model, LoadedModel):
+            model = load_model(model or artifacts[0].model_reference, device=device, dtype=dtype)
+        return cls(artifacts, model)
+
+    @property
+    def names(self) -> list[str]:
+        return [p.artifact.name for p in self.policies]
+
+    def render(
+        self, prompt_template: str, text: str | None = None, images: Sequence = (), escape: str = "none", **fields: str
+    ):
+        """The model input: the filled-in prompt (field values escaped as `escape` says),
+        chat-rendered (a string for text models, a ModelInput with the images for vision-language models)."""
+        if text is not None:
+            fields["text"] = text
+        limits.check_fields({**fields, "images": images})  # cheap refusals before any model work
+        try:
+            prompt = fill_prompt(prompt_template, fields, escape)
+        except KeyError as exc:
+            raise InputError(f"the policy prompt needs a value for {{{exc.args[0]}}}") from None
+        rendered = self.loaded.prepare(prompt, [as_image(image) for image in images])
+        if isinstance(rendered, str) and len(rendered.encode()) > limits.LIMITS.max_text_tokens:
+            limits.check_tokens(self.loaded.token_count(rendered))  # a token is at least one byte
+        return rendered
+
+    def check(
+        self, text: str | None = None, *, images: Sequence = (), explain: bool = False, **fields: str
+    ) -> CheckResult:
+        item = {"text": text, **fields} if text is not None else fields
+        return self.check_batch([{**item, "images": images} if images else item], explain=explain)[0]
+
+    def check_batch(
+        self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False, explain: bool = False
+    ) -> list[CheckResult]:
+        """Verdicts of every policy for each input, in input order: `[{policy name: Verdict}]`.
+        An input is a text, or a dict of prompt fields with an optional "images" list.
+        `explain` attaches each verdict's explanation (votes and closest exemplars).
+
+        Safe to call from many threads at once on one GuardSet: no state is shared between calls
+        but the model, whose hooks read per-call state (see guard.models.capture)."""
+        items = [item if isinstance(item, dict) else {"text": item} for item in inputs]
+        # read each image once, however many prompt templates the policies have
+        items = [
+            {**item, "images": [as_image(i) for i in item["images"]]} if item.get("images") else item for item in items
+        ]
+        by_policy: dict[str, list[Verdict]] = {}
+        for (template, escape), group in self.groups.items():
+            rendered = [self.render(template, escape=escape, **item) for item in items]
+            layers = sorted({layer for policy in group for layer in policy.layers})
+            title = "checking" if progress else None
+            acts = features(self.loaded, rendered, layers=layers, batch_size=batch_size, progress=title).heads
+            for policy in group:
+                positions = [layers.index(layer) for layer, _ in policy.artifact.heads]
+                heads = [head for _, head in policy.artifact.heads]
+                by_policy[policy.artifact.name] = policy.verdicts(acts[:, positions, heads], explain)
+        # keep the caller's policy order in each result
+        return [CheckResult((name, by_policy[name][i]) for name in self.names) for i in range(len(items))]
+
+
+class Guard:
+    """A compiled policy bound to its model, ready to check inputs."""
+
+    def __init__(self, artifact: Artifact, loaded: LoadedModel):
+        self._set = GuardSet([artifact], loaded)
+        self.artifact = artifact
+        self.loaded = loaded
+        self.warnings = self._set.warnings  # e.g. checked in another dtype than compiled in
+
+    @classmethod
+    def load(
+        cls,
+        db: str | None = None,
+        policy: str | None = None,
+        *,
+        model: str | LoadedModel | None = None,
+        device: str = "auto",
+        dtype: str | None = None,
+    ) -> Guard:
+        """Load policy `policy` (optional when the database holds one) and its model.
+
+        `model` overrides the stored model reference (a moved directory, say); it is refused
+        unless its weights have the fingerprint the policy was compiled with.
+        """
+        from guard.store.database import Store
+
+        guards = GuardSet.with_model([Store.open(db).load_artifact(policy)], model, device=device, dtype=dtype)
+        return cls(guards.policies[0].artifact, guards.loaded)
+
+    @property
+    def name(self) -> str:
+        return self.artifact.name
+
+    def render(self, text: str | None = None, images: Sequence = (), **fields: str):
+        """The exact model input for these values: the chat-rendered prompt (a string for text
+        models, a ModelInput with the images for vision-language models)."""
+        return self._set.render(self.artifact.prompt, text, images, self.artifact.escape, **fields)
+
+    def check(self, text: str | None = None, *, images: Sequence = (), explain: bool = False, **fields: str) -> Verdict:
+        """Check one input; `text` fills the policy prompt's {text}, other fields their {name};
+        `images` (paths, PIL images or GuardImages) go with it, in prompt order. Thread-safe."""
+        return self._set.check(text, images=images, explain=explain, **fields)[self.name]
+
+    def check_batch(
+        self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False, explain: bool = False
+    ) -> list[Verdict]:
+        """Check many inputs in length-bucketed batches; verdicts come back in input order.
+        An input is a text, or a dict of prompt fields with an optional "images" list. Thread-safe."""
+        return [result[self.name] for result in self._set.check_batch(inputs, batch_size, progress, explain)]

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, held-out and by-source evaluations, baselines, attacks, report printing, plots."""

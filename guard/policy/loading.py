@@ -1,0 +1,420 @@
+"""Reading a policy file: validation with file:line errors, exemplar sources, warnings.
+
+A policy says which model to use, how to phrase the prompt, which labels exist (and which are
+flagged), and which labelled exemplars define them. Nothing here imports torch or SQL.
+
+Exemplar files and images are found under the policy's *data root*: the policy file's folder,
+or, when the policy says `data_root: DIR`, that folder; a relative DIR starts at the folder
+given by `--data-root` / `GUARD_DATA_ROOT` (where your datasets live) or else at the policy's
+folder. So `data_root: VLGuard` with `GUARD_DATA_ROOT=~/datasets` reads `~/datasets/VLGuard`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from guard.errors import PolicyError
+from guard.limits import read_regular_file
+from guard.policy.exemplars import Exemplar, read_exemplar_file, readers
+from guard.policy.paths import DATA_ROOT_ENV, allowed_roots, confined
+from guard.policy.schema import (
+    CLASSIFIERS,
+    DEFAULT_HEADS,
+    DEFAULT_MODEL,
+    ESCAPES,
+    SCORINGS,
+    TARGET_METRICS,
+    VOTES,
+    Label,
+    Policy,
+    template_fields,
+)
+from guard.policy.yaml_lines import MAX_POLICY_BYTES, _Map, _Seq, parse_yaml
+
+_TOP_KEYS = {
+    "name",
+    "description",
+    "model",
+    "prompt",
+    "labels",
+    "exemplars",
+    "heads",
+    "scoring",
+    "data_root",
+    "uncertain_margin",
+    "escape",
+    "max_layer",
+    "prototypes",
+    "vote",
+    "classifier",
+}
+_LABEL_KEYS = {"name", "description", "flagged", "answer", "target"}
+_INLINE_KEYS = {"text", "label", "image", "images"}
+_SOURCE_KEYS = {"from", "format", "shots", "seed", "images", "text", "task_type"}
+
+
+class _Checker:
+    def __init__(self, display: str):
+        self.display = display
+        self.roots: list[Path] = []  # folders exemplar files may come from (resolved)
+
+    def fail(self, line: int, message: str):
+        raise PolicyError(f"{self.display}:{line}: {message}")
+
+    def mapping(self, value, line: int, what: str) -> _Map:
+        if not isinstance(value, _Map):
+            self.fail(getattr(value, "line", line), f"{what} must be a mapping")
+        return value
+
+    def known_keys(self, mapping: _Map, allowed: set[str], what: str):
+        for key in mapping:
+            if key not in allowed:
+                self.fail(
+                    mapping.key_lines[key], f"unknown key '{key}' in {what} (allowed: {', '.join(sorted(allowed))})"
+                )
+
+    def string(self, mapping: _Map, key: str, required: bool = True, default: str = "") -> str:
+        if key not in mapping:
+            if required:
+                self.fail(mapping.line, f"missing required key '{key}'")
+            return default
+        value = mapping[key]
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value).strip() == "":
+            self.fail(mapping.key_lines[key], f"'{key}' must be a non-empty string")
+        return str(value)
+
+
+def validate_items(items: list[Exemplar], label_names: list[str], fields: set[str]) -> None:
+    """Each item's label is one of the policy's and it has a value for every prompt field;
+    errors name the item's origin ("file:line")."""
+    for item in items:
+        if item.label not in label_names:
+            raise PolicyError(f"{item.origin}: label '{item.label}' is not one of: {', '.join(label_names)}")
+        missing = fields - set(item.prompt_fields())
+        if missing:
+            raise PolicyError(
+                f"{item.origin}: no value for prompt field {', '.join('{' + m + '}' for m in sorted(missing))}"
+            )
+
+
+def policy_warnings(labels: list[Label], exemplars: list[Exemplar], fields: set[str], display: str) -> list[str]:
+    """What compiles but probably does not do what was meant, one line each."""
+    warnings = []
+    if not any(label.flagged for label in labels):
+        warnings.append(f"{display}: warning: no label is flagged, so no input will ever be flagged")
+    seen: dict[tuple, Exemplar] = {}
+    for ex in exemplars:
+        values = ex.prompt_fields()
+        key = (tuple(sorted((f, values.get(f)) for f in fields)), ex.images)
+        first = seen.setdefault(key, ex)
+        if first.label != ex.label:
+            warnings.append(
+                f"{ex.origin}: warning: the same exemplar as {first.origin} under another label "
+                f"('{ex.label}' vs '{first.label}'); the model sees identical inputs"
+            )
+    return warnings
+
+
+def parse_policy(
+    text: str,
+    display: str = "<policy>",
+    base_dir: Path | None = None,
+    data_root: str | Path | None = None,
+    allow_paths: Sequence[str | Path] = (),
+) -> Policy:
+    """Validate policy YAML text; the model path resolves against `base_dir`, exemplar files and
+    images against the data root (see the module docstring; `data_root` is --data-root)."""
+    base_dir = base_dir or Path.cwd()
+    check = _Checker(display)
+    doc = check.mapping(parse_yaml(text, display), 1, "the policy")
+    check.known_keys(doc, _TOP_KEYS, "the policy")
+    root = _data_root(doc, check, base_dir, data_root)
+    check.roots = allowed_roots(base_dir, root, allow_paths)
+
+    name = check.string(doc, "name")
+    model = check.string(doc, "model", required=False, default=DEFAULT_MODEL)
+    prompt = check.string(doc, "prompt")
+    description = check.string(doc, "description", required=False)
+    try:
+        fields = template_fields(prompt, keep_empty=True)
+    except ValueError as exc:
+        check.fail(doc.key_lines["prompt"], f"prompt template is invalid ({exc}); write literal braces as {{{{ }}}}")
+    if any(not f.isidentifier() for f in fields):
+        check.fail(doc.key_lines["prompt"], "prompt placeholders must be plain names like {text}")
+
+    labels = _parse_labels(doc, check)
+    label_names = [label.name for label in labels]
+
+    heads = doc.get("heads", DEFAULT_HEADS)
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+        check.fail(
+            doc.key_lines.get("heads", doc.line), "'heads' must be a positive integer (the number of heads that vote)"
+        )
+    scoring = doc.get("scoring", "loo")
+    if scoring not in SCORINGS:
+        check.fail(doc.key_lines.get("scoring", doc.line), f"'scoring' must be one of: {', '.join(SCORINGS)}")
+
+    max_layer = doc.get("max_layer")
+    if max_layer is not None and (not isinstance(max_layer, int) or isinstance(max_layer, bool) or max_layer < 0):
+        check.fail(
+            doc.key_lines["max_layer"],
+            "'max_layer' must be a whole number >= 0 (the deepest layer a selected head may be in, from 0)",
+        )
+    prototypes = doc.get("prototypes", 1)
+    if not isinstance(prototypes, int) or isinstance(prototypes, bool) or prototypes < 1:
+        check.fail(
+            doc.key_lines["prototypes"],
+            "'prototypes' must be a whole number >= 1 (per label and head; 1 is the centroid)",
+        )
+    vote = doc.get("vote", "count")
+    if vote not in VOTES:
+        check.fail(
+            doc.key_lines["vote"],
+            f"'vote' must be one of: {', '.join(VOTES)} (count: majority of heads; margin: mean similarity margin)",
+        )
+    classifier = doc.get("classifier", "centroid")
+    if classifier not in CLASSIFIERS:
+        check.fail(
+            doc.key_lines["classifier"],
+            f"'classifier' must be one of: {', '.join(CLASSIFIERS)} (probe: a logistic regression over the heads)",
+        )
+    if classifier == "probe" and (len(labels) != 2 or prototypes != 1 or vote != "margin"):
+        check.fail(
+            doc.key_lines["classifier"],
+            "'classifier: probe' needs two labels, 'vote: margin' and no 'prototypes' (it is one pair per head)",
+        )
+    escape = doc.get("escape", "none")
+    if escape not in ESCAPES:
+        check.fail(
+            doc.key_lines.get("escape", doc.line),
+            f"'escape' must be one of: {', '.join(ESCAPES)} (xml: user text cannot close the prompt's <tag> block)",
+        )
+    uncertain_margin = doc.get("uncertain_margin", 0.0)
+    if not _is_number(uncertain_margin) or not 0 <= uncertain_margin <= 1:
+        check.fail(
+            doc.key_lines.get("uncertain_margin", doc.line),
+            "'uncertain_margin' must be a number from 0 to 1 (a share of the heads' votes)",
+        )
+
+    notes: list[str] = []
+    exemplars = _parse_exemplars(doc, check, root, notes)
+    validate_items(exemplars, label_names, fields)
+    if not fields and not any(ex.images for ex in exemplars):
+        check.fail(
+            doc.key_lines["prompt"],
+            "the prompt has no {text} (or other {field}) and no exemplar has images: every input would "
+            "give the model the same prompt, and so the same verdict",
+        )
+    notes.extend(policy_warnings(labels, exemplars, fields, display))
+    counts = {n: sum(ex.label == n for ex in exemplars) for n in label_names}
+    for label in labels:
+        need = 2 if scoring == "loo" else 1
+        if label.target is not None:
+            need += 1  # thresholds come from leave-one-out votes, which leave one more out
+        if counts[label.name] < need:
+            line = doc.key_lines["labels"]
+            extra = " (leave-one-out scoring needs at least 2)" if need == 2 and counts[label.name] == 1 else ""
+            if label.target is not None:
+                extra = f" (a 'target' needs at least {need}: thresholds are fitted on leave-one-out votes)"
+            skipped = [note for note in notes if ": skipped " in note]
+            if skipped:  # say why the data gave so few, or the user is left guessing
+                extra += f"; {skipped[0]}" + (f" (and {len(skipped) - 1} more reasons)" if len(skipped) > 1 else "")
+            check.fail(line, f"label '{label.name}' has {counts[label.name]} exemplar(s){extra}")
+
+    return Policy(
+        name=name,
+        model=model,
+        prompt=prompt,
+        labels=labels,
+        exemplars=exemplars,
+        heads=heads,
+        scoring=scoring,
+        description=description,
+        uncertain_margin=float(uncertain_margin),
+        escape=escape,
+        max_layer=max_layer,
+        prototypes=prototypes,
+        vote=vote,
+        classifier=classifier,
+        source_text=text,
+        base_dir=base_dir,
+        data_root=root,
+        notes=notes,
+    )
+
+
+def _data_root(doc: _Map, check: _Checker, base_dir: Path, override: str | Path | None) -> Path:
+    if "data_root" not in doc:
+        return base_dir
+    declared = Path(check.string(doc, "data_root")).expanduser()
+    origin = override or os.environ.get(DATA_ROOT_ENV) or None
+    start = Path(origin).expanduser() if origin else base_dir
+    root = declared if declared.is_absolute() else start / declared
+    if not root.is_dir():
+        how = f"--data-root / {DATA_ROOT_ENV} is {origin}" if origin else f"{DATA_ROOT_ENV} is not set"
+        check.fail(
+            doc.key_lines["data_root"],
+            f"data root '{root}' does not exist ({how}); put the dataset there or point "
+            f"--data-root or {DATA_ROOT_ENV} at the folder that holds '{declared}'",
+        )
+    return root.resolve()
+
+
+def _parse_labels(doc: _Map, check: _Checker) -> list[Label]:
+    if "labels" not in doc:
+        check.fail(doc.line, "missing required key 'labels'")
+    raw = doc["labels"]
+    if not isinstance(raw, _Seq):
+        check.fail(doc.key_lines["labels"], "'labels' must be a list of {name, flagged, description}")
+    labels: list[Label] = []
+    for item, line in zip(raw, raw.item_lines):
+        if isinstance(item, str):  # shorthand: "- benign"
+            item = _Map(name=item)
+            item.line, item.key_lines = line, {"name": line}
+        item = check.mapping(item, line, "a label")
+        check.known_keys(item, _LABEL_KEYS, "a label")
+        name = check.string(item, "name")
+        flagged = item.get("flagged", False)
+        if not isinstance(flagged, bool):
+            check.fail(item.key_lines["flagged"], "'flagged' must be true or false")
+        if name in [lab.name for lab in labels]:
+            check.fail(item.key_lines["name"], f"label '{name}' is defined twice")
+        answer = check.string(item, "answer", required=False)
+        target = _parse_target(item, check, flagged) if "target" in item else None
+        labels.append(
+            Label(
+                name=name,
+                flagged=flagged,
+                description=check.string(item, "description", required=False),
+                answer=answer,
+                target=target,
+            )
+        )
+    if len(labels) < 2:
+        check.fail(doc.key_lines["labels"], f"a policy needs at least 2 labels, got {len(labels)}")
+    return labels
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_target(item: _Map, check: _Checker, flagged: bool) -> tuple[str, float]:
+    line = item.key_lines["target"]
+    if not flagged:
+        check.fail(line, "'target' is only for flagged labels (it sets the threshold for flagging)")
+    target = item["target"]
+    shape = "'target' must be one of {recall: R} or {fpr: F}, e.g. {recall: 0.95}"
+    if not isinstance(target, _Map) or len(target) != 1:
+        check.fail(line, shape)
+    ((metric, value),) = target.items()
+    if metric not in TARGET_METRICS:
+        check.fail(target.key_lines[metric], shape)
+    if not _is_number(value) or not 0 <= value <= 1 or (metric == "recall" and value == 0):
+        check.fail(
+            target.key_lines[metric],
+            f"'{metric}' target must be a number in {'(0, 1]' if metric == 'recall' else '[0, 1]'}",
+        )
+    return (metric, float(value))
+
+
+def _parse_exemplars(doc: _Map, check: _Checker, root: Path, notes: list[str]) -> list[Exemplar]:
+    if "exemplars" not in doc:
+        check.fail(doc.line, "missing required key 'exemplars'")
+    raw = doc["exemplars"]
+    if not isinstance(raw, _Seq):
+        check.fail(
+            doc.key_lines["exemplars"], "'exemplars' must be a list of {text, label} items or {from: FILE} entries"
+        )
+    exemplars: list[Exemplar] = []
+    for item, line in zip(raw, raw.item_lines):
+        item = check.mapping(item, line, "an exemplar")
+        where = f"{check.display}:{item.line}"
+        if "from" in item:
+            exemplars.extend(_read_source(item, check, root, where, notes))
+        else:
+            check.known_keys(item, _INLINE_KEYS, "an inline exemplar (or use 'from: FILE')")
+            images = _image_list(item, check, root)
+            text = check.string(item, "text", required=not images)
+            label = check.string(item, "label")
+            exemplars.append(Exemplar(text=text, label=label, origin=where, images=images, root=root))
+    return exemplars
+
+
+def _read_source(item: _Map, check: _Checker, root: Path, where: str, notes: list[str]) -> list[Exemplar]:
+    check.known_keys(item, _SOURCE_KEYS, "an exemplar source")
+    rel = check.string(item, "from")
+    fmt = check.string(item, "format", required=False) or None
+    options: dict = {"root": root, "notes": notes}
+    for key in ("shots", "seed"):
+        if key in item:
+            value = item[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "shots" else 0):
+                what = "a positive integer (exemplars per label)" if key == "shots" else "a non-negative integer"
+                check.fail(item.key_lines[key], f"'{key}' must be {what}")
+            options[key] = value
+    if "seed" in item and "shots" not in item:
+        check.fail(item.key_lines["seed"], "'seed' chooses which exemplars 'shots' samples; add 'shots: N'")
+    if "images" in item:
+        options["images"] = root / check.string(item, "images")
+    known = readers()
+    for key, flag, option in (("text", "takes_text", "text"), ("task_type", "takes_task", "task")):
+        if key in item:
+            if fmt not in known or not getattr(known[fmt], flag):
+                formats = " | ".join(sorted(name for name, reader in known.items() if getattr(reader, flag)))
+                check.fail(item.key_lines[key], f"'{key}' applies to 'format: {formats}' sources only")
+            options[option] = check.string(item, key)
+    path = confined(root, rel, check.roots, lambda why: check.fail(item.key_lines["from"], why))
+    if "images" in options:
+        options["images"] = confined(
+            root, check.string(item, "images"), check.roots, lambda why: check.fail(item.key_lines["images"], why)
+        )
+    if fmt in known and known[fmt].folder and "images" in item:
+        check.fail(
+            item.key_lines["images"], f"'images' is for data files; 'format: {fmt}' reads images from its folder"
+        )
+    return read_exemplar_file(path, fmt, rel, where, **options)
+
+
+def _image_list(item: _Map, check: _Checker, root: Path) -> tuple[str, ...]:
+    if "image" in item and "images" in item:
+        check.fail(item.key_lines["images"], "give 'image' or 'images', not both")
+    key = "image" if "image" in item else "images" if "images" in item else None
+    if key is None:
+        return ()
+    value = item[key]
+    values = value if isinstance(value, _Seq) else [value]
+    line = item.key_lines[key]
+    if not values or not all(isinstance(v, str) and v.strip() for v in values):
+        check.fail(line, f"'{key}' must be an image path or a list of image paths")
+    for image in values:
+        if Path(image).is_absolute() or ".." in Path(image).parts:
+            check.fail(line, f"image path '{image}' must be relative to the data root, without '..'")
+        confined(root, image, check.roots, lambda why: check.fail(line, why))
+        if not (root / image).is_file():
+            check.fail(line, f"image '{image}' not found in {root}")
+    return tuple(values)
+
+
+def load_policy(
+    path: str | Path, data_root: str | Path | None = None, allow_paths: Sequence[str | Path] = ()
+) -> Policy:
+    """Read and validate a policy file; exemplar files are resolved relative to it, or to its
+    data root (`data_root` is --data-root: where a relative `data_root:` key starts;
+    `allow_paths` are further folders that exemplar files may come from, see `allowed_roots`)."""
+    path = Path(path)
+    display = str(path)
+    if not path.exists():
+        raise PolicyError(f"{display}: policy file does not exist")
+    if path.is_dir():
+        raise PolicyError(f"{display}: is a directory, not a policy file")
+    data = read_regular_file(path, MAX_POLICY_BYTES, PolicyError, display)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(f"{display}: policy file is not UTF-8 text") from None
+    policy = parse_policy(text, display, base_dir=path.resolve().parent, data_root=data_root, allow_paths=allow_paths)
+    policy.path = path
+    return policy

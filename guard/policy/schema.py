@@ -1,0 +1,151 @@
+"""The policy: its labels and settings, the prompt template and how values fill it, its version hash.
+
+A policy says which model to use, how to phrase the prompt, which labels exist (and which are
+flagged), and which labelled exemplars define them. Nothing here imports torch or SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import string
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Literal, get_args
+
+from guard.models.images import file_hash
+from guard.policy.exemplars import Exemplar
+
+Scoring = Literal["loo", "in_sample"]  # head scoring: leave-one-out (default) or in-sample (the paper)
+SCORINGS: tuple[str, ...] = get_args(Scoring)
+VOTES = ("count", "margin")  # guard.method.sav.label_values
+CLASSIFIERS = ("centroid", "probe")  # guard.method.sav.BANKS
+ESCAPES = ("none", "xml")
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_HEADS = 20
+
+
+TARGET_METRICS = ("recall", "fpr")
+
+
+def escape_value(value: str, escape: str) -> str:
+    """A field value as the prompt shows it. `xml` escapes &, < and >, so user text can neither
+    close the prompt's <tag> block around it nor spell the chat template's <|special|> tokens."""
+    if escape == "xml":
+        return html.escape(value, quote=False)
+    return value
+
+
+def fill_prompt(template: str, values: dict, escape: str = "none") -> str:
+    """The prompt template filled with `values`, each escaped as the policy says."""
+    return template.format_map({key: escape_value(str(value), escape) for key, value in values.items()})
+
+
+def template_fields(template: str, keep_empty: bool = False) -> set[str]:
+    """The {field} names a prompt template uses (raises ValueError on unbalanced braces);
+    `keep_empty` keeps a bare "{}" as "" so validation can refuse it."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name or (keep_empty and name == "")}
+
+
+@dataclass(frozen=True)
+class Label:
+    name: str
+    flagged: bool = False
+    description: str = ""
+    answer: str = ""  # the word the model would answer for this label (zero-shot baseline)
+    target: tuple[str, float] | None = None  # flagged labels: ("recall", 0.95) or ("fpr", 0.05)
+
+
+@dataclass
+class Policy:
+    name: str
+    model: str
+    prompt: str
+    labels: list[Label]
+    exemplars: list[Exemplar]
+    heads: int = DEFAULT_HEADS
+    scoring: Scoring = "loo"
+    description: str = ""
+    uncertain_margin: float = 0.0  # verdicts whose vote margin is below this are marked uncertain
+    escape: str = "none"  # how field values are escaped into the prompt (escape_value)
+    max_layer: int | None = None  # no selected head deeper than this layer (numbered from 0)
+    prototypes: int = 1  # per label and head: 1 = the centroid (the paper), more = k-means prototypes
+    vote: str = "count"  # count: majority of heads (the paper); margin: mean similarity margin
+    classifier: str = "centroid"  # what the heads compare with: centroids/prototypes, or "probe" (guard.method.sav)
+    source_text: str = ""  # the YAML as written, stored with the artifact
+    path: Path | None = None
+    base_dir: Path = field(default_factory=Path.cwd)  # relative model paths start here
+    data_root: Path | None = None  # exemplar files and images are read from here (default: base_dir)
+    notes: list[str] = field(default_factory=list)  # what the readers skipped and sampled
+
+    @property
+    def label_names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+    @property
+    def flagged_labels(self) -> list[str]:
+        return [label.name for label in self.labels if label.flagged]
+
+    @property
+    def answer_words(self) -> list[str]:
+        """Each label's answer word: its `answer`, else Yes (flagged) / No (not flagged) when the
+        policy has one label of each, else the label's name."""
+        binary = len(self.labels) == 2 and len(self.flagged_labels) == 1
+        return [label.answer or (("Yes" if label.flagged else "No") if binary else label.name) for label in self.labels]
+
+    @property
+    def targets(self) -> dict[int, tuple[str, float]]:
+        """Label index -> (metric, value) for flagged labels with a threshold target."""
+        return {i: label.target for i, label in enumerate(self.labels) if label.target is not None}
+
+    @property
+    def prompt_fields(self) -> set[str]:
+        return template_fields(self.prompt)
+
+    def render(self, values: dict[str, str]) -> str:
+        """Fill the prompt template; `values` must hold every {field} the template names."""
+        return fill_prompt(self.prompt, values, self.escape)
+
+    @property
+    def method(self) -> dict:
+        """The classifier settings beyond the paper's, only those set (absent: the paper's, and
+        what policies before 0.2 had); the compiled artifact keeps them (Artifact.method)."""
+        method: dict = {}
+        if self.escape != "none":
+            method["escape"] = self.escape
+        if self.max_layer is not None:
+            method["max_layer"] = self.max_layer
+        if self.prototypes != 1:
+            method["prototypes"] = self.prototypes
+        if self.vote != "count":
+            method["vote"] = self.vote
+        if self.classifier != "centroid":
+            method["classifier"] = self.classifier
+        return method
+
+    @cached_property
+    def version(self) -> str:
+        """Content hash of everything that changes the compiled result (not comments or order of
+        keys; images count by their content, not their paths)."""
+        canonical = {
+            "name": self.name,
+            "model": self.model,
+            "prompt": self.prompt,
+            "labels": [[lab.name, lab.flagged] for lab in self.labels],
+            "heads": self.heads,
+            "scoring": self.scoring,
+            "exemplars": [
+                [e.text, e.label, [file_hash(p) for p in e.image_paths()], sorted(e.fields.items())]
+                for e in self.exemplars
+            ],
+        }
+        # Added after 0.1; present only when set, so older policies keep their version.
+        if self.targets:
+            canonical["targets"] = {self.labels[i].name: list(t) for i, t in self.targets.items()}
+        if self.uncertain_margin:
+            canonical["uncertain_margin"] = self.uncertain_margin
+        canonical.update(self.method)
+        blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]

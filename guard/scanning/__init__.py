@@ -1,0 +1,1 @@
+"""Bulk scanning: input readers, the streaming scanner, result writers, and the Ray Data path."""
