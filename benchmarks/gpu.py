@@ -262,7 +262,7 @@ def run_model(name: str, builder, args, device: torch.device, dtype: torch.dtype
 
     c = args.checks
     plain_t, _ = timed(lambda: procedures.plain_forward(loaded, rendered[:c]), device)
-    ref_t, ref_m = timed(lambda: procedures.reference_predict(loaded, guard.method.artifact, rendered[:c]), device)
+    ref_t, ref_m = timed(lambda: procedures.reference_predict(loaded, guard.artifact, rendered[:c]), device)
     for deepest in sorted({layers // 2, layers - 1}):
         g = Guard(synthetic_artifact(loaded, deepest), loaded)
         t, m = timed(lambda: [g.check_batch([item], batch_size=1) for item in items[:c]], device, repeats=args.repeats)

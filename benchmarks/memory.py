@@ -65,7 +65,7 @@ def _main(procedure: str, db: str, count: int) -> None:
         elif procedure == "guard_compile":
             procedures.guard_activations(loaded, rendered, batch_size=8)
         elif procedure == "reference_check":
-            procedures.reference_predict(loaded, guard.method.artifact, rendered)
+            procedures.reference_predict(loaded, guard.artifact, rendered)
         elif procedure == "guard_check":
             guard.check_batch(texts, batch_size=8)
         elif procedure == "plain_forward":

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from guard.method import sav
+from guard.method.fit import Fit
 from guard.models import load_model
 from guard.models.features import features
 from guard.policy import fill_prompt
@@ -74,7 +75,8 @@ def activations(texts: list[str], max_layer: int, cache_path: Path = CACHE, prom
 
 def fit_centroid_margin(acts, labels, groups, k=20, prototypes=16, scoring="loo", max_layer=16):
     """guard 0.2's default: loo head scoring, prototypes, margin vote."""
-    heads, bank, bank_labels = sav.fit_classifier(acts, labels, 2, k, scoring, max_layer, prototypes)
+    fitted = Fit(2, k, scoring, max_layer, prototypes)(acts, labels)
+    heads, bank, bank_labels = fitted.heads, fitted.bank, fitted.bank_labels
 
     def score(x):
         sims = sav.bank_similarities(sav.at_heads(x, heads), bank, bank_labels, 2)
@@ -172,7 +174,7 @@ def group_head_scores(acts, labels, groups, max_layer=16, prototypes=1):
     for held in group_folds(groups):
         mask = torch.ones(len(labels), dtype=torch.bool)
         mask[held] = False
-        bank, bank_labels = sav.fit_bank(x[mask], labels[mask], 2, prototypes)
+        bank, bank_labels = Fit(2, x.shape[1], prototypes=prototypes).bank(x[mask], labels[mask])
         sims = sav.bank_similarities(x[held], bank, bank_labels, 2)  # [n, LH, 2]
         pred = sims.argmax(-1)
         yy = labels[held].view(-1, 1)
@@ -187,7 +189,7 @@ def fit_centroid_group(acts, labels, groups, k=20, prototypes=16, max_layer=16):
     scores = group_head_scores(acts, labels, groups, max_layer)
     flat = torch.argsort(-scores.flatten())[:k]
     heads = [(int(i) // scores.shape[1], int(i) % scores.shape[1]) for i in flat]
-    bank, bank_labels = sav.fit_bank(sav.at_heads(acts, heads), labels, 2, prototypes)
+    bank, bank_labels = Fit(2, k, prototypes=prototypes).bank(sav.at_heads(acts, heads), labels)
 
     def score(x):
         sims = sav.bank_similarities(sav.at_heads(x, heads), bank, bank_labels, 2)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.research_votes import reliability_weights, weighted_vote
 from guard.eval.attacks import attacks_for
 from guard.method import sav
 from guard.models import load_model
@@ -120,7 +121,7 @@ def fit_variant(v: Variant, acts: torch.Tensor, y: torch.Tensor):
         bank, bank_labels = sav.prototypes(selected, y, 2, v.per_label)
     else:
         bank, bank_labels = selected, y
-    weights = sav.reliability_weights(torch.stack([scores.accuracy[h] for h in heads]), 2) if v.weighted else None
+    weights = reliability_weights(torch.stack([scores.accuracy[h] for h in heads]), 2) if v.weighted else None
     return heads, bank, bank_labels, weights
 
 
@@ -140,7 +141,7 @@ def harmful_share(v: Variant, model, acts: torch.Tensor, exclude_self: bool = Fa
 def _share(sims: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     if weights is None:
         weights = torch.ones(sims.shape[1])
-    return sav.weighted_vote(sims, weights)[2][:, 0]
+    return weighted_vote(sims, weights)[2][:, 0]
 
 
 def loo_shares(v: Variant, acts: torch.Tensor, y: torch.Tensor, folds: int = 10) -> torch.Tensor:

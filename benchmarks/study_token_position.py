@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from guard.method import sav
+from guard.method.fit import Fit
 from guard.models import load_model
 from guard.policy import escape_value, fill_prompt, load_policy
 
@@ -78,7 +79,8 @@ def head_vectors(loaded, prompt: str, escape: str, texts: list[str], what: str) 
 
 
 def margins(train: torch.Tensor, y: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
-    heads, bank, bank_labels = sav.fit_classifier(train, y, 2, 20, per_label=16)
+    fitted = Fit(2, 20, prototypes=16)(train, y)
+    heads, bank, bank_labels = fitted.heads, fitted.bank, fitted.bank_labels
     sims = sav.bank_similarities(sav.at_heads(test, heads), bank, bank_labels, 2)
     return sims[..., 0].mean(1) - sims[..., 1].mean(1)
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from guard.method import calibration, sav
+from guard.method.fit import Fit
 
 N, LAYERS, HEADS, DIM, K = 957, 17, 9, 64, 20
 VARIANTS = {"probe": {"per_label": 1, "bank": "probe"}, "prototypes-16": {"per_label": 16, "bank": "centroid"}}
@@ -35,11 +36,10 @@ def test_compile_fit(benchmark, data, variant):
     benchmark.group = "compile: fit + cross-fitted calibration"
 
     def fit():
-        heads, bank, _ = sav.fit_classifier(acts, labels, 2, K, "loo", 16, v["per_label"], v["bank"])
-        calibration.calibrate(
-            acts, labels, 2, K, "loo", max_layer=16, prototypes=v["per_label"], vote="margin", bank=v["bank"]
-        )
-        return bank
+        fit = Fit(2, K, "loo", 16, v["per_label"], "margin", v["bank"])
+        fitted = fit(acts, labels)
+        calibration.calibrate(fit, acts, labels)
+        return fitted.bank
 
     benchmark.pedantic(fit, rounds=2, iterations=1)
 
@@ -48,7 +48,8 @@ def test_compile_fit(benchmark, data, variant):
 def test_check_vote(benchmark, data, variant):
     acts, labels = data
     v = VARIANTS[variant]
-    heads, bank, bank_labels = sav.fit_classifier(acts, labels, 2, K, "loo", 16, v["per_label"], v["bank"])
+    fitted = Fit(2, K, "loo", 16, v["per_label"], "margin", v["bank"])(acts, labels)
+    heads, bank, bank_labels = fitted.heads, fitted.bank, fitted.bank_labels
     batch = sav.at_heads(acts[:32], heads)
     benchmark.group = "check: similarities and vote, 32 inputs"
     benchmark(lambda: sav.classify(sav.bank_similarities(batch, bank, bank_labels, 2), "margin"))

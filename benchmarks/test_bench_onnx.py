@@ -23,7 +23,7 @@ def onnx_dir(guard, tmp_path_factory) -> str:
     from guard.onnx.export import export_onnx
 
     return str(
-        export_onnx(guard.method.artifact, tmp_path_factory.mktemp("onnx") / "text-harm", loaded=guard.loaded).directory
+        export_onnx(guard.artifact, tmp_path_factory.mktemp("onnx") / "text-harm", loaded=guard.loaded).directory
     )
 
 

@@ -31,8 +31,8 @@ def test_reference_equals_guard(guard, exemplar_prompts):
     ours = procedures.guard_activations(loaded, exemplar_prompts[:6])
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     texts = heldout_texts()[:8]
-    ref_labels = procedures.reference_predict(loaded, guard.method.artifact, [guard.render(t) for t in texts]).tolist()
-    assert [v.label for v in guard.check_batch(texts)] == [guard.method.artifact.label_names[i] for i in ref_labels]
+    ref_labels = procedures.reference_predict(loaded, guard.artifact, [guard.render(t) for t in texts]).tolist()
+    assert [v.label for v in guard.check_batch(texts)] == [guard.artifact.label_names[i] for i in ref_labels]
 
 
 def _memory(benchmark, procedure, db, count):
@@ -58,7 +58,7 @@ def test_compile_guard(benchmark, guard, exemplar_prompts, compiled_db):
 def test_check_latency_reference(benchmark, guard):
     rendered = [guard.render(t) for t in heldout_texts()[:LATENCY_INPUTS]]
     benchmark.pedantic(
-        procedures.reference_predict, args=(guard.loaded, guard.method.artifact, rendered), rounds=3, iterations=1
+        procedures.reference_predict, args=(guard.loaded, guard.artifact, rendered), rounds=3, iterations=1
     )
 
 
@@ -73,14 +73,14 @@ def test_check_latency_plain_forward(benchmark, guard):
 def test_check_latency_guard(benchmark, guard):
     texts = heldout_texts()[:LATENCY_INPUTS]
     benchmark.pedantic(lambda: [guard.check(t) for t in texts], rounds=5, iterations=1)
-    benchmark.extra_info["deepest_layer"] = guard.method.artifact.deepest_layer
+    benchmark.extra_info["deepest_layer"] = guard.artifact.deepest_layer
 
 
 @pytest.mark.benchmark(group=f"check throughput: {THROUGHPUT_INPUTS} texts")
 def test_check_throughput_reference(benchmark, guard, compiled_db):
     rendered = [guard.render(t) for t in heldout_texts()[:THROUGHPUT_INPUTS]]
     benchmark.pedantic(
-        procedures.reference_predict, args=(guard.loaded, guard.method.artifact, rendered), rounds=1, iterations=1
+        procedures.reference_predict, args=(guard.loaded, guard.artifact, rendered), rounds=1, iterations=1
     )
     _memory(benchmark, "reference_check", compiled_db, THROUGHPUT_INPUTS)
 

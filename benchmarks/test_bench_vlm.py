@@ -40,7 +40,7 @@ def test_vlm_check_reference(benchmark, setup):
     benchmark.group = f"tiny {family}: check {COUNT} images"
     benchmark.pedantic(
         procedures.reference_predict,
-        args=(loaded, guard.method.artifact, rendered),
+        args=(loaded, guard.artifact, rendered),
         rounds=3,
         iterations=1,
         warmup_rounds=1,

@@ -23,6 +23,7 @@ import torch
 
 from benchmarks.study_text_harm import PROMPTS, ROOT, Split, activations, auc, load_split, read
 from guard.method import sav
+from guard.method.fit import Fit
 from guard.models import load_model
 from guard.store.database import Store
 
@@ -61,7 +62,8 @@ ROWS = [
 
 def fit(acts, y, row: Row):
     work = acts if "+" in row.prompt else acts[:, : row.max_layer + 1]  # (several prompts: cut already)
-    heads, bank, bank_labels = sav.fit_classifier(work, y, 2, 20, per_label=row.per_label)
+    fitted = Fit(2, 20, prototypes=row.per_label)(work, y)
+    heads, bank, bank_labels = fitted.heads, fitted.bank, fitted.bank_labels
     sims = sav.bank_similarities(sav.at_heads(work, heads), bank, bank_labels, 2)
     spread = (sims[..., 0] - sims[..., 1]).std(dim=0)  # [k]
     return heads, bank, bank_labels, spread

@@ -16,6 +16,7 @@ import torch
 
 from guard.method import calibration, sav
 from guard.method.artifact import Artifact
+from guard.method.fit import Fit
 from guard.models import LoadedModel, load_model
 from guard.models.features import dtype_name, features
 from guard.policy import Policy, load_policy
@@ -49,27 +50,18 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
     centroids (and prototypes), calibration and metrics."""
     names = policy.label_names
     labels = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
-    scores, heads, cents = sav.fit_heads(acts, labels, len(names), policy.heads, policy.scoring, policy.max_layer)
+    fit = Fit.of(policy)
+    scores = fit.score_heads(acts, labels)
+    heads = fit.select(scores)
     selected = sav.at_heads(acts, heads)  # [N, k, D]
-    if policy.classifier != "centroid":  # stored where the centroids go: the runtime reads it as a bank
-        cents, _ = sav.fit_bank(selected, labels, len(names), bank=policy.classifier)
-    # Calibrated scores and thresholds come from leave-one-out votes with head selection redone
-    # each time (guard.method.calibration); a policy with too few exemplars for that has no calibration.
+    # stored where the centroids go (the runtime reads it as a bank); prototypes are recomputed
+    # from the stored exemplar vectors at load (Artifact.bank)
+    cents, _ = fit.with_heads_only().bank(selected, labels)
+    # Calibrated scores and thresholds come from cross-fitted votes with head selection redone each
+    # time (guard.method.calibration); a policy with too few exemplars for that has no calibration.
     cal = None
     if calibration.can_calibrate(labels, len(names), policy.scoring):
-        cal = calibration.calibrate(
-            acts,
-            labels,
-            len(names),
-            policy.heads,
-            policy.scoring,
-            policy.targets,
-            policy.uncertain_margin,
-            max_layer=policy.max_layer,
-            prototypes=policy.prototypes,
-            vote=policy.vote,
-            bank=policy.classifier,
-        )
+        cal = calibration.calibrate(fit, acts, labels, policy.targets, policy.uncertain_margin)
     metrics = {
         "exemplars": len(labels),
         "exemplars_per_label": {n: int((labels == i).sum()) for i, n in enumerate(names)},
@@ -103,7 +95,7 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
     bank, bank_labels = art.bank
     in_sample = sav.classify(sav.bank_similarities(selected, bank, bank_labels, len(names)), policy.vote)[0]
     metrics["train_accuracy"] = float((in_sample == labels).float().mean())
-    if cal is not None and (policy.prototypes != 1 or policy.vote != "count" or policy.classifier != "centroid"):
+    if cal is not None and not fit.exact_leave_one_out:
         metrics["loo_accuracy"] = cal.metrics["loo_vote_accuracy"]  # cross-fitted: the honest one
     elif int(torch.bincount(labels, minlength=len(names)).min()) >= 2:
         # the compile-time estimate of 0.1: heads kept, each item out of its own centroid (optimistic);

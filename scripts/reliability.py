@@ -28,7 +28,7 @@ from tests import concurrency, crash  # noqa: E402
 from tests.fixtures import TEXTS, make_text_model, write_policy  # noqa: E402
 from tests.test_hostile_inputs import BILLION_LAUGHS  # noqa: E402
 
-GUARD = [sys.executable, "-m", "guard.cli.main"]
+GUARD = [sys.executable, "-m", "guard.cli"]
 
 
 def guard(*args, stdin: bytes | None = None) -> dict:

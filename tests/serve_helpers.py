@@ -41,7 +41,7 @@ class ServeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        command = [sys.executable, "-m", "guard.cli.main", "serve", "--port", str(self.port), *args]
+        command = [sys.executable, "-m", "guard.cli", "serve", "--port", str(self.port), *args]
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
         with open(log, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env)

@@ -176,7 +176,7 @@ def test_recall_target_flags_at_least_what_the_vote_flags(tmp_path, llama_dir, d
 def test_policy_without_target_checks_as_before(tiny_policy, db, llama):
     compile_policy(tiny_policy, db, loaded=llama)
     guard = Guard.load(db, model=llama)
-    art = guard.method.artifact
+    art = guard.artifact
     assert art.calibration is not None and art.calibration.thresholds == {}
     verdicts = guard.check_batch(INPUTS)
     rendered = [guard.render(t) for t in INPUTS]
@@ -193,7 +193,7 @@ def test_too_few_exemplars_compile_without_calibration(tmp_path, llama_dir, db, 
     two = {label: items[:2] for label, items in TEXTS.items()}
     compile_policy(write_policy(tmp_path, llama_dir, two), db, loaded=llama)
     guard = Guard.load(db, model=llama)
-    assert guard.method.artifact.calibration is None
+    assert guard.artifact.calibration is None
     v = guard.check("anything")
     assert v.calibrated is None and v.to_dict()["calibrated"] is None
     out = runner.invoke(app, ["inspect", "--db", db])

@@ -10,6 +10,7 @@ import torch
 
 from guard.method import calibration as cal
 from guard.method import sav
+from guard.method.fit import Fit
 
 
 def naive_loo_votes(acts, labels, num_labels, k, scoring, max_layer=None):
@@ -132,7 +133,7 @@ def test_unanimous_votes_land_near_the_extremes_when_votes_separate_labels():
 
 def test_two_label_scores_are_complements():
     x, y = data(5, per_label=8, num_labels=2, signal=1.0)
-    c = cal.calibrate(x, y, 2, 5)
+    c = cal.calibrate(Fit(2, 5), x, y)
     for share in [i / 5 for i in range(6)]:
         assert sum(c.scores([share, 1 - share])) == pytest.approx(1.0, abs=1e-9)
 
@@ -178,7 +179,7 @@ def test_thresholds_meet_their_target_on_the_data_they_were_chosen_on(seed, metr
 
 def test_calibrate_thresholds_meet_targets_on_leave_one_out_scores():
     x, y = data(11, per_label=12, num_labels=2, signal=0.5)
-    c = cal.calibrate(x, y, 2, 5, targets={0: ("recall", 0.9)})
+    c = cal.calibrate(Fit(2, 5), x, y, targets={0: ("recall", 0.9)})
     scores = [c.platt[0](row[0]) for row in c.shares]
     t = c.thresholds[0]
     assert t.target == 0.9 and t.metric == "recall"
@@ -186,7 +187,7 @@ def test_calibrate_thresholds_meet_targets_on_leave_one_out_scores():
     counts, winners = cal.leave_one_out_votes(x, y, 2, 5)
     assert c.shares == (counts.double() / 5).tolist()
     assert c.metrics["loo_vote_accuracy"] == pytest.approx(float((winners == y).double().mean()))
-    c2 = cal.calibrate(x, y, 2, 5, targets={0: ("fpr", 0.1)})
+    c2 = cal.calibrate(Fit(2, 5), x, y, targets={0: ("fpr", 0.1)})
     assert cal.rates(scores, [v == 0 for v in y.tolist()], c2.thresholds[0].value)[1] <= 0.1
 
 

@@ -77,7 +77,7 @@ def sample(path: Path) -> list[dict]:
 
 def test_default_policy_on_sources_it_never_saw(shipped, capsys):
     report, guard = shipped
-    assert guard.method.artifact.deepest_layer <= 16  # max_layer: checks stop there
+    assert guard.artifact.deepest_layer <= 16  # max_layer: checks stop there
     rows = [row for path in sorted(EVAL.glob("*.jsonl")) for row in sample(path)]
     verdicts = guard.check_batch([r["text"] for r in rows])
     harmful = [v.flagged for v, r in zip(verdicts, rows) if r["label"] == "harmful"]

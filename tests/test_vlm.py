@@ -115,7 +115,7 @@ def test_colour_policy_compiles_and_checks_held_out_images(vlm, colour_data, tmp
     report = compile_policy(path, db, loaded=vlm, batch_size=4)
     assert report.exemplars == 12 and report.computed == 12
     guard = Guard.load(db, model=vlm)
-    assert guard.method.artifact.exemplar_texts[0].startswith("[image: train/blue/blue-0.png]")
+    assert guard.artifact.exemplar_texts[0].startswith("[image: train/blue/blue-0.png]")
 
     heldout = sorted((colour_data / "heldout").rglob("*.png"))
     verdicts = guard.check_batch([{"images": [p]} for p in heldout], batch_size=4)
@@ -124,12 +124,12 @@ def test_colour_policy_compiles_and_checks_held_out_images(vlm, colour_data, tmp
     print(f"\n[{vlm.info['model_type']}] held-out colour accuracy {correct}/{len(truth)}")
     assert correct / len(truth) >= HELDOUT_FLOOR
     assert all(v.flagged == (v.label == "red") for v in verdicts)
-    assert all([(x.layer, x.head) for x in v.votes] == guard.method.artifact.heads for v in verdicts)
+    assert all([(x.layer, x.head) for x in v.votes] == guard.artifact.heads for v in verdicts)
 
     # Checking the exemplars votes exactly as the in-sample vote on the stored exemplar vectors.
     exemplars = sorted((colour_data / "train").rglob("*.png"))
     again = guard.check_batch([{"images": [load_image(p)]} for p in exemplars], batch_size=5)
-    art = guard.method.artifact
+    art = guard.artifact
     expected = sav.vote(sav.head_similarities(art.exemplar_vectors, art.centroids))[0]
     assert [v.label for v in again] == [art.label_names[i] for i in expected.tolist()]
 

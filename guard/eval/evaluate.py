@@ -43,6 +43,7 @@ from guard.eval.sources import (
     tally,
 )
 from guard.method import sav
+from guard.method.fit import Classifier, Fit
 from guard.models import LoadedModel, load_model
 from guard.models.features import Features, features
 from guard.policy import Policy, load_policy, validate_items
@@ -416,11 +417,11 @@ def _methods(policy, artifact, verdicts, feats: Features, y, truth, answers, wit
     methods = {"sav": result("sav", [names.index(v.label) for v in verdicts], quality)}
     if artifact.calibration is not None and artifact.calibration.thresholds:
         bank, bank_labels = artifact.bank
-        vote_pred = predict(policy, sav.at_heads(test_acts, artifact.heads), bank, bank_labels)
-        methods["sav_vote"] = result("sav_vote", vote_pred.tolist())
+        compiled = Classifier(artifact.heads, bank, bank_labels, len(names), policy.vote)
+        methods["sav_vote"] = result("sav_vote", compiled.predict(test_acts).tolist())
     if with_baselines and is_variant(policy):
-        _, chosen, cents = sav.fit_heads(ex_acts, y, len(names), policy.heads, "in_sample")
-        methods["sav_paper"] = result("sav_paper", sav.predict(test_acts, chosen, cents).tolist())
+        paper = Fit.papers(len(names), policy.heads)(ex_acts, y)
+        methods["sav_paper"] = result("sav_paper", paper.predict(test_acts).tolist())
     if with_baselines:
         hidden = feats.hidden
         methods["zero_shot"] = result("zero_shot", baselines.zero_shot(feats.answer_logprobs[n_ex:]).tolist())
@@ -436,25 +437,10 @@ def is_variant(policy: Policy) -> bool:
     return (policy.scoring, policy.prototypes, policy.vote, policy.max_layer) != ("in_sample", 1, "count", None)
 
 
-def predict(policy: Policy, selected: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor) -> torch.Tensor:
-    """The policy's vote (no thresholds) for inputs at the selected heads `[B, k, D]`."""
-    sims = sav.bank_similarities(selected, bank, bank_labels, len(policy.labels))
-    return sav.classify(sims, policy.vote)[0]
-
-
 def fit_and_predict(policy: Policy, ex_acts, y, test_acts, heads: list[tuple[int, int]] | None = None) -> list[int]:
     """Fit the policy's classifier on `ex_acts` (heads chosen as compile does, or `heads`) and
     predict `test_acts` with its vote: what the sweeps re-fit."""
-    num_labels = len(policy.labels)
-    if heads is None:
-        heads, bank, bank_labels = sav.fit_classifier(
-            ex_acts, y, num_labels, policy.heads, policy.scoring, policy.max_layer, policy.prototypes, policy.classifier
-        )
-    else:
-        bank, bank_labels = sav.fit_bank(
-            sav.at_heads(ex_acts, heads), y, num_labels, policy.prototypes, policy.classifier
-        )
-    return predict(policy, sav.at_heads(test_acts, heads), bank, bank_labels).tolist()
+    return Fit.of(policy)(ex_acts, y, heads).predict(test_acts).tolist()
 
 
 RELIABILITY_BINS = 5

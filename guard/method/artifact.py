@@ -7,8 +7,8 @@ from functools import cached_property
 
 import torch
 
-from guard.method import sav
 from guard.method.calibration import Calibration
+from guard.method.fit import Fit
 from guard.policy import Label
 
 
@@ -64,7 +64,7 @@ class Artifact:
         if self.prototypes == 1:
             return self.centroids, torch.arange(len(self.labels))
         labels = torch.tensor(self.exemplar_labels, dtype=torch.long)
-        return sav.fit_bank(self.exemplar_vectors, labels, len(self.labels), self.prototypes)
+        return Fit(len(self.labels), len(self.heads), prototypes=self.prototypes).bank(self.exemplar_vectors, labels)
 
     @property
     def escape(self) -> str:

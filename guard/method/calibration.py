@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from guard.method import sav
+from guard.method.fit import Fit
 
 METHOD = "platt-loo"
 # Where each vote rule's value changes the winner between two labels (guard.method.sav.label_values):
@@ -135,33 +136,19 @@ def folds_of(labels: torch.Tensor, num_labels: int, folds: int = CROSS_FIT_FOLDS
 
 
 def cross_fitted_values(
-    acts: torch.Tensor,
-    labels: torch.Tensor,
-    num_labels: int,
-    k: int,
-    scoring: str = "loo",
-    max_layer: int | None = None,
-    prototypes: int = 1,
-    vote: str = "count",
-    folds: int = CROSS_FIT_FOLDS,
-    bank: str = "centroid",
+    fit: Fit, acts: torch.Tensor, labels: torch.Tensor, folds: int = CROSS_FIT_FOLDS
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Label values `[N, C]` (guard.method.sav.label_values) and winners `[N]` of each exemplar from a
-    fit on the other folds: heads scored and selected, bank (centroids or prototypes) fitted,
-    without the fold. For the variants that the exact leave-one-out shortcut does not cover."""
-    fold = folds_of(labels, num_labels, folds)
-    values = torch.zeros((len(labels), num_labels), dtype=torch.float64)
+    """Label values `[N, C]` (guard.method.sav.label_values) and winners `[N]` of each exemplar from
+    `fit` on the other folds: heads scored and selected, bank (centroids, prototypes or probe)
+    fitted, without the fold. For the settings that the exact leave-one-out shortcut does not cover."""
+    fold = folds_of(labels, fit.num_labels, folds)
+    values = torch.zeros((len(labels), fit.num_labels), dtype=torch.float64)
     winners = torch.zeros(len(labels), dtype=torch.long)
     for f in range(folds):
         test = fold == f
         if not bool(test.any()):
             continue
-        train = ~test
-        heads, fitted, fitted_labels = sav.fit_classifier(
-            acts[train], labels[train], num_labels, k, scoring, max_layer, prototypes, bank
-        )
-        sims = sav.bank_similarities(sav.at_heads(acts[test], heads), fitted, fitted_labels, num_labels)
-        win, _, _, val = sav.classify(sims, vote)
+        win, _, _, val = fit(acts[~test], labels[~test]).classify(acts[test])
         values[test], winners[test] = val.double(), win
     return values, winners
 
@@ -344,33 +331,26 @@ class Calibration:
 
 
 def calibrate(
+    fit: Fit,
     acts: torch.Tensor,
     labels: torch.Tensor,
-    num_labels: int,
-    k: int,
-    scoring: str = "loo",
     targets: dict[int, tuple[str, float]] | None = None,
     uncertain_margin: float = 0.0,
     chunk: int = 8,
-    max_layer: int | None = None,
-    prototypes: int = 1,
-    vote: str = "count",
-    bank: str = "centroid",
 ) -> Calibration:
-    """Cross-fitted votes -> per-label Platt maps -> thresholds for `targets` {label: (metric, value)}.
+    """Cross-fitted votes of `fit` -> per-label Platt maps -> thresholds for `targets` {label: (metric, value)}.
 
-    The paper's classifier (centroids, vote count) gets exact leave-one-out votes; prototypes or
-    the margin vote get 10-fold cross-fitted label values (`cross_fitted_values`)."""
-    method = METHOD
-    if prototypes == 1 and vote == "count" and bank == "centroid":
-        counts, winners = leave_one_out_votes(acts, labels, num_labels, k, scoring, chunk, max_layer)
+    The paper's classifier (centroids, vote count) gets exact leave-one-out votes; prototypes, the
+    probe or the margin vote get 10-fold cross-fitted label values (`cross_fitted_values`)."""
+    num_labels = fit.num_labels
+    if fit.exact_leave_one_out:
+        method = METHOD
+        counts, winners = leave_one_out_votes(acts, labels, num_labels, fit.k, fit.scoring, chunk, fit.max_layer)
         k_eff = counts.sum(dim=1, keepdim=True).clamp(min=1)
         shares = (counts.double() / k_eff).tolist()
     else:
         method = CROSS_FIT_METHOD
-        values, winners = cross_fitted_values(
-            acts, labels, num_labels, k, scoring, max_layer, prototypes, vote, bank=bank
-        )
+        values, winners = cross_fitted_values(fit, acts, labels)
         shares = values.tolist()
     truth = labels.tolist()
     platt = [fit_platt([row[c] for row in shares], [t == c for t in truth]) for c in range(num_labels)]

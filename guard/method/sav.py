@@ -14,7 +14,6 @@ Decisions that the paper leaves open, fixed here so results are reproducible:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -122,33 +121,18 @@ def at_heads(acts: torch.Tensor, heads: list[tuple[int, int]]) -> torch.Tensor:
     return acts[:, [layer for layer, _ in heads], [head for _, head in heads]]
 
 
-def fit_heads(
-    acts: torch.Tensor,
-    labels: torch.Tensor,
-    num_labels: int,
-    k: int,
-    scoring: str = "loo",
-    max_layer: int | None = None,
-):
-    """The whole fit: scores of every head, the top-k heads (none deeper than `max_layer`), and
-    their centroids `[C, k, D]`."""
-    scores = score_heads(acts, labels, num_labels, scoring)
-    heads = select_heads(scores, k, max_layer)
-    return scores, heads, centroids(at_heads(acts, heads), labels, num_labels)
-
-
 def predict(acts: torch.Tensor, heads: list[tuple[int, int]], head_centroids: torch.Tensor) -> torch.Tensor:
     """Winner label per row for full activations `[B, L, H, D]` and centroids `[C, K, D]` of `heads`."""
     return vote(head_similarities(at_heads(acts, heads), head_centroids))[0]
 
 
-# --- variants beyond the paper: several prototypes, nearest exemplars, weighted votes ----------
+# --- variants beyond the paper: several prototypes, nearest exemplars ------------------------------
 #
 # A head's similarity to a label is, in general, the mean of its `top` highest cosines to that
 # label's entries in a *bank* of vectors at that head: the label centroids (one entry per label,
 # the paper), several prototypes per label (k-means clusters: harmful requests are many
 # clusters, one mean blurs them), or the exemplars themselves (nearest exemplars). The head votes
-# for the label it is most similar to; votes may be weighted by each head's reliability.
+# for the label it is most similar to.
 
 
 def bank_similarities(x: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_labels: int, top: int = 1):
@@ -200,32 +184,6 @@ def prototypes(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, per_la
     return bank, torch.arange(num_labels).repeat_interleave(per_label)
 
 
-def reliability_weights(accuracy: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """A head's vote weight from its (leave-one-out) accuracy: the log-odds of being right over
-    chance, log(acc / (1 - acc)) - log(1 / (C - 1)), floored at 0 (a head at chance or worse
-    does not vote) and with accuracy clipped to [0.5/N-ish, 0.99] so a perfect head is not infinite."""
-    acc = accuracy.clamp(max=0.99)
-    chance = 1.0 / num_labels
-    weights = torch.log(acc / (1 - acc)) - math.log(chance / (1 - chance))
-    return weights.clamp(min=0.0)
-
-
-def weighted_vote(sims: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Like `vote`, but each head's vote counts `weights[k]`: sims `[B, K, C]`, weights `[K]` ->
-    (winner `[B]`, per-head votes `[B, K]`, weighted vote shares `[B, C]` summing to 1).
-    Ties (equal weighted totals) go to the tied label first voted for by the best-ranked head."""
-    batch, k, num_labels = sims.shape
-    votes = sims.argmax(dim=-1)
-    w = weights.to(sims.dtype).view(1, k).expand(batch, k)
-    totals = torch.zeros((batch, num_labels), dtype=sims.dtype, device=sims.device)
-    totals.scatter_add_(1, votes, w)
-    shares = totals / totals.sum(dim=1, keepdim=True).clamp(min=EPS)
-    tied = (totals - totals.max(dim=1, keepdim=True).values).abs() <= 1e-9
-    first = tied.gather(1, votes).to(torch.int8).argmax(dim=1)
-    winner = votes.gather(1, first.view(-1, 1)).squeeze(1)
-    return winner, votes, shares
-
-
 VOTES = ("count", "margin")
 
 
@@ -257,22 +215,6 @@ def classify(sims: torch.Tensor, vote: str = "count") -> tuple[torch.Tensor, tor
 
 
 vote_fn = vote  # `classify` takes a `vote` argument that shadows the function
-
-
-def fit_classifier(
-    acts: torch.Tensor,
-    labels: torch.Tensor,
-    num_labels: int,
-    k: int,
-    scoring: str = "loo",
-    max_layer: int | None = None,
-    per_label: int = 1,
-    bank: str = "centroid",
-) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
-    """The classifier compile fits, from activations `[N, L, H, D]`: `(heads, bank, bank_labels)`,
-    the top-k heads (none deeper than `max_layer`) and what they compare an input with."""
-    heads = select_heads(score_heads(acts, labels, num_labels, scoring), k, max_layer)
-    return heads, *fit_bank(at_heads(acts, heads), labels, num_labels, per_label, bank)
 
 
 BANKS = ("centroid", "probe")

@@ -32,7 +32,7 @@ from guard.errors import GuardError
 from guard.store.database import Store, sqlite_file
 from guard.store.tables import AuditRow
 
-log = logging.getLogger("guard.store.audit")
+log = logging.getLogger("guard.audit")  # the logger name of 0.2: log configurations name it
 
 SECRET_SUFFIX = ".audit-key"  # beside an SQLite database: guard.db.audit-key
 SECRET_ENV = "GUARD_AUDIT_SECRET_FILE"
