@@ -137,70 +137,13 @@ def parse_policy(
     model = check.string(doc, "model", required=False, default=DEFAULT_MODEL)
     prompt = check.string(doc, "prompt")
     description = check.string(doc, "description", required=False)
-    try:
-        fields = template_fields(prompt, keep_empty=True)
-    except ValueError as exc:
-        check.fail(doc.key_lines["prompt"], f"prompt template is invalid ({exc}); write literal braces as {{{{ }}}}")
-    if any(not f.isidentifier() for f in fields):
-        check.fail(doc.key_lines["prompt"], "prompt placeholders must be plain names like {text}")
-
+    fields = _prompt_fields(doc, check, prompt)
     labels = _parse_labels(doc, check)
-    label_names = [label.name for label in labels]
-
-    heads = doc.get("heads", DEFAULT_HEADS)
-    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
-        check.fail(
-            doc.key_lines.get("heads", doc.line), "'heads' must be a positive integer (the number of heads that vote)"
-        )
-    scoring = doc.get("scoring", "loo")
-    if scoring not in SCORINGS:
-        check.fail(doc.key_lines.get("scoring", doc.line), f"'scoring' must be one of: {', '.join(SCORINGS)}")
-
-    max_layer = doc.get("max_layer")
-    if max_layer is not None and (not isinstance(max_layer, int) or isinstance(max_layer, bool) or max_layer < 0):
-        check.fail(
-            doc.key_lines["max_layer"],
-            "'max_layer' must be a whole number >= 0 (the deepest layer a selected head may be in, from 0)",
-        )
-    prototypes = doc.get("prototypes", 1)
-    if not isinstance(prototypes, int) or isinstance(prototypes, bool) or prototypes < 1:
-        check.fail(
-            doc.key_lines["prototypes"],
-            "'prototypes' must be a whole number >= 1 (per label and head; 1 is the centroid)",
-        )
-    vote = doc.get("vote", "count")
-    if vote not in VOTES:
-        check.fail(
-            doc.key_lines["vote"],
-            f"'vote' must be one of: {', '.join(VOTES)} (count: majority of heads; margin: mean similarity margin)",
-        )
-    classifier = doc.get("classifier", "centroid")
-    if classifier not in CLASSIFIERS:
-        check.fail(
-            doc.key_lines["classifier"],
-            f"'classifier' must be one of: {', '.join(CLASSIFIERS)} (probe: a logistic regression over the heads)",
-        )
-    if classifier == "probe" and (len(labels) != 2 or prototypes != 1 or vote != "margin"):
-        check.fail(
-            doc.key_lines["classifier"],
-            "'classifier: probe' needs two labels, 'vote: margin' and no 'prototypes' (it is one pair per head)",
-        )
-    escape = doc.get("escape", "none")
-    if escape not in ESCAPES:
-        check.fail(
-            doc.key_lines.get("escape", doc.line),
-            f"'escape' must be one of: {', '.join(ESCAPES)} (xml: user text cannot close the prompt's <tag> block)",
-        )
-    uncertain_margin = doc.get("uncertain_margin", 0.0)
-    if not _is_number(uncertain_margin) or not 0 <= uncertain_margin <= 1:
-        check.fail(
-            doc.key_lines.get("uncertain_margin", doc.line),
-            "'uncertain_margin' must be a number from 0 to 1 (a share of the heads' votes)",
-        )
+    settings = _parse_settings(doc, check, labels)
 
     notes: list[str] = []
     exemplars = _parse_exemplars(doc, check, root, notes)
-    validate_items(exemplars, label_names, fields)
+    validate_items(exemplars, [label.name for label in labels], fields)
     if not fields and not any(ex.images for ex in exemplars):
         check.fail(
             doc.key_lines["prompt"],
@@ -208,41 +151,114 @@ def parse_policy(
             "give the model the same prompt, and so the same verdict",
         )
     notes.extend(policy_warnings(labels, exemplars, fields, display))
-    counts = {n: sum(ex.label == n for ex in exemplars) for n in label_names}
-    for label in labels:
-        need = 2 if scoring == "loo" else 1
-        if label.target is not None:
-            need += 1  # thresholds come from leave-one-out votes, which leave one more out
-        if counts[label.name] < need:
-            line = doc.key_lines["labels"]
-            extra = " (leave-one-out scoring needs at least 2)" if need == 2 and counts[label.name] == 1 else ""
-            if label.target is not None:
-                extra = f" (a 'target' needs at least {need}: thresholds are fitted on leave-one-out votes)"
-            skipped = [note for note in notes if ": skipped " in note]
-            if skipped:  # say why the data gave so few, or the user is left guessing
-                extra += f"; {skipped[0]}" + (f" (and {len(skipped) - 1} more reasons)" if len(skipped) > 1 else "")
-            check.fail(line, f"label '{label.name}' has {counts[label.name]} exemplar(s){extra}")
-
+    _check_counts(doc, check, labels, exemplars, settings["scoring"], notes)
     return Policy(
         name=name,
         model=model,
         prompt=prompt,
         labels=labels,
         exemplars=exemplars,
-        heads=heads,
-        scoring=scoring,
         description=description,
-        uncertain_margin=float(uncertain_margin),
-        escape=escape,
-        max_layer=max_layer,
-        prototypes=prototypes,
-        vote=vote,
-        classifier=classifier,
         source_text=text,
         base_dir=base_dir,
         data_root=root,
         notes=notes,
+        **settings,
     )
+
+
+def _prompt_fields(doc: _Map, check: _Checker, prompt: str) -> set[str]:
+    try:
+        fields = template_fields(prompt, keep_empty=True)
+    except ValueError as exc:
+        check.fail(doc.key_lines["prompt"], f"prompt template is invalid ({exc}); write literal braces as {{{{ }}}}")
+    if any(not f.isidentifier() for f in fields):
+        check.fail(doc.key_lines["prompt"], "prompt placeholders must be plain names like {text}")
+    return fields
+
+
+def _whole(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _parse_settings(doc: _Map, check: _Checker, labels: list[Label]) -> dict:
+    """The classifier's keys (heads, scoring, max_layer, prototypes, vote, classifier, escape,
+    uncertain_margin), checked, as Policy's keyword arguments."""
+    line = doc.key_lines.get
+    heads = doc.get("heads", DEFAULT_HEADS)
+    if not _whole(heads, 1):
+        check.fail(line("heads", doc.line), "'heads' must be a positive integer (the number of heads that vote)")
+    scoring = doc.get("scoring", "loo")
+    if scoring not in SCORINGS:
+        check.fail(line("scoring", doc.line), f"'scoring' must be one of: {', '.join(SCORINGS)}")
+    max_layer = doc.get("max_layer")
+    if max_layer is not None and not _whole(max_layer, 0):
+        check.fail(
+            line("max_layer"),
+            "'max_layer' must be a whole number >= 0 (the deepest layer a selected head may be in, from 0)",
+        )
+    prototypes = doc.get("prototypes", 1)
+    if not _whole(prototypes, 1):
+        check.fail(
+            line("prototypes"), "'prototypes' must be a whole number >= 1 (per label and head; 1 is the centroid)"
+        )
+    vote = doc.get("vote", "count")
+    if vote not in VOTES:
+        check.fail(
+            line("vote"),
+            f"'vote' must be one of: {', '.join(VOTES)} (count: majority of heads; margin: mean similarity margin)",
+        )
+    classifier = doc.get("classifier", "centroid")
+    if classifier not in CLASSIFIERS:
+        check.fail(
+            line("classifier"),
+            f"'classifier' must be one of: {', '.join(CLASSIFIERS)} (probe: a logistic regression over the heads)",
+        )
+    if classifier == "probe" and (len(labels) != 2 or prototypes != 1 or vote != "margin"):
+        check.fail(
+            line("classifier"),
+            "'classifier: probe' needs two labels, 'vote: margin' and no 'prototypes' (it is one pair per head)",
+        )
+    escape = doc.get("escape", "none")
+    if escape not in ESCAPES:
+        check.fail(
+            line("escape", doc.line),
+            f"'escape' must be one of: {', '.join(ESCAPES)} (xml: user text cannot close the prompt's <tag> block)",
+        )
+    uncertain_margin = doc.get("uncertain_margin", 0.0)
+    if not _is_number(uncertain_margin) or not 0 <= uncertain_margin <= 1:
+        check.fail(
+            line("uncertain_margin", doc.line),
+            "'uncertain_margin' must be a number from 0 to 1 (a share of the heads' votes)",
+        )
+    return {
+        "heads": heads,
+        "scoring": scoring,
+        "max_layer": max_layer,
+        "prototypes": prototypes,
+        "vote": vote,
+        "classifier": classifier,
+        "escape": escape,
+        "uncertain_margin": float(uncertain_margin),
+    }
+
+
+def _check_counts(doc: _Map, check: _Checker, labels: list[Label], exemplars, scoring: str, notes: list[str]) -> None:
+    """Enough exemplars per label for the scoring (and a target's thresholds), else a failure that
+    says why the data gave so few."""
+    counts = {label.name: sum(ex.label == label.name for ex in exemplars) for label in labels}
+    for label in labels:
+        need = 2 if scoring == "loo" else 1
+        if label.target is not None:
+            need += 1  # thresholds come from leave-one-out votes, which leave one more out
+        if counts[label.name] < need:
+            extra = " (leave-one-out scoring needs at least 2)" if need == 2 and counts[label.name] == 1 else ""
+            if label.target is not None:
+                extra = f" (a 'target' needs at least {need}: thresholds are fitted on leave-one-out votes)"
+            skipped = [note for note in notes if ": skipped " in note]
+            if skipped:  # say why the data gave so few, or the user is left guessing
+                extra += f"; {skipped[0]}" + (f" (and {len(skipped) - 1} more reasons)" if len(skipped) > 1 else "")
+            check.fail(doc.key_lines["labels"], f"label '{label.name}' has {counts[label.name]} exemplar(s){extra}")
 
 
 def _data_root(doc: _Map, check: _Checker, base_dir: Path, override: str | Path | None) -> Path:
