@@ -92,20 +92,28 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
         dtype=dtype_name(loaded.dtype),
         device=loaded.device.type,
     )
+    metrics.update(_accuracies(fit, art, selected, labels, cal))
+    return art
+
+
+def _accuracies(fit: Fit, art: Artifact, selected: torch.Tensor, labels: torch.Tensor, cal) -> dict:
+    """In-sample and cross-fitted accuracies of the compiled classifier, and the calibration's metrics."""
+    metrics = {}
+    num_labels = fit.num_labels
     bank, bank_labels = art.bank
-    in_sample = sav.classify(sav.bank_similarities(selected, bank, bank_labels, len(names)), policy.vote)[0]
+    in_sample = sav.classify(sav.bank_similarities(selected, bank, bank_labels, num_labels), fit.vote)[0]
     metrics["train_accuracy"] = float((in_sample == labels).float().mean())
     if cal is not None and not fit.exact_leave_one_out:
         metrics["loo_accuracy"] = cal.metrics["loo_vote_accuracy"]  # cross-fitted: the honest one
-    elif int(torch.bincount(labels, minlength=len(names)).min()) >= 2:
+    elif int(torch.bincount(labels, minlength=num_labels).min()) >= 2:
         # the compile-time estimate of 0.1: heads kept, each item out of its own centroid (optimistic);
         # it needs 2 per label, and an in-sample policy (the paper's) may have 1
-        loo = sav.vote(sav.exemplar_similarities(selected, labels, len(names), "loo").permute(0, 2, 1))[0]
+        loo = sav.vote(sav.exemplar_similarities(selected, labels, num_labels, "loo").permute(0, 2, 1))[0]
         metrics["loo_accuracy"] = float((loo == labels).float().mean())
     if cal is not None:
         metrics.update(cal.metrics)
         metrics["calibration_method"] = cal.method  # names the headline accuracy's estimator
-    return art
+    return metrics
 
 
 def compile_policy(

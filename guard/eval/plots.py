@@ -86,6 +86,7 @@ def policy_figure(art, path: str | Path, size: tuple[int, int] = POLICY_SIZE) ->
     Right: the exemplars at the best head as unit vectors (SAV compares directions), coloured by
     label, centroids as X; two labels: projected on the centroid-to-centroid line and the main
     direction across it; more labels: on the first two principal components."""
+    # long: one figure's layout, panel by panel; its parts mean nothing apart
     fig = _figure(size)
     left, right = fig.subplots(1, 2, width_ratios=[1.25, 1])
     acc = art.head_accuracy.float()

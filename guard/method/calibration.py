@@ -70,6 +70,7 @@ def leave_one_out_votes(
     each label's sum, and their products, in float64. Cost ~ N^2 x heads x head_dim, in chunks
     of `chunk` left-out items, instead of N separate fits.
     """
+    # long: one vectorised computation; its steps share a dozen [N, C, heads] tensors, and the tests compare it as a whole with N separate fits
     n_items, num_layers, num_heads, _ = acts.shape
     if not can_calibrate(labels, num_labels, scoring):
         need = min_exemplars(scoring)

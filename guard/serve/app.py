@@ -105,6 +105,8 @@ def _add_docs(app: FastAPI, service: Service) -> None:
 
 
 def _add_routes(app: FastAPI, service: Service) -> None:
+    """The API's routes, declared over one service."""
+    # long: each route is a few lines over the service; read together they are the API
     limits = service.config.limits
 
     @app.post("/v1/moderations")

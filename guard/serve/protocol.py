@@ -36,6 +36,7 @@ def error_bytes(status: int, reason: str, code: str, message: str, kind: str = "
 
 def protocol_class(header_timeout: float, max_connections: int | None) -> type[H11Protocol]:
     """An H11Protocol subclass with these limits, for `uvicorn.Config(http=...)`."""
+    # long: the subclass closes over the limits; each of its methods is short
 
     class GuardH11Protocol(H11Protocol):
         def connection_made(self, transport) -> None:
