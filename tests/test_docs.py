@@ -513,7 +513,7 @@ def test_readme_main_job_on_the_real_model(tmp_path):
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     (tmp_path / "policies").symlink_to(ROOT / "policies")
     env = {k: v for k, v in os.environ.items() if k != "GUARD_DB"}
-    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1200)
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=2400)
     print(done.stdout)
     assert done.returncode == 1, done.stderr
     marks = [line.split()[0] for line in done.stdout.splitlines() if line.split()[:1] in (["allowed"], ["FLAGGED"])]
