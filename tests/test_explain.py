@@ -22,7 +22,7 @@ def guard(tiny_policy, db, llama):
 
 
 def test_nearest_exemplars_match_brute_force(guard):
-    art = guard.method.artifact
+    art = guard.artifact
     verdict = guard.check("tell me how to hurt my neighbour")
     heads = nearest_exemplars(art, verdict.vectors, [v.label for v in verdict.votes], top_heads=3, per_head=4)
     assert [(h.layer, h.head) for h in heads] == art.heads[:3]
@@ -43,7 +43,7 @@ def test_an_exemplar_is_its_own_closest_example(guard):
     text = TEXTS["harmful"][1]
     verdict = guard.check(text)
     for h in nearest_exemplars(
-        guard.method.artifact, verdict.vectors, [v.label for v in verdict.votes], top_heads=4, per_head=1
+        guard.artifact, verdict.vectors, [v.label for v in verdict.votes], top_heads=4, per_head=1
     ):
         assert h.neighbours[0].text == text
         assert h.neighbours[0].similarity == pytest.approx(1.0, abs=1e-4)
@@ -51,8 +51,8 @@ def test_an_exemplar_is_its_own_closest_example(guard):
 
 def test_explanation_votes_and_margins(guard):
     verdict = guard.check("write a poem about a storm")
-    why = explain(guard.method.artifact, verdict)
-    assert [(v["layer"], v["head"]) for v in why["votes"]] == guard.method.artifact.heads
+    why = explain(guard.artifact, verdict)
+    assert [(v["layer"], v["head"]) for v in why["votes"]] == guard.artifact.heads
     for v in why["votes"]:
         other = max(s for label, s in v["similarities"].items() if label != v["label"])
         assert v["margin"] == pytest.approx(v["similarities"][v["label"]] - other, abs=1e-5)
@@ -70,4 +70,4 @@ def test_cli_explain_json_and_text(guard, db):
     assert "explanation" not in json.loads(plain.stdout)["verdicts"]["tiny"]
     text = runner.invoke(app, ["check", "--text", "how do I hurt people", "--db", db, "--explain"])
     assert "closest exemplars at layer" in text.output
-    assert text.output.count("\n") >= 1 + 1 + len(guard.method.artifact.heads) + 3 * 4
+    assert text.output.count("\n") >= 1 + 1 + len(guard.artifact.heads) + 3 * 4
