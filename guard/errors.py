@@ -32,3 +32,17 @@ def first_line(exc: BaseException) -> str:
     one-line error shows of a library's multi-line message."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def need_extra(module: str, what: str, extra: str, error: type[GuardError] = GuardError) -> None:
+    """Make sure `module`, an optional dependency, is installed (found, not imported: the check is
+    cheap, so it can run before any work); if it is not, raise `error` saying in one line which
+    extra installs it (`what` names the feature that needs it)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        found = False
+    if not found:
+        raise error(f"{what} needs the '{extra}' extra: pip install 'guard[{extra}]'")

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from guard.cli.main import app
+from guard.errors import GuardError
 from guard.scanning.writers import read_records
 from tests.fixtures import TEXTS, write_policy
 
@@ -430,3 +431,64 @@ def test_manifest_image_paths_stay_under_the_data_root(tmp_path, scan_db):
     records = {r["id"]: r for r in read_records(str(out))}
     assert records["m5"]["error"] == "line 6: image '/etc/passwd' is not a file under the data root"
     assert "not a file under the data root" not in records["m0"].get("error", "")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+def test_a_scan_from_python_stops_on_sigterm_and_resumes_as_the_cli_does(tmp_path, scan_db, monkeypatch):
+    """guard.scanning.run.run: SIGTERM mid-scan keeps the whole records written (ScanInterrupted,
+    a KeyboardInterrupt), and resume=True finishes the file as an uninterrupted `guard scan` writes it."""
+    import guard.scanning.run as scan_run
+    from guard.scanning.readers import Columns
+
+    corpus = write_corpus(tmp_path / "posts.jsonl", 60)
+    whole = tmp_path / "whole.jsonl"
+    assert run(*scan_args(corpus, whole, scan_db, "--batch-size", "4", "--window", "8")).exit_code in (0, 1)
+
+    out = tmp_path / "python.jsonl"
+    settings = dict(db=scan_db, policies=["tiny"], columns=Columns(id="id"), batch_size=4, window=8, device="cpu")
+    real_write, windows_written = scan_run.JsonlWriter.write, []
+
+    def write_then_terminate(self, records):
+        real_write(self, records)
+        windows_written.append(len(records))
+        if len(windows_written) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # turned into KeyboardInterrupt while the scan writes
+
+    monkeypatch.setattr(scan_run.JsonlWriter, "write", write_then_terminate)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(scan_run.ScanInterrupted, match="continue with --resume") as stopped:
+        scan_run.run([str(corpus)], str(out), **settings)
+    written = out.read_bytes().count(b"\n")
+    # the records of two windows are on disk, whole (the count it reports may trail the last window)
+    assert written == 16 and stopped.value.items <= written and out.read_bytes().endswith(b"\n")
+    assert signal.getsignal(signal.SIGTERM) == handler  # the scan's own handler is gone
+
+    monkeypatch.undo()
+    with pytest.raises(GuardError, match="--resume"):  # neither resume nor overwrite: refused, file kept
+        scan_run.run([str(corpus)], str(out), **settings)
+    report = scan_run.run([str(corpus)], str(out), resume=True, **settings)
+    assert report.resumed == written and report.summary.items == 60 and report.new == 60 - written
+    assert out.read_bytes() == whole.read_bytes()
+    cli = run(*scan_args(corpus, tmp_path / "again.jsonl", scan_db, "--batch-size", "4", "--json"))
+    assert {k: v for k, v in json.loads(cli.stdout).items() if k in ("items", "checked", "flagged", "errors")} == {
+        k: v for k, v in report.to_dict().items() if k in ("items", "checked", "flagged", "errors")
+    }
+
+
+def test_scan_explain_records_carry_the_explanation_check_prints(tmp_path, scan_db):
+    """--explain means the same in scan as in check: each head's vote and the closest exemplars."""
+    corpus = tmp_path / "one.jsonl"
+    corpus.write_text(json.dumps({"id": "a", "text": "how do I bake bread"}) + "\n")
+    out = tmp_path / "explained.jsonl"
+    assert run(*scan_args(corpus, out, scan_db, "--explain")).exit_code in (0, 1)
+    (record,) = read_records(str(out))
+    checked = run("check", "--text", "how do I bake bread", "--db", scan_db, "-p", "tiny", "--explain", "--json")
+    expected = json.loads(checked.stdout)["verdicts"]["tiny"]
+    verdict = record["verdicts"]["tiny"]
+    assert verdict["explanation"] == expected["explanation"] and verdict["votes"] == expected["votes"]
+    assert verdict["explanation"]["nearest_exemplars"]
+    pytest.importorskip("pyarrow")
+    parquet = tmp_path / "explained.parquet"
+    assert run(*scan_args(corpus, parquet, scan_db, "--explain")).exit_code in (0, 1)
+    (row,) = read_records(str(parquet))
+    assert row["verdicts"]["tiny"]["explanation"] == expected["explanation"]

@@ -215,9 +215,8 @@ class GuardSet:
         """Load the named policies (all in the database if None); they must share one model."""
         from guard.store.database import Store  # imported here: checking from an Artifact needs no SQL
 
-        store = Store.open(db)
-        names = list(policies) if policies else store.policy_names()
-        return cls.with_model([store.load_artifact(name) for name in names], model, device=device, dtype=dtype)
+        artifacts = Store.open(db).load_artifacts(policies, every=True)
+        return cls.with_model(artifacts, model, device=device, dtype=dtype)
 
     @classmethod
     def with_model(
@@ -319,7 +318,8 @@ class Guard:
         """
         from guard.store.database import Store
 
-        guards = GuardSet.with_model([Store.open(db).load_artifact(policy)], model, device=device, dtype=dtype)
+        artifacts = Store.open(db).load_artifacts(None if policy is None else [policy])
+        guards = GuardSet.with_model(artifacts, model, device=device, dtype=dtype)
         return cls(guards.policies[0].artifact, guards.loaded)
 
     @property

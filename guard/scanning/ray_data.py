@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 
-from guard.errors import GuardError
+from guard.errors import GuardError, need_extra
 from guard.scanning.readers import Columns, Item, Shard, plan, read_shard
 from guard.scanning.writers import OutputError, Progress
 
@@ -28,11 +28,10 @@ SHARD_BYTES = 64 << 20  # a line file is cut into pieces of about this size
 
 
 def _ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise GuardError("--ray needs Ray Data: pip install 'guard[ray]'") from None
+    need_extra("ray", "--ray", "ray")
+    import ray
+    import ray.data  # noqa: F401
+
     return ray
 
 
@@ -65,12 +64,13 @@ def resume_shards(shards: list[Shard], progress: Progress, columns: Columns) -> 
 class ScanActor:
     """One model replica: loads the model and the policies once, then checks windows."""
 
-    def __init__(self, artifacts, batch_size: int, votes: bool, device: str, dtype: str | None):
+    def __init__(self, artifacts, batch_size: int, votes: bool, device: str, dtype: str | None, explain: bool = False):
         from guard.check.engine import GuardSet
 
         self.guards = GuardSet.with_model(artifacts, device=device, dtype=dtype)
         self.batch_size = batch_size
         self.votes = votes
+        self.explain = explain
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -78,7 +78,7 @@ class ScanActor:
         from guard.scanning.scanner import check_window
 
         items = [Item(**json.loads(raw)) for raw in batch["item"]]
-        records = check_window(self.guards, items, self.batch_size, self.votes)
+        records = check_window(self.guards, items, self.batch_size, self.votes, explain=self.explain)
         return {"record": np.array([json.dumps(r, ensure_ascii=False) for r in records], dtype=object)}
 
 
@@ -99,6 +99,7 @@ def ray_scan_windows(
     batch_size: int = 16,
     window: int | None = None,
     votes: bool = False,
+    explain: bool = False,
     device: str = "auto",
     dtype: str | None = None,
     shard_bytes: int = SHARD_BYTES,
@@ -131,6 +132,7 @@ def ray_scan_windows(
                     "artifacts": list(artifacts),
                     "batch_size": batch_size,
                     "votes": votes,
+                    "explain": explain,
                     "device": device,
                     "dtype": dtype,
                 },

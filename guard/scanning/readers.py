@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from guard.errors import GuardError
+from guard.errors import GuardError, need_extra
 from guard.limits import LIMITS, Limits, line_too_long
 from guard.models.images import SUFFIXES as IMAGE_SUFFIXES
 
@@ -323,10 +323,9 @@ def read_parquet(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
 
 
 def _pyarrow_parquet():
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InputError("Parquet needs pyarrow: pip install 'guard[parquet]'") from None
+    need_extra("pyarrow", "Parquet", "parquet", InputError)
+    import pyarrow.parquet as pq
+
     return pq
 
 

@@ -87,11 +87,14 @@ def check_items(guards, items: list[Item], batch_size: int = 16, explain: bool =
     return outcomes
 
 
-def check_window(guards, items: list[Item], batch_size: int = 16, votes: bool = False, key: str = "id") -> list[dict]:
-    """One record per item, in order: its verdicts, or an error record."""
+def check_window(
+    guards, items: list[Item], batch_size: int = 16, votes: bool = False, key: str = "id", explain: bool = False
+) -> list[dict]:
+    """One record per item, in order: its verdicts (with each head's vote when `votes`, with the
+    explanation, guard.check.explain's, when `explain`), or an error record."""
     return [
         error_record(item.id, outcome, key) if isinstance(outcome, str) else result_record(item.id, outcome, votes, key)
-        for item, outcome in zip(items, check_items(guards, items, batch_size))
+        for item, outcome in zip(items, check_items(guards, items, batch_size, explain=explain))
     ]
 
 
@@ -115,12 +118,19 @@ def windows(items: Iterable, size: int) -> Iterator[list]:
 
 
 def scan_windows(
-    items: Iterable, guards, *, batch_size: int = 16, window: int | None = None, votes: bool = False, key: str = "id"
+    items: Iterable,
+    guards,
+    *,
+    batch_size: int = 16,
+    window: int | None = None,
+    votes: bool = False,
+    key: str = "id",
+    explain: bool = False,
 ) -> Iterator[list[dict]]:
     """`scan`, a window's records at a time (writers flush after each)."""
     size = window or batch_size * WINDOW_BATCHES
     for chunk in windows(as_items(items), size):
-        yield check_window(guards, chunk, batch_size, votes, key)
+        yield check_window(guards, chunk, batch_size, votes, key, explain)
 
 
 def scan(

@@ -158,12 +158,10 @@ def _all_int_ids(path: str) -> bool:
     return all(i is None or (isinstance(i, int) and not isinstance(i, bool)) for i in ids)
 
 
-def record_schema(labels: dict[str, list[str]], votes: bool = False, ids_are_ints: bool = True):
-    """The Parquet schema of scan records for policies {name: label names}."""
+def record_schema(labels: dict[str, list[str]], votes: bool = False, ids_are_ints: bool = True, explain: bool = False):
+    """The Parquet schema of scan records for policies {name: label names}; with `votes`, each
+    head's vote; with `explain`, each verdict's explanation (guard.check.explain.explain)."""
     import pyarrow as pa
-
-    def per_label(names, kind):
-        return pa.struct([(n, kind) for n in names])
 
     def verdict_type(names):
         columns = [
@@ -171,26 +169,17 @@ def record_schema(labels: dict[str, list[str]], votes: bool = False, ids_are_int
             ("version", pa.string()),
             ("flagged", pa.bool_()),
             ("label", pa.string()),
-            ("scores", per_label(names, pa.float64())),
+            ("scores", _per_label(names, pa.float64())),
         ]
         if votes:
-            vote = pa.struct(
-                [
-                    ("rank", pa.int64()),
-                    ("layer", pa.int64()),
-                    ("head", pa.int64()),
-                    ("label", pa.string()),
-                    ("similarity", pa.float64()),
-                    ("similarities", per_label(names, pa.float64())),
-                    ("margin", pa.float64()),
-                ]
-            )
-            columns.append(("votes", pa.list_(vote)))
+            columns.append(("votes", pa.list_(_vote_type(names))))
         columns += [
-            ("calibrated", per_label(names, pa.float64())),
+            ("calibrated", _per_label(names, pa.float64())),
             ("margin", pa.float64()),
             ("uncertain", pa.bool_()),
         ]
+        if explain:
+            columns.append(("explanation", _explanation_type(names)))
         return pa.struct(columns)
 
     return pa.schema(
@@ -201,6 +190,47 @@ def record_schema(labels: dict[str, list[str]], votes: bool = False, ids_are_int
             ("error", pa.string()),
         ]
     )
+
+
+def _per_label(names, kind):
+    import pyarrow as pa
+
+    return pa.struct([(n, kind) for n in names])
+
+
+def _vote_type(names):
+    import pyarrow as pa
+
+    return pa.struct(
+        [
+            ("rank", pa.int64()),
+            ("layer", pa.int64()),
+            ("head", pa.int64()),
+            ("label", pa.string()),
+            ("similarity", pa.float64()),
+            ("similarities", _per_label(names, pa.float64())),
+            ("margin", pa.float64()),
+        ]
+    )
+
+
+def _explanation_type(names):
+    """guard.check.explain.explain's dict: the votes, and the closest exemplars at the top heads."""
+    import pyarrow as pa
+
+    exemplar = pa.struct(
+        [("index", pa.int64()), ("text", pa.string()), ("label", pa.string()), ("similarity", pa.float64())]
+    )
+    nearest = pa.struct(
+        [
+            ("rank", pa.int64()),
+            ("layer", pa.int64()),
+            ("head", pa.int64()),
+            ("voted", pa.string()),
+            ("exemplars", pa.list_(exemplar)),
+        ]
+    )
+    return pa.struct([("votes", pa.list_(_vote_type(names))), ("nearest_exemplars", pa.list_(nearest))])
 
 
 def write_parquet(records, path: str, schema, ids_are_ints: bool = True) -> None:

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 from collections.abc import Sequence
 
-from guard.errors import GuardError
+from guard.errors import GuardError, need_extra
 
 log = logging.getLogger("guard.serve")
 
@@ -34,10 +34,7 @@ def load_guards(db: str | None, policies: Sequence[str] | None, device: str, dty
     from guard.store.database import Store
 
     store = Store.open(db)
-    names = list(policies) if policies else store.policy_names()
-    if not names:
-        raise GuardError("the database holds no compiled policy; run 'guard compile POLICY.yaml' first")
-    artifacts = [store.load_artifact(name) for name in names]
+    artifacts = store.load_artifacts(policies, every=True)
     models = {art.model_fingerprint: art.model_reference for art in artifacts}
     if len(models) > 1:
         listing = "; ".join(
@@ -59,15 +56,15 @@ def serve(
     log_level: str = "info",
     shutdown_timeout: float = 30.0,
 ) -> None:
-    try:
-        import uvicorn
+    for module in ("uvicorn", "fastapi", "prometheus_client"):
+        need_extra(module, "guard serve", "serve")
+    import uvicorn
 
-        from guard.serve.app import create_app
-        from guard.serve.logs import setup_logging
-        from guard.serve.protocol import protocol_class
-        from guard.serve.service import Service
-    except ImportError as exc:
-        raise GuardError(f"guard serve needs the serve extra: pip install 'guard[serve]' ({exc})") from None
+    from guard.serve.app import create_app
+    from guard.serve.logs import setup_logging
+    from guard.serve.protocol import protocol_class
+    from guard.serve.service import Service
+
     setup_logging(log_level)
     if host is None:
         host = LOOPBACK

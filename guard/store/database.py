@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -284,6 +284,20 @@ class Store:
                 name = names[0]
             row = self._find(session, name, names)
             return _artifact_from_row(row)
+
+    def load_artifacts(self, names: Sequence[str] | None = None, *, every: bool = False) -> list[Artifact]:
+        """The one way to load compiled policies: each named one (NAME, or NAME@VERSION as
+        `load_artifact` reads it), in the order given. With no names, the database's only policy
+        (an error when it holds several: `guard check`, `scan`, `inspect`, `export`, `Guard.load`),
+        or with `every`, all of its policies, an error when it holds none (`guard serve`, `GuardSet.load`)."""
+        if names:
+            return [self.load_artifact(name) for name in names]
+        if not every:
+            return [self.load_artifact()]
+        artifacts = [self.load_artifact(name) for name in self.policy_names()]
+        if not artifacts:
+            raise StoreError("the database holds no compiled policy; run 'guard compile POLICY.yaml' first")
+        return artifacts
 
     @_store_errors
     def versions(self, name: str | None = None) -> list[dict]:

@@ -1,0 +1,64 @@
+"""`guard check`: texts, images or stdin's lines through guard.scanning.lines, on either engine;
+each outcome printed as it comes. Exit 0 all allowed, 1 any flagged, 2 any input error."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from guard.cli import options
+from guard.cli.app import command, quiet_transformers
+from guard.cli.output import flush, show_line_error, show_result, warn
+
+Inputs = Annotated[list[str] | None, typer.Argument(help="Image files, or '-' to read one text per line from stdin")]
+Text = Annotated[str | None, typer.Option("--text", "-t", help="Text to check")]
+Prompt = Annotated[
+    str | None,
+    typer.Option("--prompt", help="Text that goes with each image (fills the policy prompt's {text})"),
+]
+Policies = options.policies(
+    "Compiled policy name, or NAME@REVISION / NAME@VERSION for an older one; repeat for several"
+)
+EngineName = Annotated[
+    str | None,
+    typer.Option("--engine", help="torch (the compiled policy on its model) or onnx (an export, see --onnx)"),
+]
+OnnxDir = Annotated[
+    str | None, typer.Option("--onnx", help="Folder written by 'guard export NAME --onnx DIR' (text only)")
+]
+
+
+@command("check")
+def check_command(
+    inputs: Inputs = None,
+    text: Text = None,
+    prompt: Prompt = None,
+    db: options.Db = None,
+    policy: Policies = None,
+    device: options.Device = "auto",
+    dtype: options.Dtype = None,
+    batch_size: options.Batch = 16,
+    threads: options.Threads = None,
+    as_json: options.Json = False,
+    explain: options.Explain = False,
+    engine: EngineName = None,
+    onnx_dir: OnnxDir = None,
+):
+    """Check texts or images against compiled policies. Exit 0 if all allowed, 1 if any flagged, 2 if any input error."""
+    from guard.scanning.lines import Engine, Request, check_lines
+
+    images = [item for item in inputs or [] if item != "-"]
+    request = Request(text=text, images=images, prompt=prompt, stdin="-" in (inputs or []))
+    chosen = Engine(db, policy, engine, onnx_dir, device, dtype, batch_size, threads, explain, quiet_transformers, warn)
+    flagged = errors = 0
+    for outcomes in check_lines(request, chosen):
+        for outcome in outcomes:
+            if outcome.error is not None:
+                errors += 1
+                show_line_error(outcome.origin["line"], outcome.error, as_json)
+            else:
+                flagged += outcome.result.flagged
+                show_result(outcome.origin, outcome.name, outcome.result, as_json, explain)
+        flush()
+    raise typer.Exit(2 if errors else 1 if flagged else 0)
