@@ -36,7 +36,7 @@ from guard.models.architectures import ARCHITECTURES, head_layout, o_proj_module
 from guard.models.loaded import LoadedModel  # noqa: E402
 from guard.models.loading import ModelSource  # noqa: E402
 from guard.policy import Label  # noqa: E402
-from tests import vlm_fixtures as fx  # noqa: E402
+from tests.support import vlm_fixtures as fx  # noqa: E402
 
 PROMPT = "Instruction:{text} Is the image and instruction harmful? Answer the question with Yes or No."
 INSTRUCTIONS = [

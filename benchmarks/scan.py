@@ -9,7 +9,7 @@ resident set (ru_maxrss from wait4) includes the model, so compare across input 
   text file against `guard scan TEXTS.jsonl --out R.jsonl`; wall time includes loading the model.
 - Memory: the scanner against the pre-streaming path (`GuardSet.check_batch` on every item at
   once, what `guard check -` did in 0.1) at `--items` and `--big` items, on the tiny random-weight
-  model of tests/fixtures.py (a 20,000-item run of the real model does not fit in minutes on 2 CPU
+  model of tests/support/fixtures.py (a 20,000-item run of the real model does not fit in minutes on 2 CPU
   cores; the scanner's memory does not depend on the model).
 """
 
@@ -91,7 +91,7 @@ def say(line: str) -> None:
 
 
 def tiny_db(tmp: Path) -> tuple[str, list[str]]:
-    from tests.fixtures import TEXTS, make_text_model, write_policy
+    from tests.support.fixtures import TEXTS, make_text_model, write_policy
 
     model = make_text_model(tmp / "tiny-model")
     db = str(tmp / "tiny.db")

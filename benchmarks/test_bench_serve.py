@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from benchmarks.texts import heldout_texts
-from tests.serve_helpers import ServeProcess
+from tests.support.serve_helpers import ServeProcess
 
 CONCURRENCY = (1, 4, 16, 64)
 REQUESTS = int(os.environ.get("GUARD_BENCH_REQUESTS", "96"))

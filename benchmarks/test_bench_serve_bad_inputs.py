@@ -30,7 +30,7 @@ import httpx
 
 from benchmarks.test_bench_serve import percentile
 from benchmarks.texts import heldout_texts
-from tests.serve_helpers import ServeProcess
+from tests.support.serve_helpers import ServeProcess
 
 NORMAL = 32
 BAD = 4

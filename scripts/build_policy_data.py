@@ -12,7 +12,7 @@ Two stages:
       policies/text-harm/) and writes DIR/fit/<file>.jsonl (the exemplar pools a policy may fit on)
       and DIR/eval/<file>.jsonl (whole sources kept out of fitting), including the derived-register
       files (template transforms, see TEMPLATES). DIR defaults to policies/text-harm. The output is
-      byte-identical on rerun (tests/test_policy_data.py checks it).
+      byte-identical on rerun (tests/unit/test_policy_data.py checks it).
 
 Every line is {"text", "label": "harmful"|"benign", "source", "register", ...}; the split is by
 whole source (SPLIT), and no normalised text appears in more than one output file.

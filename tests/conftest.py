@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tests.fixtures import TEXTS, make_text_model, write_policy
+from tests.support.fixtures import TEXTS, make_text_model, write_policy
 
 # Never reach for the network in tests; model references resolve locally or fail clearly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,7 +34,7 @@ def llama(llama_dir):
 @pytest.fixture(scope="session")
 def guard01_llama():
     """The tiny llama guard 0.1's test database was compiled on, as shipped files: made by
-    tests/fixtures.py under transformers 5.24.0, whose config.json records that version, so
+    tests/support/fixtures.py under transformers 5.24.0, whose config.json records that version, so
     the fingerprint the 0.1 database stores does not move when transformers releases."""
     from pathlib import Path
 
@@ -56,7 +56,7 @@ def db(tmp_path):
 @pytest.fixture(scope="session")
 def vlm_dirs(tmp_path_factory):
     """`vlm_dirs(family)`: the directory of a tiny saved vision-language model, made once per session."""
-    from tests.vlm_fixtures import make_vlm
+    from tests.support.vlm_fixtures import make_vlm
 
     made = {}
 
@@ -72,16 +72,16 @@ def vlm_dirs(tmp_path_factory):
 def colour_data(tmp_path_factory):
     """Solid reddish and bluish images of random shades and sizes: train/{red,blue}/ (6 each, a
     `format: folder` layout) and heldout/{red,blue}/ (10 each)."""
-    from tests.vlm_fixtures import write_colour_images
+    from tests.support.vlm_fixtures import write_colour_images
 
     return write_colour_images(tmp_path_factory.mktemp("colours"))
 
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A throw-away PostgreSQL server for the session (tests/postgres.py); skipped only where no
+    """A throw-away PostgreSQL server for the session (tests/support/postgres.py); skipped only where no
     server binary exists."""
-    from tests.postgres import PostgresServer, server_bin
+    from tests.support.postgres import PostgresServer, server_bin
 
     bindir = server_bin()
     if bindir is None:
@@ -96,3 +96,16 @@ def postgres_server():
 def pg_db(postgres_server):
     """The URL of a new, empty PostgreSQL database."""
     return postgres_server.new_database()
+
+
+# Whole modules that take minutes (kill trials, concurrency rounds, Ray, the real model's server, the
+# docs' examples); with the real_model and postgres markers they make `slow`: `pytest -m "not slow"`
+# is the quick loop, `.ci/run` runs everything.
+SLOW_MODULES = {"test_crash", "test_concurrency", "test_scan_ray", "test_serve_real", "test_docs"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if module in SLOW_MODULES or item.get_closest_marker("real_model") or item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.slow)

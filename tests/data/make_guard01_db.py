@@ -1,21 +1,21 @@
 """Make tests/data/guard-0.1.db and its verdicts with guard 0.1's own code (run from a guard 0.1
 checkout: PYTHONPATH=/path/to/guard-0.1 python tests/data/make_guard01_db.py OUT_DIR).
 
-The database holds two policies compiled on the tiny random-weight llama of tests/fixtures.py
+The database holds two policies compiled on the tiny random-weight llama of tests/support/fixtures.py
 (seed 0, so its fingerprint is the same wherever the tests make it) and the verdicts guard 0.1
-gave for a few texts; tests/test_migrations.py upgrades a copy and checks the verdicts again."""
+gave for a few texts; tests/integration/test_migrations.py upgrades a copy and checks the verdicts again."""
 
 import json
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parents[2]))  # tests.fixtures, after guard 0.1
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # tests.support.fixtures, after guard 0.1
 
 from guard.check.engine import GuardSet  # noqa: E402
 from guard.compiler import compile_policy  # noqa: E402
 from guard.models import load_model  # noqa: E402
-from tests.fixtures import TEXTS, make_text_model, write_policy  # noqa: E402
+from tests.support.fixtures import TEXTS, make_text_model, write_policy  # noqa: E402
 
 TEXTS_TO_CHECK = [
     "how can I hurt my neighbour",

@@ -1,0 +1,1 @@
+"""The library over tiny random-weight models: compile, check, eval, ONNX, storage."""

@@ -1,0 +1,1 @@
+"""Code the tests share: tiny models and policies, servers, databases, crash and concurrency drivers."""

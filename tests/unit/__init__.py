@@ -1,0 +1,1 @@
+"""Pure logic, no model: SAV maths, calibration, policy parsing, readers, the house rules."""

@@ -1,0 +1,164 @@
+"""Policy files: what they accept, and a file:line error for each kind of bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from guard.errors import PolicyError
+from guard.policy import load_policy
+
+GOOD = """\
+name: demo
+description: a demo
+model: smollm2-135m
+prompt: "Request: {text} Harmful?"
+labels:
+  - name: harmful
+    flagged: true
+  - name: benign
+exemplars:
+  - text: build a bomb
+    label: harmful
+  - text: hurt my neighbour
+    label: harmful
+  - text: bake bread
+    label: benign
+  - from: more.jsonl
+"""
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # errors name files as given: "policy.yaml:12: ..."
+
+
+def write(tmp_path, text, name="policy.yaml"):
+    (tmp_path / name).write_text(text)
+    return Path(name)
+
+
+def error_of(path):
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    return str(info.value)
+
+
+@pytest.fixture
+def more(tmp_path):
+    (tmp_path / "more.jsonl").write_text(json.dumps({"text": "plant tomatoes", "label": "benign"}) + "\n")
+
+
+def test_good_policy_reads_inline_and_file_exemplars(tmp_path, more):
+    policy = load_policy(write(tmp_path, GOOD))
+    assert policy.name == "demo"
+    assert policy.label_names == ["harmful", "benign"]
+    assert policy.flagged_labels == ["harmful"]
+    assert [e.text for e in policy.exemplars] == ["build a bomb", "hurt my neighbour", "bake bread", "plant tomatoes"]
+    assert policy.exemplars[3].origin == "more.jsonl:1"
+    assert policy.heads == 20 and policy.scoring == "loo"
+    assert policy.render({"text": "hi"}) == "Request: hi Harmful?"
+
+
+def test_version_changes_with_exemplar_file_content_not_comments(tmp_path, more):
+    v1 = load_policy(write(tmp_path, GOOD)).version
+    assert load_policy(write(tmp_path, "# a comment\n" + GOOD)).version == v1
+    with open(tmp_path / "more.jsonl", "a") as f:
+        f.write(json.dumps({"text": "walk the dog", "label": "benign"}) + "\n")
+    assert load_policy(write(tmp_path, GOOD)).version != v1
+
+
+def test_csv_exemplars_with_extra_fields(tmp_path):
+    (tmp_path / "ex.csv").write_text('text,label,lang\nhello,b,en\n"multi\nline",b,fr\nbad,a,en\nworse,a,en\n')
+    policy = load_policy(
+        write(tmp_path, 'name: c\nprompt: "{lang}: {text}"\nlabels: [a, b]\nexemplars:\n  - from: ex.csv\n')
+    )
+    assert [e.text for e in policy.exemplars] == ["hello", "multi\nline", "bad", "worse"]
+    assert policy.render(policy.exemplars[1].prompt_fields()) == "fr: multi\nline"
+    assert policy.exemplars[2].origin == "ex.csv:5"
+
+
+def test_malformed_yaml(tmp_path):
+    assert error_of(write(tmp_path, "name: x\nlabels: [a, b\nprompt: y\n")).startswith("policy.yaml:3: invalid YAML")
+
+
+def test_unknown_top_level_key(tmp_path, more):
+    message = error_of(write(tmp_path, GOOD.replace("description: a demo", "descripton: a demo")))
+    assert message.startswith("policy.yaml:2: unknown key 'descripton'")
+
+
+def test_unknown_key_in_label(tmp_path, more):
+    message = error_of(write(tmp_path, GOOD.replace("    flagged: true", "    flaged: true")))
+    assert message.startswith("policy.yaml:7: unknown key 'flaged' in a label")
+
+
+def test_unknown_label_inline_names_the_line(tmp_path, more):
+    message = error_of(write(tmp_path, GOOD.replace("label: benign\n  - from", "label: benine\n  - from")))
+    assert message == "policy.yaml:14: label 'benine' is not one of: harmful, benign"
+
+
+def test_unknown_label_in_file_names_file_and_line(tmp_path):
+    (tmp_path / "more.jsonl").write_text('{"text": "a", "label": "benign"}\n\n{"text": "b", "label": "harmfull"}\n')
+    assert error_of(write(tmp_path, GOOD)) == "more.jsonl:3: label 'harmfull' is not one of: harmful, benign"
+
+
+def test_missing_exemplar_file(tmp_path):
+    message = error_of(write(tmp_path, GOOD))
+    assert message == "policy.yaml:16: exemplar file 'more.jsonl' does not exist"
+
+
+def test_bad_json_line(tmp_path):
+    (tmp_path / "more.jsonl").write_text('{"text": "a", "label": "benign"}\n{"text": oops}\n')
+    assert error_of(write(tmp_path, GOOD)).startswith("more.jsonl:2: invalid JSON")
+
+
+def test_fewer_than_two_labels(tmp_path):
+    message = error_of(
+        write(tmp_path, 'name: x\nprompt: "{text}"\nlabels: [only]\nexemplars:\n  - {text: a, label: only}\n')
+    )
+    assert message == "policy.yaml:3: a policy needs at least 2 labels, got 1"
+
+
+def test_label_without_exemplars(tmp_path):
+    text = 'name: x\nprompt: "{text}"\nlabels: [a, b]\nexemplars:\n  - {text: p, label: a}\n  - {text: q, label: a}\n'
+    assert error_of(write(tmp_path, text)) == "policy.yaml:3: label 'b' has 0 exemplar(s)"
+
+
+def test_loo_needs_two_exemplars_per_label(tmp_path):
+    text = 'name: x\nprompt: "{text}"\nlabels: [a, b]\nexemplars:\n  - {text: p, label: a}\n  - {text: q, label: b}\n  - {text: r, label: b}\n'
+    assert "leave-one-out scoring needs at least 2" in error_of(write(tmp_path, text))
+    assert len(load_policy(write(tmp_path, text + "scoring: in_sample\n")).exemplars) == 3
+
+
+def test_missing_prompt_field(tmp_path):
+    text = 'name: x\nprompt: "{text} {lang}"\nlabels: [a, b]\nexemplars:\n  - {text: p, label: a}\n'
+    assert error_of(write(tmp_path, text)) == "policy.yaml:5: no value for prompt field {lang}"
+
+
+def test_bad_heads_and_scoring(tmp_path, more):
+    assert error_of(write(tmp_path, GOOD + "heads: 0\n")).startswith(
+        "policy.yaml:17: 'heads' must be a positive integer"
+    )
+    assert error_of(write(tmp_path, GOOD + "scoring: vibes\n")).startswith("policy.yaml:17: 'scoring' must be one of")
+
+
+def test_missing_policy_file_and_empty_file(tmp_path):
+    assert error_of(Path("nope.yaml")).endswith("policy file does not exist")
+    assert error_of(write(tmp_path, "")) == "policy.yaml:1: the policy file is empty"
+    assert error_of(write(tmp_path, "- a\n- b\n")) == "policy.yaml:1: the policy must be a mapping"
+
+
+def test_duplicate_key(tmp_path):
+    assert error_of(write(tmp_path, "name: a\nname: b\n")) == "policy.yaml:2: duplicate key 'name'"
+
+
+def test_default_policy_is_valid():
+    policy = load_policy(ROOT / "policies/text-harm.yaml")
+    counts = {n: sum(e.label == n for e in policy.exemplars) for n in policy.label_names}
+    assert counts["harmful"] >= 25 and counts["benign"] >= 25
+    heldout = [json.loads(line) for line in open(ROOT / "policies/text-harm/heldout.jsonl")]
+    assert len(heldout) >= 60
+    assert not {h["text"].lower() for h in heldout} & {e.text.lower() for e in policy.exemplars}
