@@ -289,6 +289,7 @@ def evaluate(
 ) -> Evaluation:
     """`group_by`: also rates per group of test items (guard.eval.sources); `baseline`: "embed"
     or "embed:DIR", a sentence-embedding + logistic-regression row fitted on the exemplars."""
+    # long: the signature is guard eval's options (25 lines); the body is one pass, items to an Evaluation
     started = time.perf_counter()
     if not isinstance(policy, Policy):
         policy = load_policy(policy)
