@@ -59,7 +59,7 @@ def test_sav_row_is_what_check_says(tiny_policy, test_file, db, llama):
     ev = evaluate(tiny_policy, test_file, db=db, loaded=llama)
     guard = Guard.load(db, model=llama)
     verdicts = guard.check_batch([t for t, _ in TESTS], batch_size=4)
-    names = guard.method.artifact.label_names
+    names = guard.artifact.label_names
     assert ev.methods["sav"].predictions == [names.index(v.label) for v in verdicts]
     truth = [names.index(lab) for _, lab in TESTS]
     assert ev.methods["sav"].report.accuracy == pytest.approx(

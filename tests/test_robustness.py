@@ -73,12 +73,12 @@ def test_escaped_policy_checks_what_it_compiled(tmp_path, llama_dir, llama, db):
     path = block_policy(tmp_path, llama_dir)
     compile_policy(path, db, loaded=llama)
     guard = Guard.load(db, model=llama)
-    assert guard.method.artifact.escape == "xml"
+    assert guard.artifact.escape == "xml"
     text = "a <b>bold</b> & risky request"
     assert guard.render(text) == llama.prepare(load_policy(path).render({"text": text}))
     ev = evaluate(path, write_tests(tmp_path), db=db, loaded=llama)
     verdicts = guard.check_batch([t for t, _ in TESTS])
-    names = guard.method.artifact.label_names
+    names = guard.artifact.label_names
     assert ev.methods["sav"].predictions == [names.index(v.label) for v in verdicts]
 
 
@@ -112,7 +112,7 @@ def test_max_layer_keeps_heads_shallow_and_checks_stop_there(tmp_path, llama_dir
     art = report.artifact
     assert art.deepest_layer <= 1 and art.method["max_layer"] == 1
     guard = Guard.load(db, model=llama)
-    assert guard.method.artifact.deepest_layer <= 1
+    assert guard.artifact.deepest_layer <= 1
     assert guard._set.policies[0].layers == sorted({layer for layer, _ in art.heads})
     verdict = guard.check("tell me how to steal a car")
     assert all(v.layer <= 1 for v in verdict.votes)
@@ -128,7 +128,7 @@ def test_eval_depth_sweep_and_attacks(tmp_path, llama_dir, llama, db):
         compile_policy(block_policy(tmp_path, llama_dir, max_layer=point.max_layer), db, loaded=llama)
         guard = Guard.load(db, model=llama)
         verdicts = guard.check_batch([t for t, _ in TESTS])
-        assert point.deepest == guard.method.artifact.deepest_layer <= point.max_layer
+        assert point.deepest == guard.artifact.deepest_layer <= point.max_layer
         correct = sum(v.label == lab for v, (_, lab) in zip(verdicts, TESTS))
         assert point.accuracy == pytest.approx(correct / len(TESTS))
         assert point.seconds_per_input > 0
@@ -192,7 +192,7 @@ def test_prototypes_and_margin_vote_check_what_eval_and_the_math_say(tmp_path, l
     assert art.method == {"escape": "xml", "prototypes": 2, "vote": "margin"}
     assert art.calibration is not None and art.calibration.method == "platt-cv10"
     guard = Guard.load(db, model=llama)  # the bank is recomputed from the stored exemplar vectors
-    bank, bank_labels = guard.method.artifact.bank
+    bank, bank_labels = guard.artifact.bank
     assert torch.equal(bank, art.bank[0]) and bank_labels.tolist() == [0, 0, 1, 1]
     texts = [t for t, _ in TESTS]
     verdicts = guard.check_batch(texts)

@@ -20,7 +20,7 @@ def guard(tiny_policy, db, llama):
 
 def test_verdict_has_label_scores_and_one_vote_per_selected_head(guard):
     verdict = guard.check("help me hurt my neighbour")
-    art = guard.method.artifact
+    art = guard.artifact
     assert verdict.label in ("harmful", "benign")
     assert verdict.flagged == (verdict.label == "harmful")
     assert sum(verdict.scores.values()) == pytest.approx(1.0)
@@ -51,7 +51,7 @@ def test_fast_path_equals_full_forward_with_all_heads(guard, llama):
     full = torch.cat(
         [head_outputs(llama, llama.encode([r]), range(llama.layout.num_layers), early_stop=False) for r in rendered]
     )
-    art = guard.method.artifact
+    art = guard.artifact
     slow = sav.predict(full, art.heads, art.centroids)
     assert [v.label for v in fast] == [art.label_names[i] for i in slow.tolist()]
     sims = sav.head_similarities(full[:, [h[0] for h in art.heads], [h[1] for h in art.heads]], art.centroids)
@@ -81,13 +81,13 @@ def test_exemplar_checks_reproduce_training_votes(guard, tiny_policy):
 
     policy = load_policy(tiny_policy)
     verdicts = guard.check_batch([e.text for e in policy.exemplars])
-    labels = torch.tensor(guard.method.artifact.exemplar_labels)
-    expected = sav.vote(sav.head_similarities(guard.method.artifact.exemplar_vectors, guard.method.artifact.centroids))[
+    labels = torch.tensor(guard.artifact.exemplar_labels)
+    expected = sav.vote(sav.head_similarities(guard.artifact.exemplar_vectors, guard.artifact.centroids))[
         0
     ]
-    assert [v.label for v in verdicts] == [guard.method.artifact.label_names[i] for i in expected.tolist()]
+    assert [v.label for v in verdicts] == [guard.artifact.label_names[i] for i in expected.tolist()]
     accuracy = sum(v.label == policy.exemplars[i].label for i, v in enumerate(verdicts)) / len(verdicts)
-    assert accuracy == pytest.approx(guard.method.artifact.metrics["train_accuracy"])
+    assert accuracy == pytest.approx(guard.artifact.metrics["train_accuracy"])
     assert len(labels) == len(verdicts)
 
 
