@@ -82,9 +82,7 @@ def test_exemplar_checks_reproduce_training_votes(guard, tiny_policy):
     policy = load_policy(tiny_policy)
     verdicts = guard.check_batch([e.text for e in policy.exemplars])
     labels = torch.tensor(guard.artifact.exemplar_labels)
-    expected = sav.vote(sav.head_similarities(guard.artifact.exemplar_vectors, guard.artifact.centroids))[
-        0
-    ]
+    expected = sav.vote(sav.head_similarities(guard.artifact.exemplar_vectors, guard.artifact.centroids))[0]
     assert [v.label for v in verdicts] == [guard.artifact.label_names[i] for i in expected.tolist()]
     accuracy = sum(v.label == policy.exemplars[i].label for i, v in enumerate(verdicts)) / len(verdicts)
     assert accuracy == pytest.approx(guard.artifact.metrics["train_accuracy"])
