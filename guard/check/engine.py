@@ -7,15 +7,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from guard import limits
 from guard.check.explain import explain as explain_verdict
-from guard.errors import GuardError, InputError, ModelError
+from guard.check.prepared import Group, Prepared, as_fields, prepare_input
+from guard.errors import GuardError, ModelError
 from guard.method import calibration, sav
 from guard.method.artifact import Artifact
 from guard.models import LoadedModel, load_model
+from guard.models.batching import TOKEN_BUDGET, Batching
 from guard.models.features import features
-from guard.models.images import as_image
-from guard.policy import fill_prompt
+from guard.models.inputs import Tokenized
 
 
 @dataclass(kw_only=True)
@@ -165,6 +165,23 @@ class PolicyHeads:
         return results
 
 
+def check_inputs(
+    engine,
+    inputs: Sequence[str | dict],
+    *,
+    batch_size: int = 16,
+    token_budget: int | None = TOKEN_BUDGET,
+    explain: bool = False,
+    progress: bool = False,
+) -> list[CheckResult]:
+    """Prepare every input of an Engine (guard.check.protocol; the first input that cannot be
+    checked raises) and check them together."""
+    prepared = [engine.prepare(as_fields(item)) for item in inputs]
+    return engine.check_prepared(
+        prepared, batch_size=batch_size, token_budget=token_budget, explain=explain, progress=progress
+    )
+
+
 def dtype_warnings(artifacts: Sequence[Artifact], loaded: LoadedModel) -> list[str]:
     """A policy checked in another dtype than it was compiled in can change verdicts (bfloat16
     checks of a float32 policy changed 1 in 90 on SmolLM2): say so."""
@@ -237,9 +254,81 @@ class GuardSet:
             model = load_model(model or artifacts[0].model_reference, device=device, dtype=dtype)
         return cls(artifacts, model)
 
+    # --- the Engine protocol (guard.check.protocol) ---------------------------------------------
+
     @property
     def names(self) -> list[str]:
         return [p.artifact.name for p in self.policies]
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        return [p.artifact for p in self.policies]
+
+    @property
+    def takes_images(self) -> bool:
+        return self.loaded.takes_images
+
+    @property
+    def model_reference(self) -> str:
+        return self.loaded.source.reference
+
+    @property
+    def fingerprint(self) -> str:
+        return self.loaded.fingerprint
+
+    @property
+    def position_limit(self) -> int | None:
+        """The most positions the model reads (None: it does not say)."""
+        return getattr(getattr(self.loaded.model, "config", None), "max_position_embeddings", None)
+
+    def text_tokens(self, text: str) -> int:
+        return self.loaded.token_count(text)
+
+    def select(self, names: Sequence[str]) -> GuardSet:
+        """These policies (a subset, in this order) on the same model."""
+        if list(names) == self.names:
+            return self
+        by_name = {p.artifact.name: p.artifact for p in self.policies}
+        return GuardSet([by_name[name] for name in names], self.loaded)
+
+    def prepare(self, fields: dict) -> Prepared:
+        """One input ready for `check_prepared`: every prompt group's model input rendered and
+        tokenised once (guard.check.prepared), or InputError saying why it cannot be checked."""
+        return prepare_input(self.loaded, self.groups, fields, position_limit=self.position_limit)
+
+    def check_prepared(
+        self,
+        prepared: Sequence[Prepared],
+        *,
+        batch_size: int = 16,
+        token_budget: int | None = TOKEN_BUDGET,
+        explain: bool = False,
+        progress: bool = False,
+    ) -> list[CheckResult]:
+        """Verdicts of every policy for each prepared input, in input order. Forwards hold at most
+        `batch_size` inputs and `token_budget` padded tokens (guard.models.batching).
+
+        Safe to call from many threads at once on one GuardSet: no state is shared between calls
+        but the model, whose hooks read per-call state (see guard.models.capture)."""
+        rule = Batching(batch_size, token_budget)
+        by_policy: dict[str, list[Verdict]] = {}
+        for group_key, group in self.groups.items():
+            rows = [p.rows.get(group_key) or self._row(group_key, p.fields) for p in prepared]
+            layers = sorted({layer for policy in group for layer in policy.layers})
+            title = "checking" if progress else None
+            acts = features(self.loaded, rows, layers=layers, batch_size=rule, progress=title).heads
+            for policy in group:
+                positions = [layers.index(layer) for layer, _ in policy.artifact.heads]
+                heads = [head for _, head in policy.artifact.heads]
+                by_policy[policy.artifact.name] = policy.verdicts(acts[:, positions, heads], explain)
+        # keep the caller's policy order in each result
+        return [CheckResult((name, by_policy[name][i]) for name in self.names) for i in range(len(prepared))]
+
+    def _row(self, group: Group, fields: dict) -> Tokenized:
+        """A prompt group's model input for an input prepared by another engine (another subset)."""
+        return prepare_input(self.loaded, [group], fields, position_limit=self.position_limit).rows[group]
+
+    # --- checking ------------------------------------------------------------------------------
 
     def render(
         self, prompt_template: str, text: str | None = None, images: Sequence = (), escape: str = "none", **fields: str
@@ -248,15 +337,8 @@ class GuardSet:
         chat-rendered (a string for text models, a ModelInput with the images for vision-language models)."""
         if text is not None:
             fields["text"] = text
-        limits.check_fields({**fields, "images": images})  # cheap refusals before any model work
-        try:
-            prompt = fill_prompt(prompt_template, fields, escape)
-        except KeyError as exc:
-            raise InputError(f"the policy prompt needs a value for {{{exc.args[0]}}}") from None
-        rendered = self.loaded.prepare(prompt, [as_image(image) for image in images])
-        if isinstance(rendered, str) and len(rendered.encode()) > limits.LIMITS.max_text_tokens:
-            limits.check_tokens(self.loaded.token_count(rendered))  # a token is at least one byte
-        return rendered
+        item = {**fields, "images": images} if images else fields
+        return prepare_input(self.loaded, [(prompt_template, escape)], item).rows[(prompt_template, escape)].rendered
 
     def check(
         self, text: str | None = None, *, images: Sequence = (), explain: bool = False, **fields: str
@@ -265,31 +347,21 @@ class GuardSet:
         return self.check_batch([{**item, "images": images} if images else item], explain=explain)[0]
 
     def check_batch(
-        self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False, explain: bool = False
+        self,
+        inputs: Sequence[str | dict],
+        batch_size: int = 16,
+        progress: bool = False,
+        explain: bool = False,
+        *,
+        token_budget: int | None = TOKEN_BUDGET,
     ) -> list[CheckResult]:
         """Verdicts of every policy for each input, in input order: `[{policy name: Verdict}]`.
-        An input is a text, or a dict of prompt fields with an optional "images" list.
-        `explain` attaches each verdict's explanation (votes and closest exemplars).
-
-        Safe to call from many threads at once on one GuardSet: no state is shared between calls
-        but the model, whose hooks read per-call state (see guard.models.capture)."""
-        items = [item if isinstance(item, dict) else {"text": item} for item in inputs]
-        # read each image once, however many prompt templates the policies have
-        items = [
-            {**item, "images": [as_image(i) for i in item["images"]]} if item.get("images") else item for item in items
-        ]
-        by_policy: dict[str, list[Verdict]] = {}
-        for (template, escape), group in self.groups.items():
-            rendered = [self.render(template, escape=escape, **item) for item in items]
-            layers = sorted({layer for policy in group for layer in policy.layers})
-            title = "checking" if progress else None
-            acts = features(self.loaded, rendered, layers=layers, batch_size=batch_size, progress=title).heads
-            for policy in group:
-                positions = [layers.index(layer) for layer, _ in policy.artifact.heads]
-                heads = [head for _, head in policy.artifact.heads]
-                by_policy[policy.artifact.name] = policy.verdicts(acts[:, positions, heads], explain)
-        # keep the caller's policy order in each result
-        return [CheckResult((name, by_policy[name][i]) for name in self.names) for i in range(len(items))]
+        An input is a text, or a dict of prompt fields with an optional "images" list; each is
+        prepared once (the first that cannot be checked raises InputError). `explain` attaches
+        each verdict's explanation (votes and closest exemplars). Thread-safe."""
+        return check_inputs(
+            self, inputs, batch_size=batch_size, token_budget=token_budget, explain=explain, progress=progress
+        )
 
 
 class Guard:
@@ -326,6 +398,28 @@ class Guard:
     def name(self) -> str:
         return self.artifact.name
 
+    # --- the Engine protocol (guard.check.protocol), as its one-policy GuardSet ------------------
+
+    names = property(lambda self: self._set.names)
+    artifacts = property(lambda self: self._set.artifacts)
+    takes_images = property(lambda self: self._set.takes_images)
+    model_reference = property(lambda self: self._set.model_reference)
+    fingerprint = property(lambda self: self._set.fingerprint)
+
+    def text_tokens(self, text: str) -> int:
+        return self._set.text_tokens(text)
+
+    def prepare(self, fields: dict) -> Prepared:
+        return self._set.prepare(fields)
+
+    def check_prepared(self, prepared: Sequence[Prepared], **options) -> list[CheckResult]:
+        return self._set.check_prepared(prepared, **options)
+
+    def select(self, names: Sequence[str]) -> GuardSet:
+        return self._set.select(names)
+
+    # --- checking ------------------------------------------------------------------------------
+
     def render(self, text: str | None = None, images: Sequence = (), **fields: str):
         """The exact model input for these values: the chat-rendered prompt (a string for text
         models, a ModelInput with the images for vision-language models)."""
@@ -339,6 +433,6 @@ class Guard:
     def check_batch(
         self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False, explain: bool = False
     ) -> list[Verdict]:
-        """Check many inputs in length-bucketed batches; verdicts come back in input order.
+        """Check many inputs in length-sorted batches; verdicts come back in input order.
         An input is a text, or a dict of prompt fields with an optional "images" list. Thread-safe."""
         return [result[self.name] for result in self._set.check_batch(inputs, batch_size, progress, explain)]

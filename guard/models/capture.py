@@ -122,9 +122,3 @@ def head_outputs(
     with torch.inference_mode(), loaded.tap.trace(inputs["attention_mask"], layers, stop=early_stop) as trace:
         loaded.model(**inputs, use_cache=False)
     return trace.stacked(layers)
-
-
-def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (less padding), longest first."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

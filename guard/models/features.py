@@ -10,8 +10,10 @@ Compile, eval and check all call `features`:
   and the log-probability of each answer word as the next token. The LM head runs on the last
   token only, never on the whole sequence.
 
-Inputs run in length-bucketed, right-padded batches (a padded row computes what it would alone);
-identical inputs run once. Results come back in input order.
+Inputs run in length-sorted, right-padded batches (a padded row computes what it would alone), cut
+by `guard.models.batching.Batching` (a token budget, or a count); identical inputs run once.
+Results come back in input order. `Tokenized` inputs (check's prepared inputs) are only padded,
+never tokenised again.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from guard.models.capture import length_buckets
-from guard.models.inputs import ModelInput
+from guard.models.batching import Batching
+from guard.models.inputs import ModelInput, Tokenized
 from guard.models.loaded import LoadedModel
 
 
@@ -46,8 +48,10 @@ def input_hash(rendered: str, extra: Sequence[str] = ()) -> str:
     return digest.hexdigest()
 
 
-def cache_key(item: str | ModelInput) -> str:
+def cache_key(item: str | ModelInput | Tokenized) -> str:
     """Activation cache key of one model input: its rendered prompt and its images' content."""
+    if isinstance(item, Tokenized):
+        item = item.rendered
     if isinstance(item, ModelInput):
         return input_hash(item.text, item.image_hashes)
     return input_hash(item)
@@ -59,11 +63,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def features(
     loaded: LoadedModel,
-    rendered: Sequence[str | ModelInput],
+    rendered: Sequence[str | ModelInput | Tokenized],
     *,
     layers: Sequence[int] | None = None,
     store=None,
-    batch_size: int = 8,
+    batch_size: int | Batching = 8,
     progress: str | None = None,
     hidden: bool = False,
     answer_ids: Sequence[int] | None = None,
@@ -74,6 +78,7 @@ def features(
     only when all layers are asked for. Each batch is cached as soon as it is computed, so an
     interrupted run keeps its work. With extras, every input runs a full forward (the cache
     holds head outputs only) and cached head outputs are kept as they were.
+    `batch_size` is a count of inputs per forward, or a `Batching` (count and token budget).
     `progress` is a bar title, or None for no bar.
     """
     all_layers = list(range(loaded.layout.num_layers))
@@ -148,14 +153,15 @@ def answer_logprobs(loaded: LoadedModel, hidden: torch.Tensor, answer_ids: torch
 
 
 def batches(
-    loaded: LoadedModel, items: Sequence, batch_size: int, progress: str | None = None
+    loaded: LoadedModel, items: Sequence, batch_size: int | Batching, progress: str | None = None
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """(indices, encoded batch) over `items` (what `loaded.encode` takes), in length-bucketed
-    batches with a progress bar titled `progress` (None: no bar)."""
-    if len(items) <= batch_size:  # one batch: nothing to order, so no need to measure lengths
-        groups = [list(range(len(items)))] if items else []
+    """(indices, encoded batch) over `items` (what `loaded.encode` takes), in length-sorted
+    batches cut as `batch_size` says, with a progress bar titled `progress` (None: no bar)."""
+    rule = batch_size if isinstance(batch_size, Batching) else Batching(batch_size, token_budget=None)
+    if rule.token_budget is None and len(items) <= rule.max_batch:
+        groups = [list(range(len(items)))] if items else []  # one batch: no need to measure lengths
     else:
-        groups = length_buckets([loaded.token_count(item) for item in items], batch_size)
+        groups = rule.plan([item.length if isinstance(item, Tokenized) else loaded.token_count(item) for item in items])
     with tqdm(total=len(items), desc=progress, unit="input", disable=progress is None, leave=False) as bar:
         for group in groups:
             yield group, loaded.encode([items[i] for i in group])

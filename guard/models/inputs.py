@@ -1,8 +1,8 @@
 """The two input paths, chosen once when a model loads: `TextInputs` and `ImageInputs`.
 
 Each renders a filled-in prompt the way the model expects it (its chat template, with the
-generation prompt added so the last token is where the answer would begin), encodes batches and
-estimates token counts. A `ModelInput` is what a vision-language model is run on: the
+generation prompt added so the last token is where the answer would begin), tokenises it once
+into a `Tokenized` input, and builds batches from those. A `ModelInput` is what a vision-language model is run on: the
 chat-rendered prompt (with one placeholder per image, where the family's template puts it) and the
 images in prompt order. Text models keep plain strings as inputs, so their prompts, batches and
 cache keys are those of guard 0.1.
@@ -42,39 +42,71 @@ def chat_messages(prompt: str, num_images: int, placement: str) -> list[dict]:
     return [{"role": "user", "content": images + text if placement == "before" else text + images}]
 
 
+@dataclass(frozen=True)
+class Tokenized:
+    """One model input, rendered and tokenised once: what a batch is built from.
+
+    Text models keep the token ids, so a batch is only padded, never tokenised again; a
+    vision-language model's processor expands image tokens while it builds the batch, so
+    `ids` is None and `length` its estimate (it orders and cuts batches; exactness not needed)."""
+
+    rendered: str | ModelInput
+    length: int  # tokens the model reads (with the images' tokens, estimated, for a ModelInput)
+    ids: tuple[int, ...] | None = None
+
+
 class TextInputs:
-    """Text models: a prompt is the chat-rendered string; batches come from the tokenizer."""
+    """Text models: a prompt is the chat-rendered string; batches are its token ids, right-padded.
+
+    Works on a tokenizer alone (the torch model's, or an ONNX export's), so both engines render,
+    tokenise and pad the same way. Not thread-safe: callers hold a lock (Hugging Face fast
+    tokenizers are not safe to share between threads)."""
 
     takes_images = False
 
-    def __init__(self, loaded):
-        self.loaded = loaded
+    def __init__(self, tokenizer, device: torch.device | str = "cpu", name: str = "this model"):
+        self.tokenizer = tokenizer
+        self.device = device
+        self.name = name  # for messages: "model 'REF' (family)"
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
 
     def prepare(self, prompt: str, images: Sequence[GuardImage] = ()) -> str:
         if images:
-            loaded = self.loaded
-            raise GuardError(
-                f"model '{loaded.source.reference}' ({loaded.arch.family}) is a text model; it cannot take images"
-            )
-        tokenizer = self.loaded.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
+            raise GuardError(f"{self.name} is a text model; it cannot take images")
+        if not self.chat:
             return prompt
-        return tokenizer.apply_chat_template(
+        return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
 
-    def encode(self, rendered: Sequence[str]) -> dict[str, torch.Tensor]:
-        tokenizer = self.loaded.tokenizer
-        batch = tokenizer(
-            list(rendered),
-            add_special_tokens=not getattr(tokenizer, "chat_template", None),
-            padding=True,
-            return_tensors="pt",
-        )
-        return {k: v.to(self.loaded.device) for k, v in batch.items()}
+    def tokenize(self, rendered: str) -> Tokenized:
+        """The rendered prompt's token ids, as the model reads them (special tokens added only
+        without a chat template: the template writes its own)."""
+        ids = self.tokenizer(rendered, add_special_tokens=not self.chat)["input_ids"]
+        return Tokenized(rendered, len(ids), tuple(ids))
+
+    def pad(self, rows: Sequence[Tokenized]) -> dict[str, torch.Tensor]:
+        """One right-padded batch of tokenised inputs: what `encode` gives for their texts."""
+        width = max(row.length for row in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, : row.length] = torch.tensor(row.ids, dtype=torch.long)
+            mask[r, : row.length] = 1
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in getattr(self.tokenizer, "model_input_names", ()):
+            batch["token_type_ids"] = torch.zeros_like(ids)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def encode(self, rendered: Sequence[str | Tokenized]) -> dict[str, torch.Tensor]:
+        if rendered and all(isinstance(row, Tokenized) and row.ids is not None for row in rendered):
+            return self.pad(rendered)  # type: ignore[arg-type]
+        texts = [row.rendered if isinstance(row, Tokenized) else row for row in rendered]
+        batch = self.tokenizer(texts, add_special_tokens=not self.chat, padding=True, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def token_count(self, rendered: str) -> int:
-        return len(self.loaded.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        return len(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
 
 class ImageInputs:
@@ -104,9 +136,14 @@ class ImageInputs:
         )
         return ModelInput(text, tuple(images))
 
-    def encode(self, items: Sequence[ModelInput | str]) -> dict[str, torch.Tensor]:
+    def tokenize(self, item: ModelInput) -> Tokenized:
+        """The input with its estimated length: the processor tokenises it when it builds the batch."""
+        return Tokenized(item, self.token_count(item))
+
+    def encode(self, items: Sequence[ModelInput | Tokenized | str]) -> dict[str, torch.Tensor]:
         """One right-padded batch: token ids, attention mask and the processor's image tensors."""
         loaded = self.loaded
+        items = [item.rendered if isinstance(item, Tokenized) else item for item in items]
         items = [item if isinstance(item, ModelInput) else ModelInput(item) for item in items]
         kwargs = dict(text=[item.text for item in items], padding=True, padding_side="right", return_tensors="pt")
         if any(item.images for item in items):

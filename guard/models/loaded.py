@@ -15,7 +15,7 @@ from guard.errors import GuardError, ModelError
 from guard.models.architectures import Architecture, HeadLayout, architecture_for, head_layout, o_proj_modules
 from guard.models.capture import HeadTap
 from guard.models.images import GuardImage
-from guard.models.inputs import ImageInputs, ModelInput, TextInputs
+from guard.models.inputs import ImageInputs, ModelInput, TextInputs, Tokenized
 from guard.models.loading import ModelSource, fingerprint, gguf_as_directory, hub_snapshot, resolve
 from guard.models.processors import load_processor
 
@@ -83,7 +83,11 @@ class LoadedModel:
     def __post_init__(self):
         lm_head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
         self.tap = HeadTap(self.o_projs, self.layout.num_heads, self.layout.head_dim, lm_head)
-        self.inputs = ImageInputs(self) if self.arch.multimodal else TextInputs(self)
+        if self.arch.multimodal:
+            self.inputs = ImageInputs(self)
+        else:
+            name = f"model '{self.source.reference}' ({self.arch.family})"
+            self.inputs = TextInputs(self.tokenizer, self.device, name)
         self._lock = threading.RLock()
 
     @property
@@ -97,9 +101,15 @@ class LoadedModel:
         with self._lock:
             return self.inputs.prepare(prompt, images)
 
-    def encode(self, rendered: Sequence[str | ModelInput]) -> dict[str, torch.Tensor]:
-        """Tokenise prepared inputs into one right-padded batch (positions of real tokens do not
-        move, so a padded row computes exactly what it would alone)."""
+    def tokenize(self, rendered: str | ModelInput) -> Tokenized:
+        """A prepared input tokenised once (text models; a ModelInput gets its estimated length):
+        `encode` builds batches from these without tokenising again."""
+        with self._lock:
+            return self.inputs.tokenize(rendered)
+
+    def encode(self, rendered: Sequence[str | ModelInput | Tokenized]) -> dict[str, torch.Tensor]:
+        """Prepared inputs as one right-padded batch (positions of real tokens do not move, so a
+        padded row computes exactly what it would alone); Tokenized text inputs are only padded."""
         with self._lock:
             return self.inputs.encode(rendered)
 

@@ -1,11 +1,12 @@
 """Check texts with an exported policy (guard.onnx.export) on onnxruntime, without the torch model.
 
 The folder holds the graph, its manifest and the tokenizer. Rendering (prompt template, chat
-template) and tokenisation are the same as the torch path's for text models (right padding, no
-added special tokens when a chat template is used, field values escaped as the policy says); the
+template), limit checks, tokenisation and batching are the torch path's own code
+(guard.check.prepared, guard.models.inputs.TextInputs, guard.models.batching): right padding, no
+added special tokens when a chat template is used, field values escaped as the policy says; the
 graph gives each selected head's similarity to each label (centroid or nearest prototype), and the
-vote, calibration and thresholds are the torch path's own code (`PolicyHeads.verdicts_from_similarities`), so the same similarities give the same
-verdict.
+vote, calibration and thresholds are the torch path's own code too
+(`PolicyHeads.verdicts_from_similarities`), so the same similarities give the same verdict.
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guard.check.engine import PolicyHeads, Verdict
+from guard.check.engine import CheckResult, PolicyHeads, Verdict, check_inputs
+from guard.check.prepared import Prepared, prepare_input, render_prompt
 from guard.errors import GuardError
 from guard.method.artifact import Artifact
-from guard.models.capture import length_buckets
+from guard.models.batching import TOKEN_BUDGET, Batching
+from guard.models.inputs import TextInputs, Tokenized
 from guard.onnx.format import FORMAT, FORMAT_VERSION, MANIFEST, calibration_from_dict, onnxruntime_module
-from guard.policy import Label, fill_prompt
+from guard.policy import Label
 
 
 class OnnxGuard:
-    """An exported policy on onnxruntime: `check` / `check_batch` as `Guard`, for text inputs."""
+    """An exported policy on onnxruntime: `check` / `check_batch` give Verdicts, as `Guard`, for
+    text inputs; `prepare` / `check_prepared` are the Engine protocol (guard.check.protocol)."""
 
     def __init__(self, directory: Path, manifest: dict, session, tokenizer):
         self.directory = directory
@@ -36,8 +40,9 @@ class OnnxGuard:
         self.tokenizer = tokenizer
         self.artifact = _artifact(manifest)
         self._heads = PolicyHeads(self.artifact)
-        self._chat = bool(getattr(tokenizer, "chat_template", None))
-        self._lock = threading.Lock()  # Hugging Face fast tokenizers are not safe to share between threads
+        self._group = (self.artifact.prompt, self.artifact.escape)
+        # rendering and tokenising are the torch path's own (guard.models.inputs.TextInputs)
+        self._inputs = _Locked(TextInputs(tokenizer, "cpu", f"the ONNX export of '{self.artifact.name}'"))
 
     @classmethod
     def load(cls, directory: str | Path, *, threads: int | None = None) -> OnnxGuard:
@@ -73,31 +78,84 @@ class OnnxGuard:
     def name(self) -> str:
         return self.artifact.name
 
+    # --- the Engine protocol --------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return [self.artifact.name]
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        return [self.artifact]
+
+    @property
+    def warnings(self) -> list[str]:
+        return []
+
+    takes_images = False
+
+    @property
+    def model_reference(self) -> str:
+        return self.artifact.model_reference
+
+    @property
+    def fingerprint(self) -> str:
+        return self.artifact.model_fingerprint
+
+    def select(self, names: Sequence[str]) -> OnnxGuard:
+        if list(names) != self.names:
+            raise GuardError(f"this ONNX export holds policy '{self.name}' only, not {', '.join(names)}")
+        return self
+
+    def text_tokens(self, text: str) -> int:
+        return self._inputs.token_count(text)
+
+    def prepare(self, fields: dict) -> Prepared:
+        """One text input rendered and tokenised once, as the torch path does (guard.check.prepared)."""
+        if fields.get("images"):
+            raise GuardError("the ONNX engine checks text only; check images with the torch engine")
+        return prepare_input(self._inputs, [self._group], fields)
+
+    def check_prepared(
+        self,
+        prepared: Sequence[Prepared],
+        *,
+        batch_size: int = 16,
+        token_budget: int | None = TOKEN_BUDGET,
+        explain: bool = False,
+        progress: bool = False,
+    ) -> list[CheckResult]:
+        """One CheckResult per prepared input, in order; forwards cut as guard.models.batching says."""
+        if explain:
+            raise GuardError("explanations need the compiled policy's exemplars: use the torch engine")
+        rows = [p.rows[self._group] for p in prepared]
+        rule = Batching(batch_size, token_budget)
+        single = rule.token_budget is None and len(rows) <= batch_size
+        groups = [list(range(len(rows)))] if single and rows else rule.plan([row.length for row in rows])
+        results: list[CheckResult | None] = [None] * len(rows)
+        for group in groups:
+            heads, sims = self.run_tokenized([rows[i] for i in group])
+            verdicts = self._heads.verdicts_from_similarities(torch.from_numpy(sims), torch.from_numpy(heads))
+            for i, verdict in zip(group, verdicts):
+                results[i] = CheckResult({self.name: verdict})
+        return results  # type: ignore[return-value]
+
+    # --- checking -------------------------------------------------------------------------------
+
     def render(self, text: str | None = None, **fields: str) -> str:
         """The chat-rendered prompt the graph reads, as the torch path renders it."""
         if text is not None:
             fields["text"] = text
-        if "text" in fields and not str(fields["text"]).strip():
-            raise GuardError("empty text: nothing to check")
-        try:
-            prompt = fill_prompt(self.artifact.prompt, fields, self.artifact.escape)
-        except KeyError as exc:
-            raise GuardError(f"the policy prompt needs a value for {{{exc.args[0]}}}") from None
-        if not self._chat:
-            return prompt
-        with self._lock:
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
+        return render_prompt(self._inputs, self._group, fields)  # type: ignore[return-value]
 
     def run(self, rendered: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """One batch through the graph: heads `[B, k, head_dim]`, similarities `[B, k, labels]`."""
-        with self._lock:
-            batch = self.tokenizer(list(rendered), add_special_tokens=not self._chat, padding=True, return_tensors="np")
-        feeds = {
-            "input_ids": batch["input_ids"].astype(np.int64),
-            "attention_mask": batch["attention_mask"].astype(np.int64),
-        }
+        """One batch of rendered prompts through the graph: heads `[B, k, head_dim]`, similarities `[B, k, labels]`."""
+        return self.run_tokenized([self._inputs.tokenize(r) for r in rendered])
+
+    def run_tokenized(self, rows: Sequence[Tokenized]) -> tuple[np.ndarray, np.ndarray]:
+        """One batch of tokenised inputs through the graph, right-padded as the torch path pads."""
+        batch = self._inputs.pad(rows)
+        feeds = {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()}
         heads, sims = self.session.run(["heads", "similarities"], feeds)
         return heads, sims
 
@@ -106,20 +164,31 @@ class OnnxGuard:
         return self.check_batch([item])[0]
 
     def check_batch(self, inputs: Sequence[str | dict], batch_size: int = 16) -> list[Verdict]:
-        """Verdicts for texts (or dicts of prompt fields), in input order; length-bucketed batches."""
-        items = [item if isinstance(item, dict) else {"text": item} for item in inputs]
-        if any(item.get("images") for item in items):
-            raise GuardError("the ONNX engine checks text only; check images with the torch engine")
-        rendered = [self.render(**item) for item in items]
-        with self._lock:
-            lengths = [len(self.tokenizer(r, add_special_tokens=not self._chat)["input_ids"]) for r in rendered]
-        results: list[Verdict | None] = [None] * len(items)
-        for group in length_buckets(lengths, batch_size) if len(items) > batch_size else [list(range(len(items)))]:
-            heads, sims = self.run([rendered[i] for i in group])
-            verdicts = self._heads.verdicts_from_similarities(torch.from_numpy(sims), torch.from_numpy(heads))
-            for i, verdict in zip(group, verdicts):
-                results[i] = verdict
-        return results  # type: ignore[return-value]
+        """Verdicts for texts (or dicts of prompt fields), in input order; length-sorted batches."""
+        return [result[self.name] for result in check_inputs(self, inputs, batch_size=batch_size)]
+
+
+class _Locked:
+    """TextInputs behind a lock: Hugging Face fast tokenizers are not safe to share between threads."""
+
+    def __init__(self, inputs: TextInputs):
+        self.inputs = inputs
+        self.lock = threading.Lock()
+
+    def prepare(self, prompt: str, images: Sequence = ()) -> str:
+        with self.lock:
+            return self.inputs.prepare(prompt, images)
+
+    def tokenize(self, rendered: str) -> Tokenized:
+        with self.lock:
+            return self.inputs.tokenize(rendered)
+
+    def token_count(self, text: str) -> int:
+        with self.lock:
+            return self.inputs.token_count(text)
+
+    def pad(self, rows: Sequence[Tokenized]):
+        return self.inputs.pad(rows)  # reads the pad id only
 
 
 def _tokenizer(directory: Path):

@@ -1,8 +1,9 @@
 """The streaming scanner: items in, one record per item out, in order, with flat memory.
 
-Items are taken a window at a time (`window` items, default 8 batches); within a window
-`GuardSet.check_batch` sorts them by length into batches, so padding stays small while memory
-holds one window, never the whole input. Each item gives one record:
+Items are taken a window at a time (`window` items, default 8 batches); within a window each
+item is prepared once and the engine's `check_prepared` sorts them by length into forwards cut by
+a token budget (guard.models.batching), so padding stays small while memory holds one window,
+never the whole input. Each item gives one record:
 
     {"id": ..., "flagged": bool, "verdicts": {policy: verdict without votes}}
     {"id": ..., "error": "one-line reason"}
@@ -17,9 +18,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import TYPE_CHECKING
 
 from guard.errors import GuardError
 from guard.scanning.readers import Item
+
+if TYPE_CHECKING:
+    from guard.check.prepared import Prepared
+    from guard.check.protocol import Engine
 
 WINDOW_BATCHES = 8  # default window: this many batches, length-bucketed together
 
@@ -34,54 +40,32 @@ def error_record(item_id, reason: str, key: str = "id") -> dict:
     return {key: item_id, "error": reason}
 
 
-def _guard_set(guards):
-    return getattr(guards, "_set", guards)  # a Guard wraps a one-policy GuardSet
-
-
-def prepare(guards, fields: dict) -> dict:
-    """The fields ready for `check_batch` (images read and decoded), or GuardError saying why
-    this item cannot be checked. Every policy's prompt is rendered once here, so a missing
-    field or an empty text is caught per item, not for the whole window."""
-    from guard.models.images import as_image
-
-    # guards.render refuses what guard.limits refuses (characters, tokens) before tokenising;
-    # here only what this model cannot read at all
-    ready = {**fields, "images": [as_image(image) for image in fields["images"]]} if fields.get("images") else fields
-    loaded = guards.loaded
-    limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
-    for template, escape in guards.groups:  # policies group by (prompt template, escaping)
-        rendered = guards.render(template, escape=escape, **ready)
-        if limit and isinstance(rendered, str):
-            tokens = loaded.token_count(rendered)
-            if tokens > limit:
-                raise GuardError(f"too long: {tokens:,} tokens with the prompt (the model reads at most {limit:,})")
-    return ready
-
-
-def check_items(guards, items: list[Item], batch_size: int = 16, explain: bool = False) -> list:
+def check_items(guards: Engine, items: list[Item], batch_size: int = 16, explain: bool = False) -> list:
     """Per item, a CheckResult (`{policy: Verdict}`) or the one-line reason it cannot be
-    checked. The items that can be checked go through `check_batch` together (length-bucketed)."""
-    guards = _guard_set(guards)
+    checked. Each item is prepared once (`guards.prepare`: rendered, limit-checked, tokenised),
+    so a missing field or an empty text is caught per item, not for the whole window; the items
+    that can be checked go through `check_prepared` together (forwards cut by a token budget).
+    `guards` is any Engine (guard.check.protocol): a GuardSet, a Guard, an OnnxGuard."""
     outcomes: list = [""] * len(items)
-    ready: list[tuple[int, dict]] = []
+    ready: list[tuple[int, Prepared]] = []
     for i, item in enumerate(items):
         if item.error is not None:
             outcomes[i] = item.error
             continue
         try:
-            ready.append((i, prepare(guards, item.fields)))
+            ready.append((i, guards.prepare(item.fields)))
         except GuardError as exc:
             outcomes[i] = str(exc)
     try:
-        results = guards.check_batch([fields for _, fields in ready], batch_size=batch_size, explain=explain)
+        results = guards.check_prepared([p for _, p in ready], batch_size=batch_size, explain=explain)
     except GuardError:
         results = None  # something `prepare` did not foresee: check one at a time to find it
-    for n, (i, fields) in enumerate(ready):
+    for n, (i, prepared) in enumerate(ready):
         if results is not None:
             outcomes[i] = results[n]
             continue
         try:
-            outcomes[i] = guards.check_batch([fields], batch_size=1, explain=explain)[0]
+            outcomes[i] = guards.check_prepared([prepared], batch_size=1, explain=explain)[0]
         except GuardError as exc:
             outcomes[i] = str(exc)
     return outcomes
@@ -137,7 +121,7 @@ def scan(
     items: Iterable, guards, *, batch_size: int = 16, window: int | None = None, votes: bool = False
 ) -> Iterator[dict]:
     """Check items as they come and yield one record per item, in order (see the module
-    docstring). `guards` is a GuardSet (or a Guard); `items` as `as_items` takes them. Memory
+    docstring). `guards` is an Engine (a GuardSet, a Guard, an OnnxGuard); `items` as `as_items` takes them. Memory
     holds one window of `window` items (default 8 batches)."""
     for records in scan_windows(items, guards, batch_size=batch_size, window=window, votes=votes):
         yield from records

@@ -62,7 +62,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI):
         if manage_service:
             service.start()
-        log.info("ready", extra={"policies": service.policy_names, "model": service.guards.loaded.source.reference})
+        log.info("ready", extra={"policies": service.policy_names, "model": service.guards.model_reference})
         try:
             yield
         finally:

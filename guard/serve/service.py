@@ -2,19 +2,24 @@
 
 `Moderator.run_batch` is the only code that touches the model, always on the batcher's one
 worker thread; `Service.check` is what the (async) routes await. It never blocks the event loop:
-it queues the inputs and awaits their futures.
+it prepares the inputs in a thread (each rendered and tokenised once, guard.check.prepared),
+queues them and awaits their futures. Both call the Engine protocol (guard.check.protocol) only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from guard.check.engine import CheckResult, GuardSet
+from guard.check.engine import CheckResult
+from guard.check.prepared import Prepared
+from guard.check.protocol import Engine
 from guard.errors import GuardError
+from guard.models.batching import TOKEN_BUDGET
 from guard.serve.audit import AuditFailed, AuditWriter
 from guard.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
 from guard.serve.inputs import Item
@@ -37,6 +42,7 @@ class ServeConfig:
     # most this many, so short texts are not padded to the longest (on 2 CPU cores, 16 texts as two
     # forwards of 8 cost 0.75 of one forward of 16: BENCHMARKS.md); a GPU wants it near max_batch
     forward_batch: int = 8
+    token_budget: int | None = TOKEN_BUDGET  # padded tokens per forward at most (guard.models.batching)
     max_wait_ms: float = 5.0
     max_queue: int = 256
     keys: ApiKeys = field(default_factory=ApiKeys)
@@ -59,6 +65,7 @@ class Work:
     item: Item
     policies: tuple[str, ...]
     explain: bool = False
+    prepared: Prepared | None = None  # rendered and tokenised once, before the queue (Moderator.prepare)
 
 
 @dataclass
@@ -68,49 +75,63 @@ class Outcome:
 
 
 class Moderator:
-    """Runs gathered inputs through the model: the batcher's `run_batch`, on its worker thread."""
+    """Prepares inputs (`prepare`, on the request's side) and runs prepared inputs through the
+    model (`run_batch`: the batcher's, on its worker thread). Calls the Engine protocol only."""
 
-    def __init__(self, guards: GuardSet, limits: Limits, forward_batch: int = 8):
+    def __init__(self, guards: Engine, limits: Limits, forward_batch: int = 8, token_budget: int | None = TOKEN_BUDGET):
         self.guards = guards
         self.limits = limits
         self.forward_batch = forward_batch
-        self.artifacts = {p.artifact.name: p.artifact for p in guards.policies}
+        self.token_budget = token_budget
+        self.artifacts = {art.name: art for art in guards.artifacts}
         self.flagged_labels = {
             name: [label.name for label in art.labels if label.flagged] for name, art in self.artifacts.items()
         }
-        self._subsets: dict[tuple[str, ...], GuardSet] = {tuple(guards.names): guards}
+        self._subsets: dict[tuple[str, ...], Engine] = {tuple(guards.names): guards}
+        self._lock = threading.Lock()
+
+    def prepare(self, work: Work) -> Work:
+        """The work with its input prepared once for its policies (rendered, limit-checked,
+        tokenised), or the error that refuses it: this server's token limit on the text (a
+        LimitError, its 413) or the library's InputError."""
+        if work.prepared is None:
+            if work.item.text:
+                check_tokens(self.guards.text_tokens(work.item.text), self.limits, work.item.param)
+            work.prepared = self._subset(work.policies).prepare(work.item.fields())
+        return work
 
     def run_batch(self, works: list[Work]) -> list[Outcome | Exception]:
         results: list[Outcome | Exception | None] = [None] * len(works)
         for i, work in enumerate(works):
-            if work.item.text:
-                try:
-                    check_tokens(self.guards.loaded.token_count(work.item.text), self.limits, work.item.param)
-                except Exception as exc:  # this input alone fails (a LimitError is its 413)
-                    results[i] = exc
+            try:
+                self.prepare(work)  # already done before the queue (Service.check): a no-op then
+            except Exception as exc:  # this input alone fails (a LimitError is its 413)
+                results[i] = exc
         groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
         for i, work in enumerate(works):
             if results[i] is None:
                 groups.setdefault((work.policies, work.explain), []).append(i)
         for (policies, explain), indices in groups.items():
             # policies sharing a prompt share one forward for the whole group
-            checked = self._subset(policies).check_batch(
-                [works[i].item.fields() for i in indices],
+            checked = self._subset(policies).check_prepared(
+                [works[i].prepared for i in indices],
                 batch_size=min(len(indices), self.forward_batch),  # length-sorted forwards of this many
+                token_budget=self.token_budget,
                 explain=explain,
             )
             for i, verdicts in zip(indices, checked):
                 results[i] = Outcome(verdicts)
         return results
 
-    def _subset(self, policies: tuple[str, ...]) -> GuardSet:
-        if policies not in self._subsets:
-            self._subsets[policies] = GuardSet([self.artifacts[n] for n in policies], self.guards.loaded)
-        return self._subsets[policies]
+    def _subset(self, policies: tuple[str, ...]) -> Engine:
+        with self._lock:  # prepare runs on request threads, run_batch on the worker
+            if policies not in self._subsets:
+                self._subsets[policies] = self.guards.select(policies)
+            return self._subsets[policies]
 
 
 class Service:
-    def __init__(self, guards: GuardSet, config: ServeConfig | None = None, store=None):
+    def __init__(self, guards: Engine, config: ServeConfig | None = None, store=None):
         self.config = config or ServeConfig()
         if self.config.limits.max_items > self.config.max_queue:
             raise GuardError(
@@ -120,7 +141,7 @@ class Service:
         self.guards = guards
         self.store = store
         self.metrics = Metrics()
-        self.moderator = Moderator(guards, self.config.limits, self.config.forward_batch)
+        self.moderator = Moderator(guards, self.config.limits, self.config.forward_batch, self.config.token_budget)
         self.batcher = MicroBatcher(
             self.moderator.run_batch,
             max_batch=self.config.max_batch,
@@ -149,7 +170,7 @@ class Service:
 
     @property
     def multimodal(self) -> bool:
-        return self.guards.loaded.arch.multimodal
+        return self.guards.takes_images
 
     def start(self) -> None:
         if self.audit is not None:
@@ -202,10 +223,16 @@ class Service:
         The wait ends at `deadline` (time.monotonic(): the request's arrival plus the request
         timeout), else the request timeout from now."""
         if any(item.images for item in items) and not self.multimodal:
-            reference = self.guards.loaded.source.reference
+            reference = self.guards.model_reference
             raise bad_request(f"the policies run on '{reference}', a text model: it cannot take images", "input")
         works = [Work(item, policies, explain) for item in items]
         queued = time.monotonic()
+        try:  # each input rendered and tokenised once, off the event loop and the model thread
+            await asyncio.to_thread(lambda: [self.moderator.prepare(work) for work in works])
+        except ApiError:
+            raise
+        except GuardError as exc:
+            raise bad_request(str(exc)) from None
         try:
             futures = self.batcher.submit(works)
         except QueueFull:
@@ -268,7 +295,7 @@ class Service:
         """
         if self.audit is None:
             return
-        fingerprint = self.guards.loaded.fingerprint
+        fingerprint = self.guards.fingerprint
         created = now_iso()
         records = []
         for index, (item, outcome) in enumerate(zip(items, outcomes)):
