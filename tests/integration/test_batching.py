@@ -7,7 +7,7 @@ import random
 import pytest
 
 from guard.models.batching import Batching, length_buckets, padded_tokens, token_batches
-from tests.fixtures import TEXTS, write_policy
+from tests.support.fixtures import TEXTS, write_policy
 
 
 def naive_batches(lengths, budget, max_batch):
