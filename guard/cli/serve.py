@@ -79,7 +79,7 @@ ShutdownTimeout = Annotated[
     float, typer.Option("--shutdown-timeout", min=0, help="Seconds in-flight requests get to finish on SIGTERM")
 ]
 
-# option -> field of guard.serve.limits.Limits, and of guard.serve.service.ServeConfig
+# option -> field of guard.serve.limits.ServiceLimits, and of guard.serve.service.ServeConfig
 LIMITS = {
     "max_body_bytes": "max_body_bytes",
     "max_items": "max_items",
@@ -162,9 +162,9 @@ def serve_command(
 
 def serve_config(params: dict, keys):
     """The service's settings from the command's options (`params`, by parameter name)."""
-    from guard.serve.limits import Limits
+    from guard.serve.limits import ServiceLimits
     from guard.serve.service import ServeConfig
 
-    limits = Limits(**{field: params[option] for option, field in LIMITS.items()})
+    limits = ServiceLimits(**{field: params[option] for option, field in LIMITS.items()})
     settings = {field: params[option] for option, field in CONFIG.items()}
     return ServeConfig(limits=limits, keys=keys, **settings)

@@ -184,9 +184,6 @@ def prototypes(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, per_la
     return bank, torch.arange(num_labels).repeat_interleave(per_label)
 
 
-VOTES = ("count", "margin")
-
-
 def label_values(sims: torch.Tensor, counts: torch.Tensor, vote: str) -> torch.Tensor:
     """What the decision and calibration read per label, `[B, C]`: `count`, each label's share
     of the votes (the paper); `margin`, the heads' mean similarity to the label minus the best

@@ -20,7 +20,7 @@ from guard.policy.exemplars import Exemplar
 
 Scoring = Literal["loo", "in_sample"]  # head scoring: leave-one-out (default) or in-sample (the paper)
 SCORINGS: tuple[str, ...] = get_args(Scoring)
-VOTES = ("count", "margin")  # guard.method.sav.label_values
+VOTES = ("count", "margin")  # the rules of guard.method.sav.label_values
 CLASSIFIERS = ("centroid", "probe")  # guard.method.sav.BANKS
 ESCAPES = ("none", "xml")
 DEFAULT_MODEL = "smollm2-135m"

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterator, Sequence
 
 from guard.errors import GuardError, need_extra
-from guard.scanning.readers import Columns, Item, Shard, plan, read_shard
+from guard.scanning.readers import Columns, ScanItem, Shard, plan, read_shard
 from guard.scanning.writers import OutputError, Progress
 
 SHARD_BYTES = 64 << 20  # a line file is cut into pieces of about this size
@@ -77,7 +77,7 @@ class ScanActor:
 
         from guard.scanning.scanner import check_window
 
-        items = [Item(**json.loads(raw)) for raw in batch["item"]]
+        items = [ScanItem(**json.loads(raw)) for raw in batch["item"]]
         records = check_window(self.guards, items, self.batch_size, self.votes, explain=self.explain)
         return {"record": np.array([json.dumps(r, ensure_ascii=False) for r in records], dtype=object)}
 
@@ -118,29 +118,20 @@ def ray_scan_windows(
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # guard reports progress itself
     try:
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True  # records come back in input order
-        context.enable_progress_bars = False  # guard draws its own
-        gpus = ray.cluster_resources().get("GPU", 0)
-        dataset = (
-            ray.data.from_items([{"shard": json.dumps(dataclasses.asdict(s))} for s in shards])
-            .repartition(max(len(shards), 1))  # one read task per shard
-            .flat_map(_read, fn_kwargs={"columns": columns})
-            .map_batches(
-                ScanActor,
-                fn_constructor_kwargs={
-                    "artifacts": list(artifacts),
-                    "batch_size": batch_size,
-                    "votes": votes,
-                    "explain": explain,
-                    "device": device,
-                    "dtype": dtype,
-                },
-                batch_size=window or batch_size * WINDOW_BATCHES,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=workers),
-                num_gpus=min(1.0, gpus / workers) if gpus else 0,
-            )
+        dataset = _dataset(
+            ray,
+            shards,
+            columns,
+            actor_kwargs={
+                "artifacts": list(artifacts),
+                "batch_size": batch_size,
+                "votes": votes,
+                "explain": explain,
+                "device": device,
+                "dtype": dtype,
+            },
+            rows=window or batch_size * WINDOW_BATCHES,
+            workers=workers,
         )
         if not shards:
             return
@@ -153,3 +144,24 @@ def ray_scan_windows(
     finally:
         if started:
             ray.shutdown()
+
+
+def _dataset(ray, shards, columns: Columns, *, actor_kwargs: dict, rows: int, workers: int):
+    """The Ray Data pipeline: one read task per shard, then `workers` scan actors, in input order."""
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # records come back in input order
+    context.enable_progress_bars = False  # guard draws its own
+    gpus = ray.cluster_resources().get("GPU", 0)
+    return (
+        ray.data.from_items([{"shard": json.dumps(dataclasses.asdict(s))} for s in shards])
+        .repartition(max(len(shards), 1))  # one read task per shard
+        .flat_map(_read, fn_kwargs={"columns": columns})
+        .map_batches(
+            ScanActor,
+            fn_constructor_kwargs=actor_kwargs,
+            batch_size=rows,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_gpus=min(1.0, gpus / workers) if gpus else 0,
+        )
+    )

@@ -1,4 +1,4 @@
-"""Bulk-scan inputs: readers that yield one `Item` at a time, whatever the file's size.
+"""Bulk-scan inputs: readers that yield one `ScanItem` at a time, whatever the file's size.
 
 Formats: JSONL, CSV, Parquet (pyarrow, read a batch of rows at a time), a text file (one item per
 line), a folder of images, or '-' (stdin, one text per line). An item is its id (by default the
@@ -29,7 +29,7 @@ PARQUET_ROWS = 1024  # rows read from a Parquet file at a time
 
 
 @dataclass
-class Item:
+class ScanItem:
     """One input: `fields` fill the policy prompt ("text", other {fields}, "images": [paths]),
     or `error` says in one line why it cannot be checked."""
 
@@ -51,14 +51,14 @@ class Columns:
     data_root: str | None = None  # folder image paths must stay inside [default: where they start]
 
 
-class InputError(GuardError):
+class InputFileError(GuardError):
     """An input file cannot be read at all (missing, unknown format)."""
 
 
 def detect_format(path: str, fmt: str | None = None) -> str:
     if fmt:
         if fmt not in FORMATS:
-            raise InputError(f"unknown input format '{fmt}' (known: {', '.join(FORMATS)})")
+            raise InputFileError(f"unknown input format '{fmt}' (known: {', '.join(FORMATS)})")
         return fmt
     if path == "-":
         return "text"
@@ -66,7 +66,7 @@ def detect_format(path: str, fmt: str | None = None) -> str:
     if p.is_dir():
         return "images"
     if not p.exists():
-        raise InputError(f"{path}: no such file or folder")
+        raise InputFileError(f"{path}: no such file or folder")
     return _BY_SUFFIX.get(p.suffix.lower(), "text")
 
 
@@ -143,7 +143,7 @@ def _line_shards(path: str, kind: str, prefix: str, shard_bytes: int) -> list[Sh
     return shards or [Shard(path, kind, prefix, count=0)]
 
 
-def read_shard(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
+def read_shard(shard: Shard, columns: Columns = Columns()) -> Iterator[ScanItem]:
     """The items of one shard, with the ids the whole input would give them."""
     items = READERS[shard.kind](shard, columns)
     for n, item in enumerate(items):
@@ -153,7 +153,7 @@ def read_shard(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
             yield item
 
 
-def read_items(paths: Iterable[str], columns: Columns = Columns(), fmt: str | None = None) -> Iterator[Item]:
+def read_items(paths: Iterable[str], columns: Columns = Columns(), fmt: str | None = None) -> Iterator[ScanItem]:
     """Every item of every input, in order. With several inputs a default id is 'PATH:N'."""
     for shard in plan(paths, fmt):
         yield from read_shard(shard, columns)
@@ -222,7 +222,7 @@ def _open_binary(path: str, start: int = 0):
     try:
         stream = open(path, "rb")  # noqa: SIM115 - closed by the reader that owns it
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise InputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     stream.seek(start)
     return stream
 
@@ -232,23 +232,23 @@ def _lines(shard: Shard, stream) -> Iterator[tuple[int, str | None | TooLong]]:
     return decoded_lines(stream, shard.first, size)
 
 
-def read_text(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
+def read_text(shard: Shard, columns: Columns = Columns()) -> Iterator[ScanItem]:
     """One text per line; the id is the line number."""
     stream = _open_binary(shard.path, shard.start)
     try:
         for number, line in _lines(shard, stream):
             if line is None:
-                yield Item(number, error="not valid UTF-8")
+                yield ScanItem(number, error="not valid UTF-8")
             elif isinstance(line, TooLong):
-                yield Item(number, error=str(line))
+                yield ScanItem(number, error=str(line))
             else:
-                yield Item(number, {"text": line})
+                yield ScanItem(number, {"text": line})
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
 
 
-def read_jsonl(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
+def read_jsonl(shard: Shard, columns: Columns = Columns()) -> Iterator[ScanItem]:
     """One JSON object per line; a blank line is an item with empty text."""
     base = Path(shard.path).parent
     stream = _open_binary(shard.path, shard.start)
@@ -273,7 +273,7 @@ def read_jsonl(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
             stream.close()
 
 
-def read_csv(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
+def read_csv(shard: Shard, columns: Columns = Columns()) -> Iterator[ScanItem]:
     """A CSV file with a header row; the id is the data row number (the header is row 0)."""
     path = shard.path
     stream = _open_binary(path)
@@ -288,7 +288,7 @@ def read_csv(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
             else:
                 yield row_item(row, number, where, columns, Path(path).parent)
     except csv.Error as exc:
-        raise InputError(f"{path}: not a readable CSV file ({exc})") from None
+        raise InputFileError(f"{path}: not a readable CSV file ({exc})") from None
     finally:
         stream.close()
 
@@ -299,14 +299,14 @@ def _has_surrogates(value) -> bool:
     return isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
-def read_parquet(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
+def read_parquet(shard: Shard, columns: Columns = Columns()) -> Iterator[ScanItem]:
     """A Parquet file (or one row group of it), read PARQUET_ROWS rows at a time (only the columns used)."""
     path = shard.path
     pq = _pyarrow_parquet()
     try:
         file = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
+        raise InputFileError(f"{path}: not a readable Parquet file ({exc})") from None
     present = set(file.schema_arrow.names)
     wanted = [c for c in (columns.id, columns.text, columns.image, *columns.extra) if c and c in present]
     groups = None if shard.count is None else [shard.start]  # a planned shard is one row group
@@ -323,7 +323,7 @@ def read_parquet(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
 
 
 def _pyarrow_parquet():
-    need_extra("pyarrow", "Parquet", "parquet", InputError)
+    need_extra("pyarrow", "Parquet", "parquet", InputFileError)
     import pyarrow.parquet as pq
 
     return pq
@@ -337,22 +337,22 @@ def image_files(path: str) -> list[str]:
     )
 
 
-def read_image_folder(shard: Shard, columns: Columns = Columns()) -> Iterator[Item]:
+def read_image_folder(shard: Shard, columns: Columns = Columns()) -> Iterator[ScanItem]:
     """Every image file under a folder (by name, recursively); the id is its path inside it."""
     files = image_files(shard.path) if shard.files is None else shard.files
     text = {} if columns.prompt is None else {"text": columns.prompt}
     for name in files:
-        yield Item(name, {**text, "images": [str(Path(shard.path) / name)]})
+        yield ScanItem(name, {**text, "images": [str(Path(shard.path) / name)]})
 
 
-def unreadable(number: int, where: str, reason: str, columns: Columns) -> Item:
+def unreadable(number: int, where: str, reason: str, columns: Columns) -> ScanItem:
     """An error item; its id is the row number unless ids come from a column (then unknown: None,
     and the reason says where the row is)."""
-    return Item(None, error=f"{where}: {reason}") if columns.id else Item(number, error=reason)
+    return ScanItem(None, error=f"{where}: {reason}") if columns.id else ScanItem(number, error=reason)
 
 
-def row_item(row, number: int, where: str, columns: Columns, base: Path) -> Item:
-    """The Item of one JSONL/CSV/Parquet row: its id, and the prompt fields from its columns."""
+def row_item(row, number: int, where: str, columns: Columns, base: Path) -> ScanItem:
+    """The ScanItem of one JSONL/CSV/Parquet row: its id, and the prompt fields from its columns."""
     if not isinstance(row, dict):
         return unreadable(number, where, "not a JSON object", columns)
     if columns.id:
@@ -365,25 +365,25 @@ def row_item(row, number: int, where: str, columns: Columns, base: Path) -> Item
     if columns.image:
         name = row.get(columns.image)
         if not name:
-            return Item(item_id, error=f"{where}: no '{columns.image}' (the image field)")
+            return ScanItem(item_id, error=f"{where}: no '{columns.image}' (the image field)")
         start = Path(columns.images or base)
         path = start / str(name)
         if not image_under_root(path, Path(columns.data_root or start)):
             # one answer for a file outside the data root and for one missing inside it: the
             # records of a scan say nothing of what exists elsewhere on the machine
-            return Item(item_id, error=f"{where}: image '{name}' is not a file under the data root")
+            return ScanItem(item_id, error=f"{where}: image '{name}' is not a file under the data root")
         fields["images"] = [str(path)]
         if columns.prompt is not None:
             fields["text"] = columns.prompt
     if columns.text in row or not columns.image:
         value = row.get(columns.text)
         if value is None and columns.text not in row:
-            return Item(item_id, error=f"{where}: no '{columns.text}' (the text field)")
+            return ScanItem(item_id, error=f"{where}: no '{columns.text}' (the text field)")
         fields["text"] = "" if value is None else str(value)
     for name in columns.extra:
         if row.get(name) is not None:
             fields[name] = str(row[name])
-    return Item(item_id, fields)
+    return ScanItem(item_id, fields)
 
 
 def image_under_root(path: Path, root: Path) -> bool:
@@ -434,3 +434,16 @@ def _count_lines(path: str) -> int:
             lines += chunk.count(b"\n")
             last = chunk[-1:]
     return lines + (last != b"\n")
+
+
+_OLD_NAMES = {"Item": ScanItem, "InputError": InputFileError}  # guard 0.2's names, until 0.4
+
+
+def __getattr__(name):
+    if name in _OLD_NAMES:
+        import warnings
+
+        new = _OLD_NAMES[name]
+        warnings.warn(f"{__name__}.{name} is now {new.__name__}", DeprecationWarning, stacklevel=2)
+        return new
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,7 @@ from itertools import islice
 from typing import TYPE_CHECKING
 
 from guard.errors import GuardError
-from guard.scanning.readers import Item
+from guard.scanning.readers import ScanItem
 
 if TYPE_CHECKING:
     from guard.check.prepared import Prepared
@@ -40,7 +40,7 @@ def error_record(item_id, reason: str, key: str = "id") -> dict:
     return {key: item_id, "error": reason}
 
 
-def check_items(guards: Engine, items: list[Item], batch_size: int = 16, explain: bool = False) -> list:
+def check_items(guards: Engine, items: list[ScanItem], batch_size: int = 16, explain: bool = False) -> list:
     """Per item, a CheckResult (`{policy: Verdict}`) or the one-line reason it cannot be
     checked. Each item is prepared once (`guards.prepare`: rendered, limit-checked, tokenised),
     so a missing field or an empty text is caught per item, not for the whole window; the items
@@ -72,7 +72,7 @@ def check_items(guards: Engine, items: list[Item], batch_size: int = 16, explain
 
 
 def check_window(
-    guards, items: list[Item], batch_size: int = 16, votes: bool = False, key: str = "id", explain: bool = False
+    guards, items: list[ScanItem], batch_size: int = 16, votes: bool = False, key: str = "id", explain: bool = False
 ) -> list[dict]:
     """One record per item, in order: its verdicts (with each head's vote when `votes`, with the
     explanation, guard.check.explain's, when `explain`), or an error record."""
@@ -82,17 +82,17 @@ def check_window(
     ]
 
 
-def as_items(items: Iterable) -> Iterator[Item]:
+def as_items(items: Iterable) -> Iterator[ScanItem]:
     """Items from what a library caller has: Items, (id, text or fields) pairs, texts or
     field dicts (ids are then the position, from 1)."""
     for number, item in enumerate(items, start=1):
-        if isinstance(item, Item):
+        if isinstance(item, ScanItem):
             yield item
         elif isinstance(item, tuple) and len(item) == 2:
             item_id, value = item
-            yield Item(item_id, dict(value) if isinstance(value, dict) else {"text": value})
+            yield ScanItem(item_id, dict(value) if isinstance(value, dict) else {"text": value})
         else:
-            yield Item(number, dict(item) if isinstance(item, dict) else {"text": item})
+            yield ScanItem(number, dict(item) if isinstance(item, dict) else {"text": item})
 
 
 def windows(items: Iterable, size: int) -> Iterator[list]:

@@ -29,7 +29,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from guard.serve.inputs import Item, parse_input
+from guard.serve.inputs import RequestItem, parse_input
 from guard.serve.limits import ApiError, LimitError, bad_request, check_body_size
 from guard.serve.results import moderation_result
 from guard.serve.service import Service
@@ -247,7 +247,7 @@ def _optional_str(body: dict, key: str) -> str | None:
     return value
 
 
-async def _items(body: dict, limits) -> list[Item]:
+async def _items(body: dict, limits) -> list[RequestItem]:
     if "input" not in body:
         raise bad_request("the request needs an 'input'", "input", code="missing_input")
     value = body["input"]

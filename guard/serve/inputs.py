@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from guard.errors import InputError
 from guard.limits import check_fields
 from guard.models.images import GuardImage, ImageError, decode_image
-from guard.serve.limits import LimitError, Limits, bad_request, check_items, check_text
+from guard.serve.limits import LimitError, ServiceLimits, bad_request, check_item_count, check_text
 
 DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 
 
 @dataclass
-class Item:
+class RequestItem:
     """One input to check: text for the prompt's {text} (None: none given) and decoded images."""
 
     param: str  # where it was in the request, for error messages: input, input[2]
@@ -44,7 +44,7 @@ class Item:
         return (["text"] if self.text is not None else []) + (["image"] if self.images else [])
 
 
-def parse_input(value, limits: Limits) -> list[Item]:
+def parse_input(value, limits: ServiceLimits) -> list[RequestItem]:
     """The inputs of one request, in order; raises ApiError (400/413) naming what is wrong.
 
     Each input passes the library's own input checks here (NUL characters, lone surrogates, ...),
@@ -53,7 +53,7 @@ def parse_input(value, limits: Limits) -> list[Item]:
     if isinstance(value, str):
         items = [_text_item(value, "input", limits)]
     elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        check_items(len(value), limits)
+        check_item_count(len(value), limits)
         items = [_text_item(v, f"input[{i}]", limits) for i, v in enumerate(value)]
     elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         items = [_parts_item(value, limits)]
@@ -68,14 +68,14 @@ def parse_input(value, limits: Limits) -> list[Item]:
     return items
 
 
-def _text_item(text: str, param: str, limits: Limits) -> Item:
+def _text_item(text: str, param: str, limits: ServiceLimits) -> RequestItem:
     check_text(text, limits, param)
     if not text.strip():
         raise bad_request(f"{param} is empty: nothing to check", param, code="empty_input")
-    return _checked(Item(param, text))
+    return _checked(RequestItem(param, text))
 
 
-def _checked(item: Item) -> Item:
+def _checked(item: RequestItem) -> RequestItem:
     """The item, if the library would take it; else a 400 naming it."""
     try:
         check_fields(item.fields())
@@ -84,7 +84,7 @@ def _checked(item: Item) -> Item:
     return item
 
 
-def _parts_item(parts: list[dict], limits: Limits) -> Item:
+def _parts_item(parts: list[dict], limits: ServiceLimits) -> RequestItem:
     texts: list[str] = []
     images: list[GuardImage] = []
     for i, part in enumerate(parts):
@@ -111,10 +111,10 @@ def _parts_item(parts: list[dict], limits: Limits) -> Item:
     check_text(text, limits, "input")
     if not text.strip() and not images:
         raise bad_request("input is empty: nothing to check", "input", code="empty_input")
-    return _checked(Item("input", text if texts else None, images))
+    return _checked(RequestItem("input", text if texts else None, images))
 
 
-def decode_data_url(url: str, param: str, limits: Limits) -> GuardImage:
+def decode_data_url(url: str, param: str, limits: ServiceLimits) -> GuardImage:
     """A `data:image/...;base64,...` URL decoded into a GuardImage, within the image limits."""
     match = DATA_URL.match(url)
     if not match:
@@ -144,7 +144,7 @@ def decode_data_url(url: str, param: str, limits: Limits) -> GuardImage:
         raise bad_request(str(exc), param, "invalid_image") from None
 
 
-def _image_too_big(size: int, param: str, limits: Limits) -> LimitError:
+def _image_too_big(size: int, param: str, limits: ServiceLimits) -> LimitError:
     return LimitError(
         "max_image_bytes",
         f"{param}: the image has {size:,} bytes; the limit is {limits.max_image_bytes:,}",
@@ -152,7 +152,7 @@ def _image_too_big(size: int, param: str, limits: Limits) -> LimitError:
     )
 
 
-def _check_pixels(data: bytes, param: str, limits: Limits) -> None:
+def _check_pixels(data: bytes, param: str, limits: ServiceLimits) -> None:
     """Read only the header: refuse too many pixels before anything is decoded."""
     import warnings
 

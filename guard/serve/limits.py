@@ -14,7 +14,7 @@ MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class Limits:
+class ServiceLimits:
     max_body_bytes: int = 8 * MiB  # the whole request body, base64 images included
     max_items: int = 64  # inputs in one request
     max_chars: int = 20_000  # characters of text in one input
@@ -54,7 +54,7 @@ class ApiError(Exception):
 
 
 class LimitError(ApiError):
-    """A request over one of the `Limits`; `code` is the limit's name (max_chars, ...)."""
+    """A request over one of the `ServiceLimits`; `code` is the limit's name (max_chars, ...)."""
 
     def __init__(self, limit: str, message: str, *, param: str | None = None, status: int = 413):
         super().__init__(status, limit, message, param=param)
@@ -65,19 +65,19 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_inp
     return ApiError(400, code, message, param=param)
 
 
-def check_text(text: str, limits: Limits, param: str) -> None:
+def check_text(text: str, limits: ServiceLimits, param: str) -> None:
     if len(text) > limits.max_chars:
         raise LimitError(
             "max_chars", f"{param} has {len(text):,} characters; the limit is {limits.max_chars:,}", param=param
         )
 
 
-def check_tokens(count: int, limits: Limits, param: str) -> None:
+def check_tokens(count: int, limits: ServiceLimits, param: str) -> None:
     if count > limits.max_tokens:
         raise LimitError("max_tokens", f"{param} has {count:,} tokens; the limit is {limits.max_tokens:,}", param=param)
 
 
-def check_items(count: int, limits: Limits) -> None:
+def check_item_count(count: int, limits: ServiceLimits) -> None:
     if count > limits.max_items:
         raise LimitError(
             "max_items", f"the request has {count:,} inputs; the limit is {limits.max_items:,}", param="input"
@@ -86,7 +86,7 @@ def check_items(count: int, limits: Limits) -> None:
         raise bad_request("input is empty: nothing to check", "input")
 
 
-def check_body_size(size: int, limits: Limits) -> None:
+def check_body_size(size: int, limits: ServiceLimits) -> None:
     if size > limits.max_body_bytes:
         raise LimitError(
             "max_body_bytes",

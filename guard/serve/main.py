@@ -80,6 +80,25 @@ def serve(
     service = Service(guards, config, store=store)
     app = create_app(service)
     warn_if_readable(store)
+    _log_start(host, port, guards, config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=shutdown_timeout,
+            server_header=False,
+            http=protocol_class(config.header_timeout_s, config.max_connections),
+            timeout_keep_alive=config.keep_alive_s,
+        )
+    )
+    server.run()
+
+
+def _log_start(host: str, port: int, guards, config) -> None:
     log.info(
         "serving",
         extra={
@@ -97,21 +116,6 @@ def serve(
             "reload": "policies compiled while serving are picked up only at restart",
         },
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=shutdown_timeout,
-            server_header=False,
-            http=protocol_class(config.header_timeout_s, config.max_connections),
-            timeout_keep_alive=config.keep_alive_s,
-        )
-    )
-    server.run()
 
 
 def warn_if_readable(store) -> None:

@@ -22,9 +22,9 @@ from guard.errors import GuardError
 from guard.models.batching import TOKEN_BUDGET
 from guard.serve.audit import AuditFailed, AuditWriter
 from guard.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
-from guard.serve.inputs import Item
+from guard.serve.inputs import RequestItem
 from guard.serve.keys import ApiKeys
-from guard.serve.limits import ApiError, Limits, bad_request, check_tokens
+from guard.serve.limits import ApiError, ServiceLimits, bad_request, check_tokens
 from guard.serve.metrics import Metrics
 from guard.store.audit import AuditKey, AuditLog, AuditRecord, now_iso
 
@@ -36,7 +36,7 @@ OPENAI_MODELS = ("omni-moderation-", "text-moderation-")
 
 @dataclass
 class ServeConfig:
-    limits: Limits = field(default_factory=Limits)
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
     max_batch: int = 32  # most inputs the worker gathers for one model call
     # inputs per forward pass: a gathered batch is sorted by length and split into forwards of at
     # most this many, so short texts are not padded to the longest (on 2 CPU cores, 16 texts as two
@@ -62,7 +62,7 @@ class ServeConfig:
 class Work:
     """One input on its way through the batcher."""
 
-    item: Item
+    item: RequestItem
     policies: tuple[str, ...]
     explain: bool = False
     prepared: Prepared | None = None  # rendered and tokenised once, before the queue (Moderator.prepare)
@@ -78,7 +78,9 @@ class Moderator:
     """Prepares inputs (`prepare`, on the request's side) and runs prepared inputs through the
     model (`run_batch`: the batcher's, on its worker thread). Calls the Engine protocol only."""
 
-    def __init__(self, guards: Engine, limits: Limits, forward_batch: int = 8, token_budget: int | None = TOKEN_BUDGET):
+    def __init__(
+        self, guards: Engine, limits: ServiceLimits, forward_batch: int = 8, token_budget: int | None = TOKEN_BUDGET
+    ):
         self.guards = guards
         self.limits = limits
         self.forward_batch = forward_batch
@@ -217,7 +219,7 @@ class Service:
     # --- checking ---------------------------------------------------------------------------
 
     async def check(
-        self, items: list[Item], policies: tuple[str, ...], explain: bool = False, deadline: float | None = None
+        self, items: list[RequestItem], policies: tuple[str, ...], explain: bool = False, deadline: float | None = None
     ) -> list[Outcome]:
         """Verdicts for every item, or an ApiError: a request never gets part of its answers.
         The wait ends at `deadline` (time.monotonic(): the request's arrival plus the request
@@ -278,7 +280,7 @@ class Service:
         self,
         request_id: str,
         endpoint: str,
-        items: list[Item],
+        items: list[RequestItem],
         outcomes: list[Outcome],
         api_key: str | None,
         *,
@@ -295,31 +297,7 @@ class Service:
         """
         if self.audit is None:
             return
-        fingerprint = self.guards.fingerprint
-        created = now_iso()
-        records = []
-        for index, (item, outcome) in enumerate(zip(items, outcomes)):
-            digest = self.audit_key.input_digest(item.text, [image.sha256 for image in item.images])
-            for name, verdict in outcome.verdicts.items():
-                records.append(
-                    AuditRecord(
-                        created_at=created,
-                        request_id=request_id,
-                        client_request_id=client_request_id,
-                        item=index,
-                        endpoint=endpoint,
-                        policy=name,
-                        policy_version=verdict.version,
-                        model_fingerprint=fingerprint,
-                        input_sha256=digest,
-                        input_text=item.text if self.config.audit_text else None,
-                        label=verdict.label,
-                        flagged=verdict.flagged,
-                        scores={k: round(v, 6) for k, v in (verdict.calibrated or verdict.scores).items()},
-                        latency_ms=round(outcome.latency_s * 1000, 3),
-                        api_key=api_key,
-                    )
-                )
+        records = self._audit_records(request_id, endpoint, items, outcomes, api_key, client_request_id)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             # on timeout wait_for cancels the future: the writer skips rows it has not taken yet
@@ -345,3 +323,40 @@ class Service:
                 kind="server_error",
                 headers={"Retry-After": str(self.config.retry_after_s)},
             ) from None
+
+    def _audit_records(
+        self,
+        request_id: str,
+        endpoint: str,
+        items: list[RequestItem],
+        outcomes: list[Outcome],
+        api_key,
+        client_request_id,
+    ) -> list[AuditRecord]:
+        """One audit row per input and policy; the input's text only with --audit-text."""
+        fingerprint = self.guards.fingerprint
+        created = now_iso()
+        records = []
+        for index, (item, outcome) in enumerate(zip(items, outcomes)):
+            digest = self.audit_key.input_digest(item.text, [image.sha256 for image in item.images])
+            for name, verdict in outcome.verdicts.items():
+                records.append(
+                    AuditRecord(
+                        created_at=created,
+                        request_id=request_id,
+                        client_request_id=client_request_id,
+                        item=index,
+                        endpoint=endpoint,
+                        policy=name,
+                        policy_version=verdict.version,
+                        model_fingerprint=fingerprint,
+                        input_sha256=digest,
+                        input_text=item.text if self.config.audit_text else None,
+                        label=verdict.label,
+                        flagged=verdict.flagged,
+                        scores={k: round(v, 6) for k, v in (verdict.calibrated or verdict.scores).items()},
+                        latency_ms=round(outcome.latency_s * 1000, 3),
+                        api_key=api_key,
+                    )
+                )
+        return records

@@ -20,7 +20,7 @@ from guard.errors import GuardError
 from guard.models.images import load_image
 from guard.policy import load_policy
 from guard.serve.app import create_app
-from guard.serve.limits import Limits
+from guard.serve.limits import ServiceLimits
 from guard.serve.main import is_loopback
 from guard.serve.service import ServeConfig, Service
 from guard.store.database import Store
@@ -58,7 +58,9 @@ def wait_for(condition, timeout=20.0):
 
 def test_a_full_queue_answers_503_with_retry_after(tiny_db, llama):
     # the worker waits 1.5 s for a batch to fill, so two inputs hold the queue (bound 2) that long
-    service = service_for(tiny_db, llama, max_queue=2, max_batch=64, max_wait_ms=1500, limits=Limits(max_items=2))
+    service = service_for(
+        tiny_db, llama, max_queue=2, max_batch=64, max_wait_ms=1500, limits=ServiceLimits(max_items=2)
+    )
     with thread_server(create_app(service)) as url:
         results = [None, None]
         threads = [post_later(f"{url}/v1/check", {"input": f"text {i}"}, results, i) for i in range(2)]
@@ -75,11 +77,11 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_db, llama):
 
 def test_more_items_than_the_queue_holds_is_a_startup_error(tiny_db, llama):
     with pytest.raises(GuardError, match="max-items"):
-        service_for(tiny_db, llama, max_queue=4, limits=Limits(max_items=5))
+        service_for(tiny_db, llama, max_queue=4, limits=ServiceLimits(max_items=5))
 
 
 def test_a_request_over_its_timeout_gets_504_and_no_verdict(tiny_db, llama):
-    service = service_for(tiny_db, llama, max_wait_ms=3000, limits=Limits(timeout_s=0.3))
+    service = service_for(tiny_db, llama, max_wait_ms=3000, limits=ServiceLimits(timeout_s=0.3))
     with thread_server(create_app(service)) as url:
         response = httpx.post(f"{url}/v1/moderations", json={"input": "slow"})
         assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
@@ -92,7 +94,7 @@ def test_the_request_timeout_counts_from_arrival(tiny_db, llama):
     0.6 s and a batch that waits 0.8 s to fill pass a 1 s timeout (from the queue alone, 0.8 s)."""
     import socket
 
-    service = service_for(tiny_db, llama, max_wait_ms=800, limits=Limits(timeout_s=1.0))
+    service = service_for(tiny_db, llama, max_wait_ms=800, limits=ServiceLimits(timeout_s=1.0))
     with thread_server(create_app(service)) as url:
         port = int(url.rsplit(":", 1)[1])
         body = json.dumps({"input": "slowly sent"}).encode()
@@ -241,18 +243,18 @@ def test_audit_has_exactly_one_row_per_answered_verdict_even_after_sigkill(tiny_
 def test_a_gathered_batch_runs_as_length_sorted_forwards(tiny_db, llama):
     """--forward-batch: the worker's gathered inputs go through the model as forwards of at most
     that many, longest with longest (less padding), and each verdict is the library's."""
-    from guard.serve.inputs import Item
+    from guard.serve.inputs import RequestItem
     from guard.serve.service import Moderator, Work
 
     guards = GuardSet.load(tiny_db, model=llama)
     texts = ["a poem about the sea " * n for n in (9, 1, 7, 2, 8)]
-    works = [Work(Item(f"input[{i}]", t), tuple(guards.names)) for i, t in enumerate(texts)]
+    works = [Work(RequestItem(f"input[{i}]", t), tuple(guards.names)) for i, t in enumerate(texts)]
     shapes: list[tuple[int, int]] = []
     handle = llama.model.register_forward_pre_hook(
         lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
     try:
-        outcomes = Moderator(guards, Limits(), forward_batch=2).run_batch(works)
+        outcomes = Moderator(guards, ServiceLimits(), forward_batch=2).run_batch(works)
     finally:
         handle.remove()
     assert [rows for rows, _ in shapes] == [2, 2, 1]

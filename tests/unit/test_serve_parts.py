@@ -13,7 +13,7 @@ from guard.errors import GuardError
 from guard.serve.audit import AuditFailed, AuditWriter
 from guard.serve.inputs import parse_input
 from guard.serve.keys import ApiKeys, load_keys
-from guard.serve.limits import ApiError, LimitError, Limits
+from guard.serve.limits import ApiError, LimitError, ServiceLimits
 from guard.store.audit import AuditKey, AuditLog, AuditRecord, input_digest, load_or_create_secret, parse_since
 from guard.store.database import Store
 
@@ -211,7 +211,7 @@ def test_writer_reports_failures_to_each_waiting_request_without_the_error_text(
 
 
 def test_input_shapes():
-    limits = Limits()
+    limits = ServiceLimits()
     assert [i.text for i in parse_input("one", limits)] == ["one"]
     assert [(i.param, i.text) for i in parse_input(["a", "b"], limits)] == [("input[0]", "a"), ("input[1]", "b")]
     (item,) = parse_input([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], limits)
@@ -226,13 +226,13 @@ def test_image_parts_decode_within_limits():
     buffer = io.BytesIO()
     Image.new("RGB", (8, 6), (200, 10, 10)).save(buffer, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    (item,) = parse_input([{"type": "image_url", "image_url": {"url": url}}], Limits())
+    (item,) = parse_input([{"type": "image_url", "image_url": {"url": url}}], ServiceLimits())
     assert item.text is None and item.images[0].size == (8, 6) and item.input_types == ["image"]
     with pytest.raises(LimitError) as info:
-        parse_input([{"type": "image_url", "image_url": {"url": url}}] * 3, Limits(max_images=2))
+        parse_input([{"type": "image_url", "image_url": {"url": url}}] * 3, ServiceLimits(max_images=2))
     assert info.value.limit == "max_images"
     with pytest.raises(LimitError) as info:
-        parse_input([{"type": "image_url", "image_url": url}], Limits(max_image_pixels=47))
+        parse_input([{"type": "image_url", "image_url": url}], ServiceLimits(max_image_pixels=47))
     assert info.value.limit == "max_image_pixels"
     with pytest.raises(ApiError, match="never fetches"):
-        parse_input([{"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}], Limits())
+        parse_input([{"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}], ServiceLimits())
