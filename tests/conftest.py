@@ -109,3 +109,32 @@ def pytest_collection_modifyitems(items):
         module = item.module.__name__.rpartition(".")[2] if item.module else ""
         if module in SLOW_MODULES or item.get_closest_marker("real_model") or item.get_closest_marker("postgres"):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def default_activations(tmp_path_factory):
+    """A database holding the shipped default policy compiled once per session on the real
+    SmolLM2-135M, and so its activation cache: the tests that compile the default policy again
+    (`warm_db`) run the model on nothing new, instead of 1,037 forwards each."""
+    from pathlib import Path
+
+    from guard.compiler import compile_policy
+
+    db = tmp_path_factory.mktemp("default-policy") / "guard.db"
+    compile_policy(Path(__file__).resolve().parents[1] / "policies/text-harm.yaml", str(db), device="cpu")
+    return db
+
+
+@pytest.fixture
+def warm_db(default_activations, tmp_path):
+    """A private copy of `default_activations` (SQLite's backup API: WAL contents included), so a
+    test's writes stay its own: `warm_db(path)` writes it there and returns the path as a string."""
+    import sqlite3
+
+    def copy(path=None):
+        path = path or tmp_path / "guard.db"
+        with sqlite3.connect(default_activations) as src, sqlite3.connect(path) as dst:
+            src.backup(dst)
+        return str(path)
+
+    return copy

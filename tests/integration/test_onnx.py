@@ -202,7 +202,7 @@ def test_vision_language_policy_is_refused_before_loading(compiled, tmp_path):
 
 
 @pytest.mark.real_model
-def test_default_policy_on_smollm2_onnx_verdicts_equal_torch(tmp_path, capsys):
+def test_default_policy_on_smollm2_onnx_verdicts_equal_torch(tmp_path, capsys, warm_db):
     """The shipped text-harm policy on the real SmolLM2-135M: every held-out verdict from
     onnxruntime equals the torch path's, head similarities within SIMILARITY_TOLERANCE."""
     from pathlib import Path
@@ -210,7 +210,7 @@ def test_default_policy_on_smollm2_onnx_verdicts_equal_torch(tmp_path, capsys):
     from guard.models import load_model
 
     root = Path(__file__).resolve().parents[2]
-    db = str(tmp_path / "guard.db")
+    db = warm_db()  # the session's activation cache: compile reruns the fit, not 1,037 forwards
     loaded = load_model("smollm2-135m", device="cpu", dtype="float32")
     compile_policy(root / "policies/text-harm.yaml", db, loaded=loaded)
     artifact = Store.open(db).load_artifact("text-harm")

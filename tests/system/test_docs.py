@@ -504,14 +504,17 @@ def test_serve_examples(page, sandbox, monkeypatch):
 
 
 @pytest.mark.real_model
-def test_readme_main_job_on_the_real_model(tmp_path):
-    """README's first command, set-up apart (this test runs inside it), in a fresh folder: compile the
-    default policy on SmolLM2-135M and check the three texts; exit 1, the pipe bomb flagged."""
+def test_readme_main_job_on_the_real_model(tmp_path, warm_db):
+    """README's first command, set-up apart (this test runs inside it), in a folder whose guard.db
+    holds the session's activation cache (the compile is the real command's, its forwards are
+    cached): compile the default policy on SmolLM2-135M and check the three texts; exit 1, the
+    pipe bomb flagged."""
     main = blocks(ROOT / "README.md")[0]
     assert main.mode == "real_model"
     command = main.text.strip().removeprefix("bash scripts/setup.sh && ")
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     (tmp_path / "policies").symlink_to(ROOT / "policies")
+    warm_db(tmp_path / "guard.db")
     env = {k: v for k, v in os.environ.items() if k != "GUARD_DB"}
     done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=2400)
     print(done.stdout)
