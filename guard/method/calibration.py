@@ -365,6 +365,53 @@ def calibrate(
     return Calibration(method, platt, thresholds, uncertain_margin, shares, metrics)
 
 
+# --- the codec: a Calibration as the store's row and the ONNX manifest hold it -------------------
+
+
+def to_manifest(cal: Calibration | None) -> dict | None:
+    """The ONNX manifest's shape: the maps as a list, thresholds keyed by label index (as text)."""
+    if cal is None:
+        return None
+    return {
+        "method": cal.method,
+        "uncertain_margin": cal.uncertain_margin,
+        "platt": [{"slope": p.slope, "intercept": p.intercept} for p in cal.platt],
+        "thresholds": {str(c): t.to_dict() for c, t in cal.thresholds.items()},
+    }
+
+
+def from_manifest(data: dict | None) -> Calibration | None:
+    if data is None:
+        return None
+    return Calibration(
+        method=data["method"],
+        platt=[Platt(p["slope"], p["intercept"]) for p in data["platt"]],
+        thresholds={int(c): Threshold(**t) for c, t in data["thresholds"].items()},
+        uncertain_margin=data["uncertain_margin"],
+    )
+
+
+def to_label_rows(cal: Calibration) -> list[dict]:
+    """The store's shape: one record per label, its map and its threshold (or None)."""
+    rows = []
+    for c, platt in enumerate(cal.platt):
+        threshold = cal.thresholds.get(c)
+        rows.append(
+            {
+                "slope": platt.slope,
+                "intercept": platt.intercept,
+                "threshold": threshold.to_dict() if threshold else None,
+            }
+        )
+    return rows
+
+
+def from_label_rows(rows: list[dict]) -> tuple[list[Platt], dict[int, Threshold]]:
+    platt = [Platt(row["slope"], row["intercept"]) for row in rows]
+    thresholds = {c: Threshold(**row["threshold"]) for c, row in enumerate(rows) if row["threshold"]}
+    return platt, thresholds
+
+
 # --- a verdict from votes ------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from guard.errors import InputError
+from guard.errors import InputError, first_line
 from guard.limits import LIMITS, read_regular_file
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
@@ -89,7 +89,7 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Guard
                 f"{name}: too many pixels (a decompression bomb?); guard reads images up to {max_pixels:,} pixels"
             ) from None
         except Exception as exc:  # a malformed header can raise nearly anything inside a plugin
-            raise ImageError(f"{name}: not a readable image ({_short(exc)})") from None
+            raise ImageError(f"{name}: not a readable image ({first_line(exc)})") from None
         width, height = img.size
         if width < 1 or height < 1:
             raise ImageError(f"{name}: has no pixels ({width}x{height})")
@@ -102,7 +102,7 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Guard
             img.seek(0)  # first frame of an animated GIF or WebP
             img.load()
         except Exception as exc:
-            raise ImageError(f"{name}: truncated or corrupt {img.format} image ({_short(exc)})") from None
+            raise ImageError(f"{name}: truncated or corrupt {img.format} image ({first_line(exc)})") from None
     with contextlib.suppress(Exception):  # a broken EXIF block: keep the pixels as stored
         img = ImageOps.exif_transpose(img)
     return GuardImage(sha256=content_hash(data), name=name, image=to_rgb(img))
@@ -122,11 +122,6 @@ def to_rgb(img):
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale to 8 bits first
         img = img.point(lambda v: v / 256).convert("L")
     return img.convert("RGB")
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def as_image(value) -> GuardImage:

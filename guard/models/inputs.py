@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from guard.errors import GuardError, ModelError
+from guard.errors import GuardError, ModelError, first_line
 from guard.models.images import GuardImage
 
 
@@ -155,7 +155,7 @@ class ImageInputs:
         except Exception as exc:
             names = ", ".join(image.name for item in items for image in item.images) or "no images"
             raise ModelError(
-                f"the {loaded.arch.family} processor cannot prepare this input ({names}): {_short(exc)}"
+                f"the {loaded.arch.family} processor cannot prepare this input ({names}): {first_line(exc)}"
             ) from None
         batch.pop("labels", None)  # PaliGemma's processor adds training labels; a forward needs none
         return {
@@ -176,8 +176,3 @@ class ImageInputs:
             except Exception:  # not every processor can tell without processing; the order is a heuristic
                 count += 256 * len(item.images)
         return count
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from guard.errors import GuardError, ModelError
+from guard.errors import GuardError, ModelError, first_line
 from guard.models.architectures import Architecture, HeadLayout, architecture_for, head_layout, o_proj_modules
 from guard.models.capture import HeadTap
 from guard.models.images import GuardImage
@@ -158,7 +158,7 @@ def _load_directory(
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"cannot load model '{source.reference}': {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"cannot load model '{source.reference}': {first_line(exc)}") from None
     model.to(device).eval()
     text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     text_tokenizer.padding_side = "right"

@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from guard.errors import ModelError
+from guard.errors import ModelError, first_line
 
 SourceKind = Literal["bundled", "gguf", "directory", "hub"]  # the bundled alias, a .gguf file, a model folder, a hub id
 
@@ -98,10 +98,9 @@ def hub_snapshot(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
             f"model '{repo_id}' is not in the local Hugging Face cache and the hub could not be reached "
-            f"({first_line}); download it where there is internet or point 'model:' at a local directory"
+            f"({first_line(exc)}); download it where there is internet or point 'model:' at a local directory"
         ) from None
 
 

@@ -21,11 +21,12 @@ import torch
 
 from guard.check.engine import CheckResult, PolicyHeads, Verdict, check_inputs
 from guard.check.prepared import Prepared, prepare_input, render_prompt
-from guard.errors import GuardError
+from guard.errors import GuardError, first_line
+from guard.method import calibration
 from guard.method.artifact import Artifact
 from guard.models.batching import TOKEN_BUDGET, Batching
 from guard.models.inputs import TextInputs, Tokenized
-from guard.onnx.format import FORMAT, FORMAT_VERSION, MANIFEST, calibration_from_dict, onnxruntime_module
+from guard.onnx.format import FORMAT, FORMAT_VERSION, MANIFEST, onnxruntime_module
 from guard.policy import Label
 
 
@@ -71,7 +72,7 @@ class OnnxGuard:
         try:
             session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise GuardError(f"cannot open {model_file}: {str(exc).splitlines()[0]}") from None
+            raise GuardError(f"cannot open {model_file}: {first_line(exc)}") from None
         return cls(directory, manifest, session, _tokenizer(directory / manifest["tokenizer"]))
 
     @property
@@ -197,7 +198,7 @@ def _tokenizer(directory: Path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except Exception as exc:
-        raise GuardError(f"cannot load the tokenizer in {directory}: {str(exc).splitlines()[0]}") from None
+        raise GuardError(f"cannot load the tokenizer in {directory}: {first_line(exc)}") from None
     tokenizer.padding_side = "right"  # the graph finds the last real token from the mask
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -226,6 +227,6 @@ def _artifact(manifest: dict) -> Artifact:
         exemplar_texts=[],
         exemplar_labels=[],
         description=manifest.get("description", ""),
-        calibration=calibration_from_dict(manifest.get("calibration")),
+        calibration=calibration.from_manifest(manifest.get("calibration")),
         metrics={"method": manifest.get("method", {})},  # vote, escape: exports before 0.2 had neither
     )

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from guard.errors import GuardError
-from guard.method import sav
+from guard.method import calibration, sav
 from guard.method.artifact import Artifact
 from guard.models import LoadedModel, load_model
 from guard.models.architectures import ARCHITECTURES
@@ -47,7 +47,6 @@ from guard.onnx.format import (
     MANIFEST,
     MODEL_FILE,
     TOKENIZER_DIR,
-    calibration_to_dict,
     onnxruntime_module,
 )
 from guard.policy import fill_prompt, template_fields
@@ -171,7 +170,7 @@ def manifest(artifact: Artifact, loaded: LoadedModel) -> dict:
         ],
         "heads": [[layer, head] for layer, head in artifact.heads],
         "scoring": artifact.scoring,
-        "calibration": calibration_to_dict(artifact.calibration),
+        "calibration": calibration.to_manifest(artifact.calibration),
         "model": {
             "reference": artifact.model_reference,
             "fingerprint": artifact.model_fingerprint,

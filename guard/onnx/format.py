@@ -1,10 +1,10 @@
-"""The exported folder's format: its file names and manifest version, the calibration as the manifest
-stores it, and onnxruntime (optional) loaded with a one-line error when it is missing."""
+"""The exported folder's format: its file names and manifest version, and onnxruntime (optional)
+loaded with a one-line error when it is missing. (The calibration's manifest shape is
+guard.method.calibration's codec, beside the store's.)"""
 
 from __future__ import annotations
 
 from guard.errors import need_extra
-from guard.method.calibration import Calibration, Platt, Threshold
 
 FORMAT = "guard-onnx"
 FORMAT_VERSION = 1
@@ -18,25 +18,3 @@ def onnxruntime_module():
     import onnxruntime
 
     return onnxruntime
-
-
-def calibration_to_dict(cal: Calibration | None) -> dict | None:
-    if cal is None:
-        return None
-    return {
-        "method": cal.method,
-        "uncertain_margin": cal.uncertain_margin,
-        "platt": [{"slope": p.slope, "intercept": p.intercept} for p in cal.platt],
-        "thresholds": {str(c): t.to_dict() for c, t in cal.thresholds.items()},
-    }
-
-
-def calibration_from_dict(data: dict | None) -> Calibration | None:
-    if data is None:
-        return None
-    return Calibration(
-        method=data["method"],
-        platt=[Platt(p["slope"], p["intercept"]) for p in data["platt"]],
-        thresholds={int(c): Threshold(**t) for c, t in data["thresholds"].items()},
-        uncertain_margin=data["uncertain_margin"],
-    )

@@ -29,6 +29,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from guard.errors import first_line
 from guard.serve.inputs import RequestItem, parse_input
 from guard.serve.limits import ApiError, LimitError, bad_request, check_body_size
 from guard.serve.results import moderation_result
@@ -219,7 +220,7 @@ def _readiness(service: Service) -> tuple[list[str], dict[str, str]]:
         try:
             stored = {summary.policy: summary.version for summary in service.store.summaries()}
         except Exception as exc:
-            problems.append(f"the policy database cannot be read ({str(exc).splitlines()[0]})")
+            problems.append(f"the policy database cannot be read ({first_line(exc)})")
         else:
             missing = [name for name in service.policy_names if name not in stored]
             if missing:

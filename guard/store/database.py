@@ -26,8 +26,9 @@ import torch
 from sqlalchemy import orm
 
 from guard.errors import StoreError, first_line
+from guard.method import calibration
 from guard.method.artifact import Artifact, ArtifactSummary
-from guard.method.calibration import Calibration, Platt, Threshold
+from guard.method.calibration import Calibration
 from guard.policy import Label
 from guard.store import migrations
 from guard.store.tables import (
@@ -476,29 +477,18 @@ def _artifact_from_row(row: PolicyRow) -> Artifact:
 
 
 def _calibration_row(cal: Calibration, num_labels: int) -> CalibrationRow:
-    labels = []
-    for c, platt in enumerate(cal.platt):
-        threshold = cal.thresholds.get(c)
-        labels.append(
-            {
-                "slope": platt.slope,
-                "intercept": platt.intercept,
-                "threshold": threshold.to_dict() if threshold else None,
-            }
-        )
     shares = torch.tensor(cal.shares, dtype=torch.float32).reshape(-1, num_labels)
     return CalibrationRow(
         method=cal.method,
         uncertain_margin=cal.uncertain_margin,
-        labels=labels,
+        labels=calibration.to_label_rows(cal),
         shares=to_blob(shares),
         metrics=cal.metrics,
     )
 
 
 def _calibration_from_row(row: CalibrationRow, num_labels: int) -> Calibration:
-    platt = [Platt(lab["slope"], lab["intercept"]) for lab in row.labels]
-    thresholds = {c: Threshold(**lab["threshold"]) for c, lab in enumerate(row.labels) if lab["threshold"]}
+    platt, thresholds = calibration.from_label_rows(row.labels)
     shares = from_blob(row.shares, (-1, num_labels)).double().tolist()
     return Calibration(row.method, platt, thresholds, row.uncertain_margin, shares, row.metrics)
 

@@ -2,6 +2,7 @@
 independent optimiser, monotone maps, unanimous votes near the extremes, thresholds that meet
 their target on the data they were chosen on, and the verdict rule."""
 
+import json
 import math
 import random
 
@@ -275,3 +276,22 @@ def test_threshold_is_the_probability_at_the_vote_boundary_and_none_for_a_flat_m
     assert two_label_calibration(threshold=0.3).threshold(0, "margin") == 0.3  # a target's own
     flat = cal.Calibration(cal.METHOD, [cal.Platt(0.0, 0.0), cal.Platt(0.0, 0.0)], {}, 0.0)
     assert flat.threshold(0, "count") is None  # the votes did not separate the labels: the vote decides
+
+
+def test_both_stored_shapes_give_back_the_calibration():
+    """The codec's two shapes (the store's label rows, the ONNX manifest) read back to the same maps
+    and thresholds; the manifest's thresholds are keyed by label index as text (JSON keys)."""
+    x, y = data(4, per_label=8, num_labels=2, signal=1.0)
+    c = cal.calibrate(Fit(2, 5), x, y, targets={0: ("recall", 0.9)})
+    platt, thresholds = cal.from_label_rows(cal.to_label_rows(c))
+    assert platt == c.platt and thresholds == c.thresholds
+    manifest = cal.to_manifest(c)
+    assert list(manifest["thresholds"]) == ["0"]
+    back = cal.from_manifest(json.loads(json.dumps(manifest)))
+    assert (back.method, back.platt, back.thresholds, back.uncertain_margin) == (
+        c.method,
+        c.platt,
+        c.thresholds,
+        c.uncertain_margin,
+    )
+    assert cal.to_manifest(None) is None and cal.from_manifest(None) is None
