@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import traceback
 from typing import Annotated
 
@@ -67,6 +68,10 @@ def friendly(command):
         except KeyboardInterrupt:
             typer.echo("guard: interrupted", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # the reader went away (`guard ... | head`): stop quietly, as a shell reports SIGPIPE
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail
+            raise typer.Exit(141) from None
         except MemoryError:
             fail("out of memory")
         except Exception as exc:

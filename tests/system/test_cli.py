@@ -148,3 +148,21 @@ def test_help_shows_every_option_in_full_and_version():
 
     version = run("--version")
     assert version.exit_code == 0 and version.output.strip() == f"guard {__version__}"
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(compiled, tmp_path):
+    """`guard check - --json | head -n 1`: when head exits, guard stops with SIGPIPE's status
+    (141) and nothing on stderr, not a BrokenPipeError traceback. The output is larger than a
+    pipe's buffer, so guard is still writing when the reader leaves."""
+    lines = tmp_path / "lines.txt"
+    texts = [text for group in TEXTS.values() for text in group]
+    lines.write_text("".join(f"{texts[i % len(texts)]} {i}\n" for i in range(1500)))
+    script = (
+        f"{sys.executable} -m guard.cli check - --db {compiled} -p always --json < {lines} 2> {tmp_path / 'err'}"
+        " | head -n 1; echo ${PIPESTATUS[0]}"
+    )
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=600)
+    first, status = done.stdout.splitlines()[0], done.stdout.splitlines()[-1]
+    assert json.loads(first)["flagged"] is True
+    assert status == "141"
+    assert (tmp_path / "err").read_text() == ""
