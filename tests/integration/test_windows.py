@@ -268,6 +268,8 @@ def test_windows_prepared_once_and_checked_with_the_rest(tmp_path, llama_dir, ll
     assert all(not p.windows for p in by_plain)
     again = both.select(["windowed"]).check_prepared(by_plain)
     assert [r["windowed"].window for r in again] == [w["windowed"].window for w in alone]
+    explained = both.check(PADDED, explain=True)["windowed"]
+    assert explained.explanation is not None and explained.window["of"] == 4
 
 
 def test_check_names_the_flagging_window(tmp_path, llama_dir, llama, capsys):
