@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from guard.check.explain import explain as explain_verdict
-from guard.check.prepared import Group, Prepared, as_fields, prepare_input
+from guard.check.prepared import Group, Prepared, as_fields, prepare_input, prepare_windows
+from guard.check.windows import Setting, choose, extra_spans, window_spans
 from guard.errors import GuardError, ModelError
 from guard.method import calibration, sav
 from guard.method.artifact import Artifact
@@ -56,6 +57,7 @@ class Verdict:
     uncertain: bool = False  # margin below the policy's uncertain_margin, or calibrated P(label) < 0.5
     thresholds: dict[str, float] | None = None  # flagged label -> calibrated P at which it is flagged
     explanation: dict | None = field(default=None, compare=False)  # guard.check.explain.explain, when asked for
+    window: dict | None = None  # windowed policies: the part of {text} this verdict is about (guard.check.windows)
     vectors: torch.Tensor | None = field(default=None, repr=False, compare=False)  # [k, head_dim] at the selected heads
 
     def to_dict(self, votes: bool = True) -> dict:
@@ -75,6 +77,8 @@ class Verdict:
             out["thresholds"] = {k: round(v, 6) for k, v in self.thresholds.items()}
         out["margin"] = round(self.margin, 6)
         out["uncertain"] = self.uncertain
+        if self.window is not None:
+            out["window"] = self.window
         if self.explanation is not None:
             out["explanation"] = self.explanation
         return out
@@ -216,8 +220,12 @@ class GuardSet:
         self.warnings = dtype_warnings(artifacts, loaded)
         self.policies = [PolicyHeads(art) for art in artifacts]
         self.groups: dict[tuple[str, str], list[PolicyHeads]] = {}  # (prompt template, escape) -> policies
+        self.windows: dict[Group, list[Setting]] = {}  # groups with windowed policies -> their settings
         for policy in self.policies:
-            self.groups.setdefault((policy.artifact.prompt, policy.artifact.escape), []).append(policy)
+            group = (policy.artifact.prompt, policy.artifact.escape)
+            self.groups.setdefault(group, []).append(policy)
+            if policy.artifact.window is not None and policy.artifact.window not in self.windows.get(group, []):
+                self.windows.setdefault(group, []).append(policy.artifact.window)
 
     @classmethod
     def load(
@@ -293,8 +301,9 @@ class GuardSet:
 
     def prepare(self, fields: dict) -> Prepared:
         """One input ready for `check_prepared`: every prompt group's model input rendered and
-        tokenised once (guard.check.prepared), or InputError saying why it cannot be checked."""
-        return prepare_input(self.loaded, self.groups, fields, position_limit=self.position_limit)
+        tokenised once (guard.check.prepared), and so is each window of {text} that a windowed
+        policy checks (guard.check.windows); or InputError saying why it cannot be checked."""
+        return prepare_input(self.loaded, self.groups, fields, position_limit=self.position_limit, windows=self.windows)
 
     def check_prepared(
         self,
@@ -308,25 +317,66 @@ class GuardSet:
         """Verdicts of every policy for each prepared input, in input order. Forwards hold at most
         `batch_size` inputs and `token_budget` padded tokens (guard.models.batching).
 
+        A windowed policy's windows (prepared with their input) run in the same forwards as the
+        whole texts; its verdict is `guard.check.windows.choose`'s and names its window.
+
         Safe to call from many threads at once on one GuardSet: no state is shared between calls
         but the model, whose hooks read per-call state (see guard.models.capture)."""
         rule = Batching(batch_size, token_budget)
         by_policy: dict[str, list[Verdict]] = {}
         for group_key, group in self.groups.items():
             rows = [p.rows.get(group_key) or self._row(group_key, p.fields) for p in prepared]
+            windows = self._window_rows(group_key, prepared)  # {(input index, span): row}
             layers = sorted({layer for policy in group for layer in policy.layers})
             title = "checking" if progress else None
-            acts = features(self.loaded, rows, layers=layers, batch_size=rule, progress=title).heads
+            acts = features(self.loaded, rows + list(windows.values()), layers=layers, batch_size=rule, progress=title)
             for policy in group:
                 positions = [layers.index(layer) for layer, _ in policy.artifact.heads]
-                heads = [head for _, head in policy.artifact.heads]
-                by_policy[policy.artifact.name] = policy.verdicts(acts[:, positions, heads], explain)
+                selected = acts.heads[:, positions, [head for _, head in policy.artifact.heads]]
+                if policy.artifact.window is None:
+                    by_policy[policy.artifact.name] = policy.verdicts(selected, explain)
+                else:
+                    by_policy[policy.artifact.name] = self._windowed(policy, prepared, selected, list(windows), explain)
         # keep the caller's policy order in each result
         return [CheckResult((name, by_policy[name][i]) for name in self.names) for i in range(len(prepared))]
 
     def _row(self, group: Group, fields: dict) -> Tokenized:
         """A prompt group's model input for an input prepared by another engine (another subset)."""
         return prepare_input(self.loaded, [group], fields, position_limit=self.position_limit).rows[group]
+
+    def _window_rows(self, group: Group, prepared: Sequence[Prepared]) -> dict[tuple[int, tuple[int, int]], Tokenized]:
+        """The window model inputs this set's windowed policies of `group` check, by (input index,
+        span), in input order; taken from the prepared inputs (prepared here when another engine
+        prepared them without)."""
+        settings = self.windows.get(group)
+        if not settings:
+            return {}
+        out = {}
+        for i, p in enumerate(prepared):
+            found = p.windows.get(group, {})
+            spans = extra_spans(str(p.fields.get("text") or ""), settings)
+            if any(span not in found for span in spans):
+                found = prepare_windows(self.loaded, group, p.fields, settings, self.position_limit)
+            out.update(((i, span), found[span]) for span in spans)
+        return out
+
+    def _windowed(
+        self, policy: PolicyHeads, prepared: Sequence[Prepared], selected: torch.Tensor, keys: list, explain: bool
+    ) -> list[Verdict]:
+        """A windowed policy's verdicts: `selected` holds its heads' outputs for the whole texts
+        (one per prepared input) and then for the windows at `keys` ((input index, span))."""
+        n = len(prepared)
+        whole = policy.verdicts(selected[:n])
+        parts = dict(zip(keys, policy.verdicts(selected[n:]))) if keys else {}
+        out = []
+        for i, p in enumerate(prepared):
+            text = str(p.fields.get("text") or "")
+            spans = window_spans(text, *policy.artifact.window)
+            verdict = choose(text, spans, [whole[i], *(parts[(i, span)] for span in spans[1:])])
+            if explain:
+                verdict = replace(verdict, explanation=explain_verdict(policy.artifact, verdict))
+            out.append(verdict)
+        return out
 
     # --- checking ------------------------------------------------------------------------------
 

@@ -4,16 +4,18 @@
 the prompt fields are checked against guard.limits, each prompt template (with its escaping)
 is filled in and chat-rendered, and the rendered prompt is tokenised once; its token count is
 checked against guard's token limit and the model's positions. The `Prepared` input then travels
-to the model: batches are built from its token ids, never from its text again.
+to the model: batches are built from its token ids, never from its text again. A prompt group
+with windowed policies (guard.check.windows) also gets each window of {text} prepared, once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from guard import limits
+from guard.check.windows import Setting, Span, extra_spans
 from guard.errors import InputError
 from guard.models.images import as_image
 from guard.models.inputs import ModelInput, Tokenized
@@ -33,10 +35,12 @@ class Renderer(Protocol):
 @dataclass(frozen=True)
 class Prepared:
     """One input ready for the model: its fields (images decoded) and, per prompt group, the
-    rendered and tokenised model input."""
+    rendered and tokenised model input; for groups with windowed policies, each window's model
+    input too (its {text} one run of sentences: guard.check.windows), by the window's span."""
 
     fields: dict
     rows: dict[Group, Tokenized] = field(default_factory=dict)
+    windows: dict[Group, dict[Span, Tokenized]] = field(default_factory=dict)
 
     @property
     def tokens(self) -> int:
@@ -65,23 +69,48 @@ def render_prompt(renderer: Renderer, group: Group, fields: dict) -> str | Model
 
 
 def prepare_input(
-    renderer: Renderer, groups: Iterable[Group], fields: dict, *, position_limit: int | None = None
+    renderer: Renderer,
+    groups: Iterable[Group],
+    fields: dict,
+    *,
+    position_limit: int | None = None,
+    windows: Mapping[Group, Iterable[Setting]] | None = None,
 ) -> Prepared:
     """`fields` (a dict of prompt fields, with an optional "images" list) ready for the model,
     or InputError (GuardError) saying why it cannot be checked: a field over guard.limits, a
-    missing prompt field, too many tokens for guard or for the model's positions."""
+    missing prompt field, too many tokens for guard or for the model's positions. `windows`:
+    the window settings of each group's windowed policies, whose windows are prepared too."""
     ready = ready_fields(fields)
-    rows = {}
-    for group in groups:
-        row = renderer.tokenize(render_prompt(renderer, group, ready))
-        if row.ids is not None:  # a text input's exact count (an image input's is an estimate)
-            limits.check_tokens(row.length)
-            if position_limit and row.length > position_limit:
-                raise InputError(
-                    f"too long: {row.length:,} tokens with the prompt (the model reads at most {position_limit:,})"
-                )
-        rows[group] = row
-    return Prepared(ready, rows)
+    rows = {group: _tokenized(renderer, group, ready, position_limit) for group in groups}
+    spans = {
+        group: prepare_windows(renderer, group, ready, settings, position_limit)
+        for group, settings in (windows or {}).items()
+    }
+    return Prepared(ready, rows, spans)
+
+
+def prepare_windows(
+    renderer: Renderer, group: Group, fields: dict, settings: Iterable[Setting], position_limit: int | None = None
+) -> dict[Span, Tokenized]:
+    """The model input of each window of the fields' {text} that `settings` check (the whole text
+    left out; guard.check.windows.extra_spans), by span; `fields` as `ready_fields` gives them."""
+    text = str(fields.get("text") or "")
+    return {
+        (a, b): _tokenized(renderer, group, {**fields, "text": text[a:b]}, position_limit)
+        for a, b in extra_spans(text, settings)
+    }
+
+
+def _tokenized(renderer: Renderer, group: Group, ready: dict, position_limit: int | None) -> Tokenized:
+    """One prompt group's model input for ready fields, its token count checked."""
+    row = renderer.tokenize(render_prompt(renderer, group, ready))
+    if row.ids is not None:  # a text input's exact count (an image input's is an estimate)
+        limits.check_tokens(row.length)
+        if position_limit and row.length > position_limit:
+            raise InputError(
+                f"too long: {row.length:,} tokens with the prompt (the model reads at most {position_limit:,})"
+            )
+    return row
 
 
 def as_fields(item: str | dict) -> dict:

@@ -51,7 +51,16 @@ def print_verdict(text: str, verdict, show_policy: bool = False) -> None:
     else:
         why = f"[votes {votes}]"
     unsure = " uncertain" if verdict.uncertain else ""
-    typer.echo(f"{mark:8} {where}{verdict.label:12} {why}{unsure}  {short}")
+    typer.echo(f"{mark:8} {where}{verdict.label:12} {why}{unsure}{window_words(verdict.window)}  {short}")
+
+
+def window_words(window: dict | None) -> str:
+    """A windowed policy's verdict decided by a window (a run of sentences, guard.check.windows)
+    names it: ` window 2/3 "its text"` (the second of three windows); nothing for the whole text or a policy without windows."""
+    if not window or not window["index"]:
+        return ""
+    text = window["text"] if len(window["text"]) <= 50 else window["text"][:47] + "..."
+    return f" window {window['index']}/{window['of'] - 1} {json.dumps(text, ensure_ascii=False)}"
 
 
 def print_explanation(why: dict) -> None:

@@ -40,6 +40,7 @@ from guard.eval.sources import (
     errors_of,
     item_groups,
     tally,
+    windowed,
 )
 from guard.method import sav
 from guard.method.fit import Classifier, Fit
@@ -312,6 +313,7 @@ def evaluate(
 
     artifact = fit(policy, ex_acts, loaded)
     verdicts = PolicyHeads(artifact).verdicts(sav.at_heads(test_acts, artifact.heads))  # as guard check decides
+    verdicts = windowed(policy, artifact, pairs[n_ex:], verdicts, loaded, store, batch_size)
     methods = _methods(policy, artifact, verdicts, feats, y, truth, answers, with_baselines)
     if embeddings is not None:
         methods["embed"] = _embed_row(policy, embeddings, y, truth)
@@ -584,6 +586,9 @@ def attack_flips(policy, artifact, targets, loaded, store, batch_size: int = 8, 
         if rendered:
             title = f"attack {attack.name}" if progress else None
             acts = features(loaded, rendered, store=store, batch_size=batch_size, progress=title).heads
-            flipped = sum(not v.flagged for v in judge.verdicts(sav.at_heads(acts, artifact.heads)))
+            verdicts = judge.verdicts(sav.at_heads(acts, artifact.heads))
+            attacked = [(replace(item, text=attack.apply(item.text)), images) for item, images in items]
+            verdicts = windowed(policy, artifact, attacked, verdicts, loaded, store, batch_size)
+            flipped = sum(not v.flagged for v in verdicts)
         results.append(AttackResult(attack.name, attack.description, len(items), flipped))
     return results

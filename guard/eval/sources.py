@@ -23,6 +23,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from guard.check.engine import PolicyHeads, Verdict
+from guard.check.windows import window_verdicts
 from guard.compiler import fit, render_exemplars
 from guard.errors import GuardError
 from guard.eval import baselines, metrics
@@ -187,6 +188,8 @@ def error_record(item: Exemplar, group: str, verdict: Verdict, embed_label: str 
     out.update(margin=v["margin"], uncertain=v["uncertain"], votes=v["votes"])
     if item.images:
         out["images"] = list(item.images)
+    if verdict.window is not None:  # a windowed policy: the part of the text the verdict is about
+        out["window"] = verdict.window
     if embed_label is not None:
         out["embed_predicted"] = embed_label
     return out
@@ -245,6 +248,23 @@ def fit_fold(policy: Policy, acts: torch.Tensor, train: Sequence[int], loaded: L
     return fit(sub, acts[list(train)], loaded)
 
 
+def windowed(policy, artifact, pairs, verdicts, loaded, store, batch_size: int = 8):
+    """The verdicts of (Exemplar, images) `pairs` as a windowed policy's check gives them
+    (guard.check.windows.window_verdicts), from their whole texts' `verdicts`; windows go through
+    the activation cache. Unchanged for a policy without windows."""
+    judge = PolicyHeads(artifact)
+
+    def run(wanted):
+        rendered = [
+            loaded.prepare(policy.render({**pairs[i][0].prompt_fields(), "text": text}), pairs[i][1])
+            for i, text in wanted
+        ]
+        acts = features(loaded, rendered, store=store, batch_size=batch_size).heads
+        return judge.verdicts(sav.at_heads(acts, artifact.heads))
+
+    return window_verdicts(artifact, [item.text for item, _ in pairs], verdicts, run)
+
+
 @dataclass
 class FoldOutput:
     held_out: list[int]  # exemplar indices
@@ -252,7 +272,9 @@ class FoldOutput:
     embed_pred: list[int] | None
 
 
-def run_folds(policy, acts, groups, loaded, embeddings=None, progress=False) -> tuple[list[FoldOutput], dict]:
+def run_folds(
+    policy, acts, groups, loaded, embeddings=None, progress=False, store=None
+) -> tuple[list[FoldOutput], dict]:
     """Each group held out of a fit on the others: SAV verdicts (and the baseline's predictions)
     for its exemplars; groups that cannot be held out are returned with the reason."""
     y = torch.tensor([policy.label_names.index(ex.label) for ex in policy.exemplars])
@@ -265,6 +287,9 @@ def run_folds(policy, acts, groups, loaded, embeddings=None, progress=False) -> 
             continue
         art = fit_fold(policy, acts, train, loaded)
         verdicts = PolicyHeads(art).verdicts(sav.at_heads(acts[test], art.heads))
+        if policy.window is not None:  # each held-out exemplar judged whole and by its windows
+            pairs = [(policy.exemplars[i], policy.exemplars[i].load_images()) for i in test]
+            verdicts = windowed(policy, art, pairs, verdicts, loaded, store)
         embed_pred = None
         if embeddings is not None:
             embed_pred = baselines.logistic_regression(embeddings[train], y[train], embeddings[test])[0].tolist()
@@ -332,7 +357,7 @@ def leave_one_source_out(
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
     rendered = render_exemplars(policy, loaded)
     feats = features(loaded, rendered, store=store, batch_size=batch_size, progress="exemplars" if progress else None)
-    outputs, skipped = run_folds(policy, feats.heads, groups, loaded, embeddings, progress)
+    outputs, skipped = run_folds(policy, feats.heads, groups, loaded, embeddings, progress, store)
     if not outputs:
         raise GuardError("leave-one-source-out: no group can be held out (" + "; ".join(skipped.values()) + ")")
     breakdown, errors = _loso_breakdown(policy, groups, outputs, group_by, baseline is not None)

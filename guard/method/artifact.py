@@ -67,6 +67,12 @@ class Artifact:
         return Fit(len(self.labels), len(self.heads), prototypes=self.prototypes).bank(self.exemplar_vectors, labels)
 
     @property
+    def window(self) -> tuple[int, int] | None:
+        """(sentences per window, stride) when the policy checks windows of {text} (guard.check.windows)."""
+        method = self.method
+        return None if method.get("window") is None else (method["window"], method.get("stride", 1))
+
+    @property
     def escape(self) -> str:
         """How field values are escaped into the prompt (guard.policy.escape_value)."""
         return self.method.get("escape", "none")

@@ -4,6 +4,7 @@ from guard.policy.exemplars import Exemplar, read_exemplar_file, readers
 from guard.policy.loading import load_policy, parse_policy, policy_warnings, validate_items
 from guard.policy.paths import ALLOW_PATHS_ENV, DATA_ROOT_ENV, allowed_roots, confined, is_inside
 from guard.policy.schema import (
+    AGGREGATES,
     CLASSIFIERS,
     DEFAULT_HEADS,
     DEFAULT_MODEL,
@@ -21,6 +22,7 @@ from guard.policy.schema import (
 from guard.policy.yaml_lines import MAX_POLICY_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES
 
 __all__ = [
+    "AGGREGATES",
     "ALLOW_PATHS_ENV",
     "CLASSIFIERS",
     "DATA_ROOT_ENV",

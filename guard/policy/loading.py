@@ -20,6 +20,7 @@ from guard.limits import read_regular_file
 from guard.policy.exemplars import Exemplar, read_exemplar_file, readers
 from guard.policy.paths import DATA_ROOT_ENV, allowed_roots, confined
 from guard.policy.schema import (
+    AGGREGATES,
     CLASSIFIERS,
     DEFAULT_HEADS,
     DEFAULT_MODEL,
@@ -49,6 +50,9 @@ _TOP_KEYS = {
     "prototypes",
     "vote",
     "classifier",
+    "window",
+    "stride",
+    "aggregate",
 }
 _LABEL_KEYS = {"name", "description", "flagged", "answer", "target"}
 _INLINE_KEYS = {"text", "label", "image", "images"}
@@ -140,6 +144,7 @@ def parse_policy(
     fields = _prompt_fields(doc, check, prompt)
     labels = _parse_labels(doc, check)
     settings = _parse_settings(doc, check, labels)
+    settings.update(_parse_windows(doc, check, fields))
 
     notes: list[str] = []
     exemplars = _parse_exemplars(doc, check, root, notes)
@@ -241,6 +246,29 @@ def _parse_settings(doc: _Map, check: _Checker, labels: list[Label]) -> dict:
         "escape": escape,
         "uncertain_margin": float(uncertain_margin),
     }
+
+
+def _parse_windows(doc: _Map, check: _Checker, fields: set[str]) -> dict:
+    """The sentence-window keys (window, stride, aggregate; guard.check.windows), checked, as
+    Policy's keyword arguments."""
+    window = doc.get("window")
+    if window is not None and not _whole(window, 1):
+        check.fail(doc.key_lines["window"], "'window' must be a whole number >= 1 (sentences per window)")
+    for key in ("stride", "aggregate"):
+        if key in doc and window is None:
+            check.fail(doc.key_lines[key], f"'{key}' needs 'window' (the sentences per window)")
+    stride = doc.get("stride", 1)
+    if not _whole(stride, 1):
+        check.fail(doc.key_lines["stride"], "'stride' must be a whole number >= 1 (sentences between window starts)")
+    aggregate = doc.get("aggregate", "any")
+    if aggregate not in AGGREGATES:
+        check.fail(
+            doc.key_lines["aggregate"],
+            f"'aggregate' must be one of: {', '.join(AGGREGATES)} (any: flagged when the whole text or any window is)",
+        )
+    if window is not None and "text" not in fields:
+        check.fail(doc.key_lines["window"], "'window' splits {text}, and the prompt has no {text}")
+    return {"window": window, "stride": stride, "aggregate": aggregate}
 
 
 def _check_counts(doc: _Map, check: _Checker, labels: list[Label], exemplars, scoring: str, notes: list[str]) -> None:

@@ -22,6 +22,7 @@ Scoring = Literal["loo", "in_sample"]  # head scoring: leave-one-out (default) o
 SCORINGS: tuple[str, ...] = get_args(Scoring)
 VOTES = ("count", "margin")  # the rules of guard.method.sav.label_values
 CLASSIFIERS = ("centroid", "probe")  # guard.method.sav.BANKS
+AGGREGATES = ("any",)  # guard.check.windows.window_verdicts
 ESCAPES = ("none", "xml")
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_HEADS = 20
@@ -74,6 +75,9 @@ class Policy:
     prototypes: int = 1  # per label and head: 1 = the centroid (the paper), more = k-means prototypes
     vote: str = "count"  # count: majority of heads (the paper); margin: mean similarity margin
     classifier: str = "centroid"  # what the heads compare with: centroids/prototypes, or "probe" (guard.method.sav)
+    window: int | None = None  # also check runs of this many sentences of {text} (guard.check.windows)
+    stride: int = 1  # a window starts every `stride` sentences
+    aggregate: str = "any"  # windows' verdicts -> one: flagged when the whole text or any window is
     source_text: str = ""  # the YAML as written, stored with the artifact
     path: Path | None = None
     base_dir: Path = field(default_factory=Path.cwd)  # relative model paths start here
@@ -123,6 +127,8 @@ class Policy:
             method["vote"] = self.vote
         if self.classifier != "centroid":
             method["classifier"] = self.classifier
+        if self.window is not None:
+            method.update(window=self.window, stride=self.stride, aggregate=self.aggregate)
         return method
 
     @cached_property
