@@ -24,6 +24,7 @@ judged on inputs unlike its exemplars.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -232,6 +233,7 @@ def export_onnx(
         loaded.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
         (staging / MANIFEST).write_text(json.dumps(manifest(artifact, loaded), indent=2) + "\n")
         error = _parity_on_sample(graph, sample, staging / MODEL_FILE) if check else float("nan")
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: give it the mode a plain mkdir would
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)  # the folder appears whole or not at all
@@ -296,3 +298,9 @@ def _parity_on_sample(graph: HeadsGraph, sample: dict[str, torch.Tensor], path: 
     with torch.inference_mode():
         _, expected = graph(sample["input_ids"], sample["attention_mask"])
     return float((torch.from_numpy(sims) - expected).abs().max())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask

@@ -232,3 +232,16 @@ def test_default_policy_on_smollm2_onnx_verdicts_equal_torch(tmp_path, capsys, w
             f"{len(texts)} held-out verdicts equal; largest head-similarity gap {max(gaps):.1e}"
         )
     assert max(gaps) < SIMILARITY_TOLERANCE
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_the_export_folder_has_the_mode_the_umask_gives(compiled, llama, tmp_path, umask):
+    """Staged in a private temporary folder (0700), the finished export gets a plain mkdir's mode."""
+    import os
+
+    previous = os.umask(umask)
+    try:
+        directory = export_onnx(compiled, tmp_path / "onnx", loaded=llama, check=False).directory
+    finally:
+        os.umask(previous)
+    assert directory.stat().st_mode & 0o777 == 0o777 & ~umask
