@@ -59,7 +59,9 @@ def main() -> None:
             path = ROOT / "policies" / f".study-persona-{name}.yaml"  # beside text-harm/ for from:
             path.write_text(text, encoding="utf-8")
             written.append(path)
-            run([*guard, str(path), "--leave-one-source-out", "--db", args.db, "--json"], args.out / f"loso-{name}.json")
+            run(
+                [*guard, str(path), "--leave-one-source-out", "--db", args.db, "--json"], args.out / f"loso-{name}.json"
+            )
         loso = [f"LOSO {n}={args.out / f'loso-{n}.json'}" for n in ("without", "with")]
         print(table(columns(loso)))
         if args.skip_eval:

@@ -845,7 +845,12 @@ def derive_persona(pools: dict[str, list[dict]], personas: list[dict], seen: set
     frames = [(rng.randrange(len(personas)), rng.randrange(len(PERSONA_ENDINGS))) for _ in range(PERSONA_PER_LABEL)]
     rows = []
     for label, bases in PERSONA_BASES.items():
-        cands = [(b, r["text"], vp) for b in bases for r in pools[b] if r["label"] == label and (vp := verb_phrase(r["text"]))]
+        cands = [
+            (b, r["text"], vp)
+            for b in bases
+            for r in pools[b]
+            if r["label"] == label and (vp := verb_phrase(r["text"]))
+        ]
         picked = sample(cands, PERSONA_PER_LABEL, f"persona:{label}")
         for (base, text, vp), (p, e) in zip(picked, frames):
             framed = PERSONA_ENDINGS[e].format(persona=personas[p]["text"], text=text, vp=vp)
