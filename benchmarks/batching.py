@@ -50,7 +50,7 @@ def old_window(guards, texts: list[str], batch_size: int):
         guards.prepare({"text": text})  # scanner.prepare: render, limit-check, count
     rendered = [guards.render(template, text, escape=escape) for text in texts]  # check_batch's render
     layers = sorted({layer for policy in group for layer in policy.layers})
-    acts = features(guards.loaded, rendered, layers=layers, batch_size=batch_size).heads  # counts, encodes
+    acts = features(guards.loaded, rendered, layers=layers, batch_size=batch_size).z  # counts, encodes
     policy = group[0]
     positions = [layers.index(layer) for layer, _ in policy.artifact.heads]
     heads = [head for _, head in policy.artifact.heads]

@@ -61,4 +61,4 @@ def plain_forward(loaded: LoadedModel, rendered: list[str]) -> None:
 
 def guard_activations(loaded: LoadedModel, rendered: list[str], batch_size: int = 8) -> torch.Tensor:
     """guard's compile-time capture: batched, one pass, last token only, no LM head."""
-    return features(loaded, rendered, layers=range(loaded.layout.num_layers), batch_size=batch_size).heads
+    return features(loaded, rendered, layers=range(loaded.layout.num_layers), batch_size=batch_size).z

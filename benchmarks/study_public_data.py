@@ -64,7 +64,7 @@ def activations(texts: list[str], max_layer: int, cache_path: Path = CACHE, prom
             found = features(
                 loaded, rendered, layers=range(max_layer + 1), batch_size=16, progress=f"texts {start}/{len(todo)}"
             )
-            cache.update({k: found.heads[i].to(torch.float16) for i, (k, _) in enumerate(part)})
+            cache.update({k: found.z[i].to(torch.float16) for i, (k, _) in enumerate(part)})
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(cache, cache_path)
     return torch.stack([cache[k] for k in keys]).float()

@@ -75,7 +75,7 @@ class Split:
 
 def activations(loaded, store, prompt: str, escape: str, texts: list[str]) -> torch.Tensor:
     rendered = [loaded.prepare(fill_prompt(prompt, {"text": t}, escape)) for t in texts]
-    return features(loaded, rendered, store=store, batch_size=16, progress="inputs").heads
+    return features(loaded, rendered, store=store, batch_size=16, progress="inputs").z
 
 
 def load_split(loaded, store, name: str, attacks: list[str] | None = None) -> Split:

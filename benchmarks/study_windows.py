@@ -45,7 +45,7 @@ def head_outputs(loaded, policy, texts, store, exemplars, acts, cache: Path = CA
         rendered = [loaded.prepare(policy.render({"text": t})) for t in todo]
         step = 128
         for start in range(0, len(todo), step):
-            part = features(loaded, rendered[start : start + step], layers=list(range(depth)), batch_size=16).heads
+            part = features(loaded, rendered[start : start + step], layers=list(range(depth)), batch_size=16).z
             saved.update({t: part[j].clone() for j, t in enumerate(todo[start : start + step])})
             cache.parent.mkdir(exist_ok=True)
             torch.save(saved, cache)
@@ -75,7 +75,7 @@ def main() -> None:
     loaded = load_model(policy.model, policy.base_dir, device="cpu")
     store = Store.open(args.db)
     exemplars = policy.exemplars
-    acts = features(loaded, render_exemplars(policy, loaded), store=store, batch_size=16).heads
+    acts = features(loaded, render_exemplars(policy, loaded), store=store, batch_size=16).z
     groups = exemplar_groups(policy, "source")
     attacks = attacks_for(policy.prompt)
 

@@ -58,7 +58,7 @@ def main() -> None:
     policy = load_policy(args.policy)
     loaded = load_model(policy.model, policy.base_dir, device="cpu")
     store = Store.open(args.db)
-    acts = features(loaded, render_exemplars(policy, loaded), store=store, batch_size=16).heads
+    acts = features(loaded, render_exemplars(policy, loaded), store=store, batch_size=16).z
     items = read(args.eval)
     attack_items = read(args.attack_set)
     attacks = attacks_for(policy.prompt)
@@ -120,13 +120,13 @@ def main() -> None:
     judge_w = PolicyHeads(art_w)
 
     def verdicts(texts: list[str], windowed: bool):
-        rows = found.heads[[whole_index[t] for t in texts]][:, :depth]
+        rows = found.z[[whole_index[t] for t in texts]][:, :depth]
         whole = (judge_w if windowed else judge).verdicts(sav.at_heads(rows, art.heads))
         if not windowed:
             return whole
 
         def run(pairs):
-            got = [win_acts[win_index[t]] if t in win_index else found.heads[whole_index[t], :depth] for _, t in pairs]
+            got = [win_acts[win_index[t]] if t in win_index else found.z[whole_index[t], :depth] for _, t in pairs]
             return judge_w.verdicts(sav.at_heads(torch.stack(got), art.heads))
 
         out = window_verdicts(art_w, [None if t in whole_only else t for t in texts], whole, run)

@@ -141,7 +141,7 @@ def compile_policy(
         found = features(
             loaded, rendered, store=store, batch_size=batch_size, progress="exemplars" if progress else None
         )
-        artifact = fit(policy, found.heads, loaded)
+        artifact = fit(policy, found.z, loaded)
         store.save_artifact(artifact, keep=keep)
     except BaseException:
         store.discard_if_unused()

@@ -332,7 +332,7 @@ class GuardSet:
             acts = features(self.loaded, rows + list(windows.values()), layers=layers, batch_size=rule, progress=title)
             for policy in group:
                 positions = [layers.index(layer) for layer, _ in policy.artifact.heads]
-                selected = acts.heads[:, positions, [head for _, head in policy.artifact.heads]]
+                selected = acts.z[:, positions, [head for _, head in policy.artifact.heads]]
                 if policy.artifact.window is None:
                     by_policy[policy.artifact.name] = policy.verdicts(selected, explain)
                 else:

@@ -307,7 +307,7 @@ def evaluate(
     answers = policy.answer_words
     n_ex = len(policy.exemplars)
     rendered, feats = _features_of(policy, pairs, loaded, store, batch_size, progress, with_baselines)
-    ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
+    ex_acts, test_acts = feats.z[:n_ex], feats.z[n_ex:]
     y = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
     truth = [names.index(item.label) for item in tests]
 
@@ -404,7 +404,7 @@ def _by_group(ev: Evaluation, policy: Policy, tests, truth, verdicts, group_by: 
 def _methods(policy, artifact, verdicts, feats: Features, y, truth, answers, with_baselines) -> dict[str, MethodResult]:
     """SAV as `guard check` decides (and its plain vote when thresholds apply), then the baselines."""
     names, flagged, n_ex = policy.label_names, policy.flagged_labels, len(y)
-    ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
+    ex_acts, test_acts = feats.z[:n_ex], feats.z[n_ex:]
 
     def result(key: str, pred: Sequence[int], extra: dict | None = None) -> MethodResult:
         title = METHOD_TITLES[key]
@@ -494,7 +494,7 @@ def _calibration_quality(verdicts, truth: list[int], names: list[str], flagged: 
 
 def _shots_sweep(ev, policy, feats: Features, y, truth, shots, repeats, seed, with_baselines) -> None:
     n_ex = len(y)
-    ex_acts, test_acts = feats.heads[:n_ex], feats.heads[n_ex:]
+    ex_acts, test_acts = feats.z[:n_ex], feats.z[n_ex:]
     num_labels = len(policy.labels)
     members = [(y == c).nonzero().flatten() for c in range(num_labels)]
     fewest = min(len(m) for m in members)
@@ -585,7 +585,7 @@ def attack_flips(policy, artifact, targets, loaded, store, batch_size: int = 8, 
         flipped = 0
         if rendered:
             title = f"attack {attack.name}" if progress else None
-            acts = features(loaded, rendered, store=store, batch_size=batch_size, progress=title).heads
+            acts = features(loaded, rendered, store=store, batch_size=batch_size, progress=title).z
             verdicts = judge.verdicts(sav.at_heads(acts, artifact.heads))
             attacked = [(replace(item, text=attack.apply(item.text)), images) for item, images in items]
             verdicts = windowed(policy, artifact, attacked, verdicts, loaded, store, batch_size)

@@ -259,7 +259,7 @@ def windowed(policy, artifact, pairs, verdicts, loaded, store, batch_size: int =
             loaded.prepare(policy.render({**pairs[i][0].prompt_fields(), "text": text}), pairs[i][1])
             for i, text in wanted
         ]
-        acts = features(loaded, rendered, store=store, batch_size=batch_size).heads
+        acts = features(loaded, rendered, store=store, batch_size=batch_size).z
         return judge.verdicts(sav.at_heads(acts, artifact.heads))
 
     return window_verdicts(artifact, [item.text for item, _ in pairs], verdicts, run)
@@ -357,7 +357,7 @@ def leave_one_source_out(
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
     rendered = render_exemplars(policy, loaded)
     feats = features(loaded, rendered, store=store, batch_size=batch_size, progress="exemplars" if progress else None)
-    outputs, skipped = run_folds(policy, feats.heads, groups, loaded, embeddings, progress, store)
+    outputs, skipped = run_folds(policy, feats.z, groups, loaded, embeddings, progress, store)
     if not outputs:
         raise GuardError("leave-one-source-out: no group can be held out (" + "; ".join(skipped.values()) + ")")
     breakdown, errors = _loso_breakdown(policy, groups, outputs, group_by, baseline is not None)

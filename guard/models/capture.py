@@ -43,15 +43,15 @@ class Trace:
     last: torch.Tensor  # [B] last real token of each row
     stop_layer: int | None  # raise StopForward once this layer is read (None: run on)
     final_hidden: bool  # read the LM head's input at the last token, then stop
-    heads: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, heads, head_dim]
+    z: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, heads, head_dim]
     hidden: torch.Tensor | None = None  # [B, hidden], when final_hidden
 
     def stacked(self, layers: Sequence[int]) -> torch.Tensor:
         """`[B, len(layers), heads, head_dim]` float32 on the CPU; refuses layers never reached."""
-        missing = [layer for layer in layers if layer not in self.heads]
+        missing = [layer for layer in layers if layer not in self.z]
         if missing:
             raise RuntimeError(f"the forward pass never reached layers {missing}")
-        return torch.stack([self.heads[layer] for layer in layers], dim=1).float().cpu()
+        return torch.stack([self.z[layer] for layer in layers], dim=1).float().cpu()
 
 
 _ACTIVE: ContextVar[Trace | None] = ContextVar("guard_active_trace", default=None)
@@ -72,7 +72,7 @@ class HeadTap:
             if trace is None or trace.tap is not self or layer not in trace.layers:
                 return
             x = args[0]
-            trace.heads[layer] = x[trace.rows, trace.last].reshape(len(trace.rows), self.num_heads, self.head_dim)
+            trace.z[layer] = x[trace.rows, trace.last].reshape(len(trace.rows), self.num_heads, self.head_dim)
             if layer == trace.stop_layer:
                 raise StopForward
 

@@ -32,12 +32,19 @@ from guard.models.loaded import LoadedModel
 
 @dataclass
 class Features:
-    heads: torch.Tensor  # [N, len(layers), heads, head_dim] float32
+    z: (
+        torch.Tensor
+    )  # [N, len(layers), heads, head_dim] float32: each head's output at the last token (TransformerLens's z)
     layers: list[int]
     hidden: torch.Tensor | None = None  # [N, hidden] float32 (extras only)
     answer_logprobs: torch.Tensor | None = None  # [N, answers] float32 (extras only)
     computed: int = 0  # distinct inputs run through the model now
     cached: int = 0  # distinct inputs whose head outputs came from the cache
+
+    @property
+    def heads(self) -> torch.Tensor:
+        """guard 0.2's name for `z`."""
+        return self.z
 
 
 def input_hash(rendered: str, extra: Sequence[str] = ()) -> str:
@@ -105,7 +112,7 @@ def features(
             for j, i in enumerate(group):
                 extra_rows[todo[i]] = (last_hidden[j], None if logprobs is None else logprobs[j])
     out = Features(
-        heads=torch.stack([found[key] for key in keys]) if keys else _empty(loaded, layers),
+        z=torch.stack([found[key] for key in keys]) if keys else _empty(loaded, layers),
         layers=layers,
         computed=len(todo),
         cached=hits,

@@ -182,7 +182,7 @@ def test_policy_without_target_checks_as_before(tiny_policy, db, llama):
     rendered = [guard.render(t) for t in INPUTS]
     from guard.models.features import features
 
-    acts = features(llama, rendered, layers=range(llama.layout.num_layers)).heads
+    acts = features(llama, rendered, layers=range(llama.layout.num_layers)).z
     winners = sav.predict(acts, art.heads, art.centroids)
     assert [v.label for v in verdicts] == [art.label_names[i] for i in winners.tolist()]
     # no uncertain_margin: only a verdict its calibrated probability does not back is uncertain

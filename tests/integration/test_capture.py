@@ -36,7 +36,7 @@ def full_sequence_o_proj_inputs(loaded, rendered):
 def test_shapes_and_values_match_an_unpadded_full_forward(model):
     rendered = [model.prepare(p) for p in PROMPTS]
     L, H, D = model.layout.num_layers, model.layout.num_heads, model.layout.head_dim
-    got = features(model, rendered, layers=range(L), batch_size=3).heads
+    got = features(model, rendered, layers=range(L), batch_size=3).z
     assert got.shape == (3, L, H, D) and got.dtype == torch.float32
     for i, kept in enumerate(full_sequence_o_proj_inputs(model, rendered)):
         for layer in range(L):
@@ -64,8 +64,8 @@ def test_early_stop_equals_full_forward_and_skips_later_layers_and_lm_head(model
 def test_batched_equals_one_by_one(model):
     rendered = [model.prepare(p) for p in PROMPTS * 2]
     layers = range(model.layout.num_layers)
-    batched = features(model, rendered, layers=layers, batch_size=4).heads
-    single = torch.cat([features(model, [r], layers=layers, batch_size=1).heads for r in rendered])
+    batched = features(model, rendered, layers=layers, batch_size=4).z
+    single = torch.cat([features(model, [r], layers=layers, batch_size=1).z for r in rendered])
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
 
 

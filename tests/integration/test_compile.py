@@ -35,7 +35,7 @@ def test_artifact_matches_sav_on_independently_captured_activations(tiny_policy,
     art = Store.open(db).load_artifact()
     policy = load_policy(tiny_policy)
     rendered = [llama.prepare(policy.render(e.prompt_fields())) for e in policy.exemplars]
-    acts = features(llama, rendered, layers=range(llama.layout.num_layers), batch_size=1).heads
+    acts = features(llama, rendered, layers=range(llama.layout.num_layers), batch_size=1).z
     labels = torch.tensor([policy.label_names.index(e.label) for e in policy.exemplars])
     scores = sav.score_heads(acts, labels, 2, "loo")
     assert art.heads == sav.select_heads(scores, 4)

@@ -117,7 +117,7 @@ def test_the_fit_never_sees_a_held_out_group(source_policy, db, llama, monkeypat
     monkeypatch.setattr(eval_sources, "fit", spy)
     ev = leave_one_source_out(policy, db=db, loaded=llama)
     rendered = [llama.prepare(policy.render(ex.prompt_fields())) for ex in policy.exemplars]
-    all_acts = features(llama, rendered).heads
+    all_acts = features(llama, rendered).z
     origins = [ex.origin for ex in policy.exemplars]
     assert len(fitted) == 4 == len(ev.breakdown.rows)
     for (group, train, test), (seen, acts) in zip(loso_folds(groups), fitted):

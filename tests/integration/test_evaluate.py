@@ -77,7 +77,7 @@ def test_readout_matches_separate_forwards(tiny_policy, llama):
     for i, r in enumerate(rendered):
         inputs = llama.encode([r])
         heads = head_outputs(llama, inputs, range(llama.layout.num_layers), early_stop=False)
-        torch.testing.assert_close(out.heads[i], heads[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.z[i], heads[0], rtol=1e-4, atol=1e-5)
         with torch.inference_mode():
             full = llama.model(**inputs, output_hidden_states=True, use_cache=False)
         last = int(last_token_index(inputs["attention_mask"])[0])
@@ -137,10 +137,8 @@ def test_sweeps_refit_consistently(tmp_path, llama_dir, db, llama):
     y = torch.tensor([names.index(e.label) for e in p.exemplars])
     store = Store.open(db)
     rendered = [llama.prepare(p.render(e.prompt_fields())) for e in p.exemplars]
-    acts = features(llama, rendered, store=store, batch_size=4).heads
-    test_acts = features(
-        llama, [llama.prepare(p.render({"text": t})) for t, _ in TESTS], store=store, batch_size=4
-    ).heads
+    acts = features(llama, rendered, store=store, batch_size=4).z
+    test_acts = features(llama, [llama.prepare(p.render({"text": t})) for t, _ in TESTS], store=store, batch_size=4).z
     layer, head = sav.rank_heads(sav.score_heads(acts, y, 2, "loo"))[0]
     cents = [acts[y == c, layer, head].mean(0) for c in range(2)]
     pred = [

@@ -77,7 +77,7 @@ def test_readout_on_images_matches_a_full_forward(vlm, colour_data):
     for i, item in enumerate(items):
         inputs = vlm.encode([item])
         heads = head_outputs(vlm, inputs, range(vlm.layout.num_layers), early_stop=False)
-        torch.testing.assert_close(out.heads[i], heads[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.z[i], heads[0], rtol=1e-4, atol=1e-5)
         with torch.inference_mode():
             full = vlm.model(**inputs, output_hidden_states=True, use_cache=False)
         last = int(last_token_index(inputs["attention_mask"])[0])

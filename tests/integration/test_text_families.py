@@ -25,7 +25,7 @@ def test_loads_with_its_row_and_the_tap_reads_the_full_forward(family_model):
     assert loaded.arch is ARCHITECTURES[family] and loaded.info["model_type"] == family
     prompts = ["hello there", "a longer prompt with several more words in it"]
     rendered = [loaded.prepare(p) for p in prompts]
-    got = features(loaded, rendered, batch_size=2).heads  # one right-padded batch
+    got = features(loaded, rendered, batch_size=2).z  # one right-padded batch
     L, H, D = loaded.layout.num_layers, loaded.layout.num_heads, loaded.layout.head_dim
     assert got.shape == (2, L, H, D)
     for i, text in enumerate(rendered):  # reference: one unpadded full forward, o_proj inputs kept whole

@@ -150,7 +150,7 @@ def test_a_trace_sees_only_its_own_thread(llama):
         for _ in range(20):
             with torch.inference_mode(), llama.tap.trace(inputs[i]["attention_mask"], layers[i]) as trace:
                 llama.model(**inputs[i], use_cache=False)
-            assert set(trace.heads) == set(layers[i])
+            assert set(trace.z) == set(layers[i])
             torch.testing.assert_close(trace.stacked(layers[i]), expected[i])
         return True
 

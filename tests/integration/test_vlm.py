@@ -171,7 +171,7 @@ def test_batch_of_different_images_equals_each_alone(vlm):
     else:
         assert single_image_counts[0] == single_image_counts[1]
 
-    batched = features(vlm, items, layers=range(vlm.layout.num_layers), batch_size=len(items)).heads
+    batched = features(vlm, items, layers=range(vlm.layout.num_layers), batch_size=len(items)).z
     for row, item in enumerate(items):
         torch.testing.assert_close(batched[row], unpadded_full_forward(vlm, item), **TOLERANCE)
 
@@ -181,7 +181,7 @@ def test_text_only_input_and_missing_images(vlm):
         with pytest.raises(GuardError, match="need an image with every input"):
             vlm.prepare("no image")
     else:
-        out = features(vlm, [vlm.prepare("just words")], layers=[0]).heads
+        out = features(vlm, [vlm.prepare("just words")], layers=[0]).z
         assert out.shape == (1, 1, 4, 16)
 
 

@@ -221,7 +221,7 @@ def test_loso_windows_as_a_fold_fit_checks_them(tmp_path, llama_dir, llama):
     policy = load_policy(path)
     ev = leave_one_source_out(policy, db=str(tmp_path / "l.db"), loaded=llama)
     got = {e["text"]: e["predicted"] for e in ev.errors}
-    acts = features(llama, render_exemplars(policy, llama)).heads
+    acts = features(llama, render_exemplars(policy, llama)).z
     groups = exemplar_groups(policy, "source")
     plain = replace(policy, window=None)
     for _, train, test in loso_folds(groups):
@@ -229,7 +229,7 @@ def test_loso_windows_as_a_fold_fit_checks_them(tmp_path, llama_dir, llama):
         judge = PolicyHeads(art)
         for i in test:
             text = policy.exemplars[i].text
-            rows = features(llama, [llama.prepare(plain.render({"text": t})) for t in window_texts(text, 1, 1)]).heads
+            rows = features(llama, [llama.prepare(plain.render({"text": t})) for t in window_texts(text, 1, 1)]).z
             flagged = any(v.flagged for v in judge.verdicts(at_heads(rows, art.heads)))
             wrong = flagged != (policy.exemplars[i].label == "harmful")
             assert (text in got) == wrong, text
