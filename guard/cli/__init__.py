@@ -1,5 +1,5 @@
 """The command line: parses arguments, calls the library, prints."""
 
-from guard.cli.main import app, main
+from guard.cli.commands import app, main
 
 __all__ = ["app", "main"]

@@ -1,5 +1,5 @@
 """`python -m guard.cli`: the same as the `guard` command."""
 
-from guard.cli.main import main
+from guard.cli.commands import main
 
 main()

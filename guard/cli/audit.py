@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from guard.cli import options
-from guard.cli.app import command
 from guard.cli.output import echo_json
+from guard.cli.root import command
 
 Since = Annotated[
     str | None, typer.Option("--since", help="Only rows from then on: 30m, 12h, 7d, 2w or an ISO date/time")

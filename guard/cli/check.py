@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from guard.cli import options
-from guard.cli.app import command, quiet_transformers
 from guard.cli.output import flush, show_line_error, show_result, warn
+from guard.cli.root import command, quiet_transformers
 
 Inputs = Annotated[list[str] | None, typer.Argument(help="Image files, or '-' to read one text per line from stdin")]
 Text = Annotated[str | None, typer.Option("--text", "-t", help="Text to check")]

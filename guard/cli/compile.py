@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from guard.cli import options
-from guard.cli.app import command, quiet_transformers
 from guard.cli.output import echo_json, headline, warn
+from guard.cli.root import command, quiet_transformers
 
 AllowPath = Annotated[
     list[str] | None,

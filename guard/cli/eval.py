@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from guard.cli import options
-from guard.cli.app import command, fail, quiet_transformers
 from guard.cli.output import echo_json
+from guard.cli.root import command, fail, quiet_transformers
 
 PolicyFile = Annotated[str, typer.Argument(help="Policy YAML file")]
 TestFile = Annotated[

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from guard.cli import options
-from guard.cli.app import command
 from guard.cli.output import echo_json, headline, print_table
+from guard.cli.root import command
 
 # What the calibration reads per label, by vote rule (guard.method.sav.label_values), in inspect's formula.
 VALUE_WORDS = {

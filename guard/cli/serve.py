@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from guard.cli import options
-from guard.cli.app import command, fail, quiet_transformers
+from guard.cli.root import command, fail, quiet_transformers
 
 Policies = options.policies("Policy to serve; repeat for several [default: all, of one model]")
 Host = Annotated[str | None, typer.Option("--host", help="Address to bind [default: 127.0.0.1]")]

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.errors import PolicyError
 from guard.policy import DATA_ROOT_ENV, load_policy
 

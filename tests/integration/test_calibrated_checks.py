@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from guard.check.engine import Guard
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.compiler import compile_policy
 from guard.errors import PolicyError
 from guard.method import calibration, sav

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from guard.check.engine import Guard
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.compiler import compile_policy
 from guard.eval import baselines, metrics
 from guard.eval import sources as eval_sources

@@ -214,7 +214,7 @@ def test_eval_command_json_table_and_plot(tiny_policy, test_file, db, tmp_path):
     from PIL import Image
     from typer.testing import CliRunner
 
-    from guard.cli.main import app
+    from guard.cli.commands import app
 
     runner = CliRunner()
     plot = tmp_path / "sweep.png"

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from guard.check.engine import Guard
 from guard.check.explain import explain, nearest_exemplars
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.compiler import compile_policy
 from tests.support.fixtures import TEXTS
 

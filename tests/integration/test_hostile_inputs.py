@@ -17,7 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from guard.cli.main import app, friendly
+from guard.cli.commands import app, friendly
 from guard.errors import GuardError, InputError, PolicyError, StoreError
 from guard.limits import LIMITS, check_text, decode_line, read_lines, read_regular_file
 from guard.models.images import ImageError, load_image

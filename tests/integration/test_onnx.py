@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from guard.check.engine import Guard
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.compiler import compile_policy
 from guard.errors import GuardError
 from guard.onnx.engine import OnnxGuard

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.compiler import compile_policy
 from guard.errors import GuardError
 from guard.eval.evaluate import evaluate

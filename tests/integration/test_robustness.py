@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from guard.check.engine import Guard
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.compiler import compile_policy
 from guard.errors import PolicyError
 from guard.eval.attacks import attacks_for, question_after_text

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.store.database import Store
 from tests.support.fixtures import TEXTS, write_policy
 

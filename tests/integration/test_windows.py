@@ -277,7 +277,7 @@ def test_check_names_the_flagging_window(tmp_path, llama_dir, llama, capsys):
     carries the verdict's window."""
     from typer.testing import CliRunner
 
-    from guard.cli.main import app
+    from guard.cli.commands import app
     from guard.cli.output import print_verdict
 
     flagged = verdict(True, 0.9)

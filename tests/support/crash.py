@@ -35,10 +35,10 @@ def compile_command(db: str, policy: Path, phases: Path | None = None) -> list[s
 
 
 def _compile_marking_phases(phases: str, argv: list[str]) -> None:
-    """`guard compile` (guard.cli.main), with guard.compiler's steps wrapped to record each phase
+    """`guard compile` (guard.cli.commands), with guard.compiler's steps wrapped to record each phase
     with one unbuffered write (it survives a SIGKILL that comes after it)."""
     import guard.compiler
-    from guard.cli import main as cli
+    from guard.cli import commands as cli
 
     fd = os.open(phases, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from guard.cli.main import app
+from guard.cli.commands import app
 from tests.support.fixtures import TEXTS, write_policy
 
 runner = CliRunner()
@@ -111,7 +111,7 @@ def test_bad_policy_error_names_file_and_line(tmp_path, db):
     assert result.exit_code == 2
     assert (
         result.stderr.strip()
-        == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: classifier, data_root, description, escape, exemplars, heads, labels, max_layer, model, name, prompt, prototypes, scoring, uncertain_margin, vote)"
+        == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: aggregate, classifier, data_root, description, escape, exemplars, heads, labels, max_layer, model, name, prompt, prototypes, scoring, stride, uncertain_margin, vote, window)"
     )
 
 

@@ -32,7 +32,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from guard.cli.main import app
+from guard.cli.commands import app
 from tests.support.fixtures import TEXTS, write_policy
 
 GOLDEN = Path(__file__).parents[1] / "golden"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from guard.cli.main import app
+from guard.cli.commands import app
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.store import migrations
 from guard.store.database import Store
 from tests.support.fixtures import TEXTS, write_policy

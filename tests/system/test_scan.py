@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.errors import GuardError
 from guard.scanning.writers import read_records
 from tests.support.fixtures import TEXTS, write_policy

@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.scanning.writers import Progress, read_records
 from tests.support.fixtures import TEXTS, write_policy
 from tests.system.test_scan import corpus_line, write_corpus

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from guard.check.engine import GuardSet
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.compiler import compile_policy
 from tests.support.fixtures import TEXTS, write_policy
 from tests.support.serve_helpers import ServeProcess

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from typer.testing import CliRunner
 
-from guard.cli.main import app
+from guard.cli.commands import app
 from guard.errors import GuardError
 from guard.serve.audit import AuditFailed, AuditWriter
 from guard.serve.inputs import parse_input

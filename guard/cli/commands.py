@@ -4,7 +4,7 @@ parses, calls the library once and prints.
 """
 
 from guard.cli import audit, check, compile, eval, export, inspect, scan, serve  # noqa: F401 - they register
-from guard.cli.app import app, friendly
+from guard.cli.root import app, friendly
 
 __all__ = ["app", "friendly", "main"]
 
