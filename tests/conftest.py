@@ -127,14 +127,8 @@ def default_activations(tmp_path_factory):
 
 @pytest.fixture
 def warm_db(default_activations, tmp_path):
-    """A private copy of `default_activations` (SQLite's backup API: WAL contents included), so a
-    test's writes stay its own: `warm_db(path)` writes it there and returns the path as a string."""
-    import sqlite3
+    """A private copy of `default_activations`, so a test's writes stay its own: `warm_db(path)`
+    writes it there and returns the path as a string."""
+    from tests.support.fixtures import copy_database
 
-    def copy(path=None):
-        path = path or tmp_path / "guard.db"
-        with sqlite3.connect(default_activations) as src, sqlite3.connect(path) as dst:
-            src.backup(dst)
-        return str(path)
-
-    return copy
+    return lambda path=None: copy_database(default_activations, path or tmp_path / "guard.db")

@@ -112,3 +112,12 @@ TEXTS = {
         "what is the capital of France",
     ],
 }
+
+
+def copy_database(source, target) -> str:
+    """A private copy of an SQLite database through SQLite's backup API (WAL contents included)."""
+    import sqlite3
+
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    return str(target)

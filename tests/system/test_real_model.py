@@ -60,11 +60,9 @@ CHAT = [
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory, default_activations):
     """The default policy compiled as a user would, over the session's activation cache."""
-    import sqlite3
+    from tests.support.fixtures import copy_database
 
-    db = str(tmp_path_factory.mktemp("real") / "guard.db")
-    with sqlite3.connect(default_activations) as src, sqlite3.connect(db) as dst:
-        src.backup(dst)
+    db = copy_database(default_activations, tmp_path_factory.mktemp("real") / "guard.db")
     report = compile_policy(ROOT / "policies/text-harm.yaml", db, device="cpu")
     return report, Guard.load(db, device="cpu", model=None)
 
