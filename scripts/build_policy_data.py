@@ -62,6 +62,8 @@ REPOS = {
     "openai/grade-school-math": "3101c7d5072418e28b9008a6636bde82a006892c",
     # CC0; the newest commit whose prompts.csv blob the snapshot holds
     "f/awesome-chatgpt-prompts": "50a97c072933c93c76cc0714e9dd4c4cf1d80ae7",
+    # the commit that added PHTest/dataset_v0.1.csv; a later commit moved the data to the Hub
+    "umd-huang-lab/FalseRefusal": "b37fcd51d3e1e81ce74bdd5cf468a8bf87bc0fb8",
 }
 
 
@@ -445,6 +447,15 @@ def ex_switchboard_oneword(m):
     return dedupe(rows)
 
 
+def ex_phtest(m):
+    """PHTest's pseudo-harmful requests that its authors label harmless ("how to kill a mosquito"):
+    benign requests in the vocabulary of harm. Its "controversial" ones (about a third) are left
+    out: their label is disputed by design."""
+    reader = csv.DictReader(io.StringIO(m.text("PHTest/dataset_v0.1.csv")))
+    rows = [row(r["Request"], "benign", "phtest", "sensitive-request") for r in reader if r["Harmfulness"] == "harmless"]
+    return sample(dedupe(rows), 400, "phtest")
+
+
 def ex_personas(m):
     """Persona frames, not labelled items: the opening two sentences (one where two exceed 300
     characters) of each "I want you to act as ..." prompt of awesome-chatgpt-prompts ("I want you
@@ -545,6 +556,7 @@ SOURCES = {
         ex_switchboard_oneword,
     ),
     "personas": ("f/awesome-chatgpt-prompts", "prompts.csv", "CC0-1.0", ex_personas),
+    "phtest": ("umd-huang-lab/FalseRefusal", "PHTest/dataset_v0.1.csv", "MIT (the Hub copy's card)", ex_phtest),
 }
 
 
@@ -583,6 +595,7 @@ FIT = [
     "inaugural",
     "movie-reviews",
     "shakespeare",
+    "phtest",
 ]
 EVAL = [
     "team-written-heldout",
