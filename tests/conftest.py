@@ -115,7 +115,7 @@ def pytest_collection_modifyitems(items):
 def default_activations(tmp_path_factory):
     """A database holding the shipped default policy compiled once per session on the real
     SmolLM2-135M, and so its activation cache: the tests that compile the default policy again
-    (`warm_db`) run the model on nothing new, instead of 1,037 forwards each."""
+    (`warm_db`) run the model on nothing new, instead of 1,077 forwards each."""
     from pathlib import Path
 
     from guard.compiler import compile_policy

@@ -210,7 +210,7 @@ def test_default_policy_on_smollm2_onnx_verdicts_equal_torch(tmp_path, capsys, w
     from guard.models import load_model
 
     root = Path(__file__).resolve().parents[2]
-    db = warm_db()  # the session's activation cache: compile reruns the fit, not 1,037 forwards
+    db = warm_db()  # the session's activation cache: compile reruns the fit, not 1,077 forwards
     loaded = load_model("smollm2-135m", device="cpu", dtype="float32")
     compile_policy(root / "policies/text-harm.yaml", db, loaded=loaded)
     artifact = Store.open(db).load_artifact("text-harm")

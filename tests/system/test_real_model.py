@@ -1,9 +1,10 @@
 """The default policy on the real SmolLM2-135M-Instruct weights: compile, then check text from
 public sources it was never fitted on (policies/text-harm/eval/, see policies/data/CARD.md).
 
-Measured on 2026-12-07 (CPU, float32; 1,037 exemplars, 40 per label and fitted source) on the
+Measured on 2026-12-07 (CPU, float32; 1,077 exemplars, 40 per label and fitted source) on the
 first 30 items per label of every never-fitted source (the sample this test checks): harmful
-flagged 230/270 = 85.2%, benign flagged 43/450 = 9.6% (BENCHMARKS.md has every source, whole).
+flagged 225/270 = 83.3%, benign flagged 33/450 = 7.3% (BENCHMARKS.md has every source, whole;
+before PHTest joined the fit side: 230/270 and 43/450).
 Floors leave room for borderline items to flip on other CPUs/BLAS builds (one item is 0.4 points
 of recall, 0.2 of FPR): recall >= 80%, FPR <= 14%.
 The README's three example texts must get the verdicts the README shows, none of them uncertain;

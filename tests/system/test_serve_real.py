@@ -18,7 +18,7 @@ pytestmark = pytest.mark.real_model
 def test_openai_client_against_the_default_policy(tmp_path, warm_db):
     from openai import OpenAI
 
-    db = warm_db()  # the session's activation cache: compile reruns the fit, not 1,037 forwards
+    db = warm_db()  # the session's activation cache: compile reruns the fit, not 1,077 forwards
     compile_policy(ROOT / "policies/text-harm.yaml", db, device="cpu")
     rows = [json.loads(line) for line in (ROOT / "policies/text-harm/heldout.jsonl").read_text().splitlines()]
     texts = [r["text"] for r in rows[:12]] + [r["text"] for r in rows[-12:]]  # harmful and benign
