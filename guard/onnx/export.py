@@ -9,11 +9,12 @@ calibration and thresholds stay in Python, shared with the torch path.
     outputs: heads [batch, k, head_dim] float32, similarities [batch, k, labels] float32
 
 Beside it: `guard-onnx.json` (labels, heads, prompt, the classifier's method keys such as `vote`
-and `escape`, calibration, policy version, model reference and fingerprint), `tokenizer/` (the model's tokenizer files, chat template included), since
-tokenisation stays in Python, and the compiled exemplars (`exemplars.npy`: their vectors at the
-selected heads, `exemplars.json`: their texts and labels), so explanations name the nearest ones.
-`quantize="int8"` stores the graph with int8 weights (onnxruntime's dynamic quantisation: the
-MatMul weights as int8 per output channel, activations quantised per call). The export uses the TorchScript exporter (`dynamo=False`): it traces
+and `escape`, calibration, policy version, model reference and fingerprint), `tokenizer/` (the
+model's tokenizer files, chat template included), since tokenisation stays in Python, and the
+compiled exemplars (`exemplars.npy`: their vectors at the selected heads, `exemplars.json`: their
+texts and labels), so explanations name the nearest ones. `quantize="int8"` stores the graph with
+int8 weights (onnxruntime's dynamic quantisation: the MatMul weights as int8 per output channel,
+activations quantised per call). The export uses the TorchScript exporter (`dynamo=False`): it traces
 one forward with eager attention, and dead-code elimination drops everything after the last
 captured head (the deepest layer's MLP, the final norm, the LM head).
 
@@ -315,7 +316,7 @@ _TRACED = "model-float32.onnx"  # the traced graph before quantisation, removed 
 # MatMuls left in float32 by the int8 export: the MLP's output projection reads the MLP's hidden
 # activations, whose rare huge values (SmolLM2's "massive activations") make one per-tensor int8
 # scale too coarse for the rest; quantising them too cut the default policy's agreement with
-# torch from 98% to about 70% of verdicts on fit-side texts (BENCHMARKS.md, "int8 export")
+# torch from 97-98% to about 70% of verdicts on fit-side texts (BENCHMARKS.md, "int8 export")
 FLOAT_MATMULS = ("/mlp/down_proj/",)
 
 
@@ -340,15 +341,20 @@ def _quantize_int8(traced: Path, out: Path) -> None:
         and node.input[1] in constants
         and not any(part in node.name for part in FLOAT_MATMULS)
     ]
-    logging.getLogger("root").setLevel(logging.ERROR)  # the quantiser's advice to pre-process, per call
-    quantize_dynamic(
-        traced,
-        out,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul"],
-        nodes_to_quantize=chosen,
-    )
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs advice to pre-process the graph on the root logger
+    try:
+        quantize_dynamic(
+            traced,
+            out,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=chosen,
+        )
+    finally:
+        root.setLevel(before)
     traced.unlink()
 
 
