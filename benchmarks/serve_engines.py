@@ -20,7 +20,7 @@ from benchmarks.onnx_int8 import fit_texts
 from benchmarks.test_bench_serve import batch_stats, closed_loop, percentile, same_verdict
 from tests.support.serve_helpers import ServeProcess
 
-MICRO_BATCHING = ["--max-batch", "32", "--max-wait-ms", "5"]
+MICRO_BATCHING = ["--max-batch", "32", "--max-wait-ms", "5", "--timeout", "300"]  # a loaded 2-core machine: no 504s
 
 
 def main() -> None:
