@@ -22,6 +22,10 @@ def __getattr__(name):
         from guard.check import engine as runtime
 
         return getattr(runtime, name)
+    if name == "OnnxGuard":  # an export on onnxruntime: OnnxGuard.load(DIR), OnnxGuard.from_guard(guard, DIR)
+        from guard.onnx.engine import OnnxGuard
+
+        return OnnxGuard
     if name == "scan":  # guard.scan(items, guards, ...): the streaming bulk scanner
         from guard.scanning.scanner import scan
 
@@ -40,6 +44,7 @@ __all__ = [
     "HeadVote",
     "ImageError",
     "ModelError",
+    "OnnxGuard",
     "Policy",
     "PolicyError",
     "StoreError",

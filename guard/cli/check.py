@@ -20,13 +20,6 @@ Prompt = Annotated[
 Policies = options.policies(
     "Compiled policy name, or NAME@REVISION / NAME@VERSION for an older one; repeat for several"
 )
-EngineName = Annotated[
-    str | None,
-    typer.Option("--engine", help="torch (the compiled policy on its model) or onnx (an export, see --onnx)"),
-]
-OnnxDir = Annotated[
-    str | None, typer.Option("--onnx", help="Folder written by 'guard export NAME --onnx DIR' (text only)")
-]
 
 
 @command("check")
@@ -42,8 +35,8 @@ def check_command(
     threads: options.Threads = None,
     as_json: options.Json = False,
     explain: options.Explain = False,
-    engine: EngineName = None,
-    onnx_dir: OnnxDir = None,
+    engine: options.EngineName = None,
+    onnx_dir: options.OnnxDir = None,
 ):
     """Check texts or images against compiled policies. Exit 0 if all allowed, 1 if any flagged, 2 if any input error."""
     from guard.scanning.lines import Engine, Request, check_lines

@@ -1,4 +1,4 @@
-"""`guard export`: a compiled policy's text path as an ONNX folder, for `guard check --engine onnx`."""
+"""`guard export`: a compiled policy's text path as an ONNX folder, for `--engine onnx` (check, scan, serve)."""
 
 from __future__ import annotations
 
@@ -17,20 +17,29 @@ def export_command(
         str | None, typer.Argument(help="Compiled policy name (optional if the database has one)")
     ] = None,
     onnx_dir: Annotated[str, typer.Option("--onnx", help="Write the ONNX export to this folder")] = ...,
+    quantize: Annotated[
+        str | None,
+        typer.Option("--quantize", help="int8: int8 weights (smaller, faster on CPU; see docs/onnx.md for agreement)"),
+    ] = None,
     db: options.Db = None,
     as_json: options.Json = False,
 ):
-    """Export a compiled policy's text path to ONNX (graph, manifest, tokenizer) for 'guard check --engine onnx'."""
+    """Export a compiled policy's text path to ONNX (graph, manifest, tokenizer, exemplars) for
+    'guard check|scan|serve --engine onnx'."""
+    from guard.onnx.format import weights_of
+
+    weights_of(quantize)  # a bad value fails before the database and the model
     quiet_transformers()
     from guard.onnx.export import export_onnx
     from guard.store.database import Store
 
-    report = export_onnx(Store.open(db).load_artifacts(None if policy is None else [policy])[0], onnx_dir)
+    artifact = Store.open(db).load_artifacts(None if policy is None else [policy])[0]
+    report = export_onnx(artifact, onnx_dir, quantize=quantize)
     if as_json:
         echo_json(report.to_dict())
         return
     typer.echo(
-        f"exported '{report.policy}' to {report.directory}: {report.layers} decoder layers, "
+        f"exported '{report.policy}' to {report.directory}: {report.layers} decoder layers, {report.weights} weights, "
         f"{report.onnx_bytes / 1e6:.1f} MB; onnxruntime vs torch on a sample, largest similarity gap "
         f"{report.max_similarity_error:.1e} [{report.seconds:.1f}s]"
     )

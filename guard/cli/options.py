@@ -1,5 +1,5 @@
 """The options several commands take, declared once: the database, the model's device, dtype,
-batch size and threads, the policy selection, --json, --explain, --data-root. A command names
+batch size and threads, the engine (--engine, --onnx), the policy selection, --json, --explain, --data-root. A command names
 them as parameter types; where commands word an option's help differently, a factory takes it."""
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ Threads = Annotated[
 # One meaning in every command that explains (check, scan): each selected head's vote, and the
 # exemplars closest to the input at the top heads (guard.check.explain.explain).
 Explain = Annotated[bool, typer.Option("--explain", help="Show each selected head's vote and the closest exemplars")]
+# check, scan and serve: the torch model, or an ONNX export (guard.onnx.choice says which)
+EngineName = Annotated[
+    str | None,
+    typer.Option("--engine", help="torch (the compiled policy on its model) or onnx (an export, see --onnx)"),
+]
+OnnxDir = Annotated[
+    str | None, typer.Option("--onnx", help="Folder written by 'guard export NAME --onnx DIR' (text only)")
+]
 DataRoot = Annotated[
     str | None,
     typer.Option("--data-root", help="Folder holding the datasets a policy's 'data_root:' names [env GUARD_DATA_ROOT]"),

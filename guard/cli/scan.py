@@ -79,6 +79,8 @@ def scan_command(
     ray: Ray = False,
     ray_address: RayAddress = None,
     workers: Workers = 1,
+    engine: options.EngineName = None,
+    onnx_dir: options.OnnxDir = None,
 ):
     """Check a whole corpus: streamed, one record per item in input order, resumable.
     Exit 0 nothing flagged, 1 something flagged, 2 the scan failed."""
@@ -97,6 +99,8 @@ def scan_command(
             dtype=dtype,
             threads=threads,
             ray=RaySettings(ray_address, workers) if ray else None,
+            engine=engine,
+            onnx_dir=onnx_dir,
         )
     except ScanInterrupted as stop:
         typer.echo(f"guard: {stop}", err=True)

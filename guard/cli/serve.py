@@ -139,6 +139,8 @@ def serve_command(
     threads: options.Threads = None,
     log_level: LogLevel = "info",
     shutdown_timeout: ShutdownTimeout = 30.0,
+    engine: options.EngineName = None,
+    onnx_dir: options.OnnxDir = None,
 ):
     """Serve the compiled policies over HTTP: OpenAI's POST /v1/moderations and guard's POST /v1/check."""
     if (audit_text or audit_secret) and not audit:
@@ -157,6 +159,8 @@ def serve_command(
         config=serve_config(ctx.params, load_keys(api_key, api_key_file)),
         log_level=log_level,
         shutdown_timeout=shutdown_timeout,
+        engine=engine,
+        onnx_dir=onnx_dir,
     )
 
 

@@ -6,7 +6,12 @@ template), limit checks, tokenisation and batching are the torch path's own code
 added special tokens when a chat template is used, field values escaped as the policy says; the
 graph gives each selected head's similarity to each label (centroid or nearest prototype), and the
 vote, calibration and thresholds are the torch path's own code too
-(`PolicyHeads.verdicts_from_similarities`), so the same similarities give the same verdict.
+(`PolicyHeads.verdicts_from_similarities`), so the same similarities give the same verdict. With
+`explain`, the nearest exemplars come from the vectors the export stores beside the graph, searched
+by the torch path's own code (guard.check.explain).
+
+`open_export` is how `guard check`, `guard scan` and `guard serve` open this engine (`--engine onnx
+--onnx DIR`, chosen by guard.onnx.choice), so the three refuse the same things the same way.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ class OnnxGuard:
         self.manifest = manifest
         self.session = session
         self.tokenizer = tokenizer
-        self.artifact = _artifact(manifest)
+        self.artifact = _artifact(manifest, directory)
         self._heads = PolicyHeads(self.artifact)
         self._group = (self.artifact.prompt, self.artifact.escape)
         # rendering and tokenising are the torch path's own (guard.models.inputs.TextInputs)
@@ -74,6 +79,23 @@ class OnnxGuard:
         except Exception as exc:
             raise GuardError(f"cannot open {model_file}: {first_line(exc)}") from None
         return cls(directory, manifest, session, _tokenizer(directory / manifest["tokenizer"]))
+
+    @classmethod
+    def from_guard(
+        cls, guard, directory: str | Path, *, quantize: str | None = None, threads: int | None = None
+    ) -> OnnxGuard:
+        """Export a loaded `Guard`'s policy into `directory` (guard.onnx.export, reusing its model
+        when it is on CPU in float32) and open the export: the library's way from torch to ONNX."""
+        from guard.onnx.export import export_onnx
+
+        loaded = guard.loaded if guard.loaded.device.type == "cpu" and guard.loaded.dtype == torch.float32 else None
+        report = export_onnx(guard.artifact, directory, loaded=loaded, quantize=quantize)
+        return cls.load(report.directory, threads=threads)
+
+    @property
+    def weights(self) -> str:
+        """float32, or int8 for a quantised export."""
+        return self.manifest["onnx"].get("weights", "float32")
 
     @property
     def name(self) -> str:
@@ -127,8 +149,11 @@ class OnnxGuard:
         progress: bool = False,
     ) -> list[CheckResult]:
         """One CheckResult per prepared input, in order; forwards cut as guard.models.batching says."""
-        if explain:
-            raise GuardError("explanations need the compiled policy's exemplars: use the torch engine")
+        if explain and "exemplars" not in self.manifest:
+            raise GuardError(
+                f"{self.directory} was exported without its exemplars, which explanations need; "
+                "export the policy again with this guard"
+            )
         rows = [p.rows[self._group] for p in prepared]
         rule = Batching(batch_size, token_budget)
         single = rule.token_budget is None and len(rows) <= batch_size
@@ -136,7 +161,7 @@ class OnnxGuard:
         results: list[CheckResult | None] = [None] * len(rows)
         for group in groups:
             heads, sims = self.run_tokenized([rows[i] for i in group])
-            verdicts = self._heads.verdicts_from_similarities(torch.from_numpy(sims), torch.from_numpy(heads))
+            verdicts = self._heads.verdicts_from_similarities(torch.from_numpy(sims), torch.from_numpy(heads), explain)
             for i, verdict in zip(group, verdicts):
                 results[i] = CheckResult({self.name: verdict})
         return results  # type: ignore[return-value]
@@ -160,13 +185,29 @@ class OnnxGuard:
         heads, sims = self.session.run(["heads", "similarities"], feeds)
         return heads, sims
 
-    def check(self, text: str | None = None, **fields: str) -> Verdict:
+    def check(self, text: str | None = None, *, explain: bool = False, **fields: str) -> Verdict:
         item = {"text": text, **fields} if text is not None else fields
-        return self.check_batch([item])[0]
+        return self.check_batch([item], explain=explain)[0]
 
-    def check_batch(self, inputs: Sequence[str | dict], batch_size: int = 16) -> list[Verdict]:
-        """Verdicts for texts (or dicts of prompt fields), in input order; length-sorted batches."""
-        return [result[self.name] for result in check_inputs(self, inputs, batch_size=batch_size)]
+    def check_batch(
+        self, inputs: Sequence[str | dict], batch_size: int = 16, progress: bool = False, explain: bool = False
+    ) -> list[Verdict]:
+        """Verdicts for texts (or dicts of prompt fields), in input order; length-sorted batches;
+        `explain` attaches each verdict's explanation (votes and nearest exemplars), as `Guard`'s."""
+        results = check_inputs(self, inputs, batch_size=batch_size, explain=explain, progress=progress)
+        return [result[self.name] for result in results]
+
+
+def open_export(
+    onnx_dir: str | Path, policies: Sequence[str] | None = None, *, threads: int | None = None
+) -> OnnxGuard:
+    """The export in `onnx_dir`, refused unless it is the one policy asked for (None: whatever it holds)."""
+    if policies and len(policies) > 1:
+        raise GuardError("the ONNX engine checks one exported policy at a time")
+    onnx = OnnxGuard.load(onnx_dir, threads=threads)
+    if policies and policies[0] != onnx.name:
+        raise GuardError(f"{onnx_dir} holds an export of policy '{onnx.name}', not '{policies[0]}'")
+    return onnx
 
 
 class _Locked:
@@ -205,11 +246,32 @@ def _tokenizer(directory: Path):
     return tokenizer
 
 
-def _artifact(manifest: dict) -> Artifact:
-    """What the verdict code reads of a compiled policy (no centroids or head scores: the graph has them)."""
+def _exemplars(manifest: dict, directory: Path, names: list[str]) -> tuple[torch.Tensor, list[str], list[int]]:
+    """The exported exemplars (vectors `[N, k, head_dim]`, texts, label indices); none in an export
+    written before they were, or checked against the manifest's heads and labels."""
+    files = manifest.get("exemplars")
+    if files is None:
+        return torch.empty(0), [], []
+    try:
+        vectors = np.load(directory / files["vectors"], allow_pickle=False)
+        body = json.loads((directory / files["texts"]).read_text(encoding="utf-8"))
+        labels = [names.index(name) for name in body["labels"]]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GuardError(f"{directory}: unreadable exported exemplars ({first_line(exc)})") from None
+    if vectors.ndim != 3 or not len(vectors) == len(body["texts"]) == len(labels) or not np.isfinite(vectors).all():
+        raise GuardError(f"{directory}: the exported exemplars do not match their texts and labels")
+    if len(vectors) and vectors.shape[1] != len(manifest["heads"]):
+        raise GuardError(f"{directory}: the exported exemplars do not match the selected heads")
+    return torch.from_numpy(vectors.astype(np.float32)), list(body["texts"]), labels
+
+
+def _artifact(manifest: dict, directory: Path) -> Artifact:
+    """What the verdict and explanation code reads of a compiled policy (no centroids or head
+    scores: the graph has them)."""
     labels = [Label(lab["name"], bool(lab["flagged"]), lab.get("description", "")) for lab in manifest["labels"]]
     heads = [(int(layer), int(head)) for layer, head in manifest["heads"]]
     empty = torch.empty(0)
+    vectors, texts, exemplar_labels = _exemplars(manifest, directory, [lab.name for lab in labels])
     return Artifact(
         name=manifest["policy"],
         version=manifest["version"],
@@ -223,9 +285,9 @@ def _artifact(manifest: dict) -> Artifact:
         head_accuracy=empty,
         head_margin=empty,
         centroids=empty,
-        exemplar_vectors=empty,
-        exemplar_texts=[],
-        exemplar_labels=[],
+        exemplar_vectors=vectors,
+        exemplar_texts=texts,
+        exemplar_labels=exemplar_labels,
         description=manifest.get("description", ""),
         calibration=calibration.from_manifest(manifest.get("calibration")),
         metrics={"method": manifest.get("method", {})},  # vote, escape: exports before 0.2 had neither

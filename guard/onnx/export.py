@@ -9,8 +9,12 @@ calibration and thresholds stay in Python, shared with the torch path.
     outputs: heads [batch, k, head_dim] float32, similarities [batch, k, labels] float32
 
 Beside it: `guard-onnx.json` (labels, heads, prompt, the classifier's method keys such as `vote`
-and `escape`, calibration, policy version, model reference and fingerprint) and `tokenizer/` (the model's tokenizer files, chat template included), since
-tokenisation stays in Python. The export uses the TorchScript exporter (`dynamo=False`): it traces
+and `escape`, calibration, policy version, model reference and fingerprint), `tokenizer/` (the
+model's tokenizer files, chat template included), since tokenisation stays in Python, and the
+compiled exemplars (`exemplars.npy`: their vectors at the selected heads, `exemplars.json`: their
+texts and labels), so explanations name the nearest ones. `quantize="int8"` stores the graph with
+int8 weights (onnxruntime's dynamic quantisation: the MatMul weights as int8 per output channel,
+activations quantised per call). The export uses the TorchScript exporter (`dynamo=False`): it traces
 one forward with eager attention, and dead-code elimination drops everything after the last
 captured head (the deepest layer's MLP, the final norm, the LM head).
 
@@ -33,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,12 +48,15 @@ from guard.models import LoadedModel, load_model
 from guard.models.architectures import ARCHITECTURES
 from guard.models.capture import last_token_index
 from guard.onnx.format import (
+    EXEMPLAR_TEXTS,
+    EXEMPLAR_VECTORS,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
     MODEL_FILE,
     TOKENIZER_DIR,
     onnxruntime_module,
+    weights_of,
 )
 from guard.policy import fill_prompt, template_fields
 
@@ -145,6 +153,7 @@ class ExportReport:
     layers: int  # decoder layers in the graph (deepest selected layer + 1)
     max_similarity_error: float  # |onnxruntime - torch| on the sample input, largest head similarity gap
     seconds: float
+    weights: str = "float32"  # or "int8" (quantised)
 
     def to_dict(self) -> dict:
         return {
@@ -152,12 +161,13 @@ class ExportReport:
             "directory": str(self.directory),
             "onnx_bytes": self.onnx_bytes,
             "layers": self.layers,
+            "weights": self.weights,
             "max_similarity_error": self.max_similarity_error,
             "seconds": round(self.seconds, 2),
         }
 
 
-def manifest(artifact: Artifact, loaded: LoadedModel) -> dict:
+def manifest(artifact: Artifact, loaded: LoadedModel, weights: str = "float32") -> dict:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -182,9 +192,11 @@ def manifest(artifact: Artifact, loaded: LoadedModel) -> dict:
         },
         "tokenizer": TOKENIZER_DIR,
         "chat_template": bool(getattr(loaded.tokenizer, "chat_template", None)),
+        "exemplars": {"vectors": EXEMPLAR_VECTORS, "texts": EXEMPLAR_TEXTS, "count": len(artifact.exemplar_texts)},
         "onnx": {
             "file": MODEL_FILE,
             "opset": OPSET,
+            "weights": weights,
             "inputs": {"input_ids": "[batch, tokens] int64", "attention_mask": "[batch, tokens] int64, right-padded"},
             "outputs": {"heads": "[batch, k, head_dim] float32", "similarities": "[batch, k, labels] float32"},
         },
@@ -192,13 +204,20 @@ def manifest(artifact: Artifact, loaded: LoadedModel) -> dict:
 
 
 def export_onnx(
-    artifact: Artifact, directory: str | Path, *, loaded: LoadedModel | None = None, check: bool = True
+    artifact: Artifact,
+    directory: str | Path,
+    *,
+    loaded: LoadedModel | None = None,
+    check: bool = True,
+    quantize: str | None = None,
 ) -> ExportReport:
     """Write `directory` (created, or replaced if it holds an earlier export) with the ONNX graph,
-    its manifest and the tokenizer. The model is loaded on CPU in float32 unless `loaded` is given
-    (which must be on CPU in float32 too). With `check`, onnxruntime runs the graph once and the
-    gap to torch is reported."""
+    its manifest, the tokenizer and the exemplars. The model is loaded on CPU in float32 unless
+    `loaded` is given (which must be on CPU in float32 too). `quantize="int8"` stores int8 weights.
+    With `check`, onnxruntime runs the (final) graph once and the gap to torch is reported."""
+    # long: one sequence of checks before the trace, then the staged write; each step is a call
     started = time.perf_counter()
+    weights = weights_of(quantize)
     target = Path(directory)
     _check_target(target)
     if artifact.window is not None:  # the ONNX engine checks one model input per input
@@ -219,7 +238,7 @@ def export_onnx(
         )
     if loaded.device.type != "cpu" or loaded.dtype != torch.float32:
         raise ExportError("the ONNX export traces the model on CPU in float32 (load it with device='cpu')")
-    if check:
+    if check or weights != "float32":
         onnxruntime_module()  # fail before the trace, not after it
     graph = HeadsGraph(loaded, artifact).eval()
     sample_prompt = fill_prompt(
@@ -229,9 +248,14 @@ def export_onnx(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        _trace(graph, sample, staging / MODEL_FILE)
+        if weights == "int8":
+            _trace(graph, sample, staging / _TRACED)
+            _quantize_int8(staging / _TRACED, staging / MODEL_FILE)
+        else:
+            _trace(graph, sample, staging / MODEL_FILE)
         loaded.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
-        (staging / MANIFEST).write_text(json.dumps(manifest(artifact, loaded), indent=2) + "\n")
+        _write_exemplars(artifact, staging)
+        (staging / MANIFEST).write_text(json.dumps(manifest(artifact, loaded, weights), indent=2) + "\n")
         error = _parity_on_sample(graph, sample, staging / MODEL_FILE) if check else float("nan")
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: give it the mode a plain mkdir would
         if target.exists():
@@ -247,6 +271,7 @@ def export_onnx(
         layers=max(graph.layers) + 1,
         max_similarity_error=error,
         seconds=time.perf_counter() - started,
+        weights=weights,
     )
 
 
@@ -285,6 +310,62 @@ def _trace(graph: HeadsGraph, sample: dict[str, torch.Tensor], path: Path) -> No
             opset_version=OPSET,
             dynamo=False,
         )
+
+
+_TRACED = "model-float32.onnx"  # the traced graph before quantisation, removed from the staging folder
+# MatMuls left in float32 by the int8 export: the MLP's output projection reads the MLP's hidden
+# activations, whose rare huge values (SmolLM2's "massive activations") make one per-tensor int8
+# scale too coarse for the rest; quantising them too cut the default policy's agreement with
+# torch from 97-98% to about 70% of verdicts on fit-side texts (BENCHMARKS.md, "int8 export")
+FLOAT_MATMULS = ("/mlp/down_proj/",)
+
+
+def _quantize_int8(traced: Path, out: Path) -> None:
+    """onnxruntime's dynamic quantisation: the weights of the linear layers' MatMuls (those with a
+    constant right-hand side) as signed int8, one scale per output channel, activations quantised
+    per call; the MLP output projections stay float32 (FLOAT_MATMULS). Attention's own MatMuls
+    (scores, weighted values) multiply two activations and stay float32 too."""
+    import logging
+
+    import onnx
+
+    onnxruntime_module()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(traced), load_external_data=False).graph
+    constants = {init.name for init in graph.initializer}
+    chosen = [
+        node.name
+        for node in graph.node
+        if node.op_type == "MatMul"
+        and node.input[1] in constants
+        and not any(part in node.name for part in FLOAT_MATMULS)
+    ]
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs advice to pre-process the graph on the root logger
+    try:
+        quantize_dynamic(
+            traced,
+            out,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=chosen,
+        )
+    finally:
+        root.setLevel(before)
+    traced.unlink()
+
+
+def _write_exemplars(artifact: Artifact, folder: Path) -> None:
+    """The compiled exemplars for explanations: vectors `[N, k, head_dim]` float32 as .npy (read
+    back without pickle), texts and label names as JSON."""
+    vectors = artifact.exemplar_vectors.detach().float().cpu().numpy()
+    np.save(folder / EXEMPLAR_VECTORS, np.ascontiguousarray(vectors), allow_pickle=False)
+    names = artifact.label_names
+    body = {"texts": list(artifact.exemplar_texts), "labels": [names[i] for i in artifact.exemplar_labels]}
+    (folder / EXEMPLAR_TEXTS).write_text(json.dumps(body, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _parity_on_sample(graph: HeadsGraph, sample: dict[str, torch.Tensor], path: Path) -> float:

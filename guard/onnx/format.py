@@ -4,13 +4,19 @@ guard.method.calibration's codec, beside the store's.)"""
 
 from __future__ import annotations
 
-from guard.errors import need_extra
+from guard.errors import GuardError, need_extra
 
 FORMAT = "guard-onnx"
 FORMAT_VERSION = 1
 MANIFEST = "guard-onnx.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_DIR = "tokenizer"
+# the compiled exemplars' vectors at the selected heads and their texts and labels, for explanations
+# (nearest exemplars); exports written before guard 0.3 lack them and check without --explain
+EXEMPLAR_VECTORS = "exemplars.npy"
+EXEMPLAR_TEXTS = "exemplars.json"
+# weights of the graph: float32 as traced, or int8 (onnxruntime's dynamic quantisation of its MatMuls)
+WEIGHTS = ("float32", "int8")
 
 
 def onnxruntime_module():
@@ -18,3 +24,12 @@ def onnxruntime_module():
     import onnxruntime
 
     return onnxruntime
+
+
+def weights_of(quantize: str | None) -> str:
+    """The graph's weights for a `--quantize` value (None: float32); a one-line error for any other."""
+    if quantize is None:
+        return WEIGHTS[0]
+    if quantize not in WEIGHTS[1:]:
+        raise GuardError(f"--quantize takes {', '.join(WEIGHTS[1:])}, not '{quantize}'")
+    return quantize

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from guard.errors import GuardError, InputError
 from guard.limits import check_fields
+from guard.onnx.choice import wants_onnx
 from guard.scanning.readers import Shard, read_text
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class Engine:
 def check_lines(request: Request, engine: Engine) -> Iterator[list[Outcome]]:
     """The outcomes of every input, in order: the text, then the images, then stdin's lines."""
     items = given_items(request)
-    if uses_onnx(engine.engine, engine.onnx_dir):
+    if wants_onnx(engine.engine, engine.onnx_dir):
         yield from onnx_outcomes(items, request.stdin, engine)
         return
     rest = None
@@ -99,17 +100,6 @@ def given_items(request: Request) -> list[tuple[dict, str, dict]]:
     if not items and not request.stdin:
         raise GuardError("nothing to check: give --text TEXT, image files, or '-' to read lines from stdin")
     return items
-
-
-def uses_onnx(engine: str | None, onnx_dir: str | None) -> bool:
-    """Whether the check runs an ONNX export (--engine onnx, or --onnx DIR alone)."""
-    if engine not in (None, "torch", "onnx"):
-        raise GuardError(f"--engine is torch or onnx, not '{engine}'")
-    if engine == "onnx" and onnx_dir is None:
-        raise GuardError("--engine onnx needs --onnx DIR (a folder written by 'guard export NAME --onnx DIR')")
-    if engine == "torch" and onnx_dir is not None:
-        raise GuardError("--onnx DIR goes with --engine onnx")
-    return onnx_dir is not None
 
 
 def refuse_leading_lines():
@@ -191,21 +181,17 @@ def onnx_outcomes(items, stdin: bool, engine: Engine) -> Iterator[list[Outcome]]
             text = line.fields.get("text", "")
             error = line.error or (None if text.strip() else "empty text: nothing to check")
             items.append(({"line": line.id}, error or text, None if error else {"text": text}))
-    policies = engine.policies
-    if policies and len(policies) > 1:
+    if engine.policies and len(engine.policies) > 1:
         raise GuardError("the ONNX engine checks one exported policy at a time")
-    if engine.explain:
-        raise GuardError("--explain needs the compiled policy's exemplars: use the torch engine")
     if any(fields and "images" in fields for _, _, fields in items):
         raise GuardError("the ONNX engine checks text only; check images with the torch engine")
     engine.on_load()
     from guard.check.engine import CheckResult
-    from guard.onnx.engine import OnnxGuard
+    from guard.onnx.engine import open_export
 
-    onnx = OnnxGuard.load(engine.onnx_dir, threads=engine.threads)
-    if policies and policies[0] != onnx.name:
-        raise GuardError(f"{engine.onnx_dir} holds an export of policy '{onnx.name}', not '{policies[0]}'")
-    verdicts = iter(onnx.check_batch([f for _, _, f in items if f is not None], batch_size=engine.batch_size))
+    onnx = open_export(engine.onnx_dir, engine.policies, threads=engine.threads)
+    texts = [f for _, _, f in items if f is not None]
+    verdicts = iter(onnx.check_batch(texts, batch_size=engine.batch_size, explain=engine.explain))
     yield [
         Outcome(origin, "", error=name)
         if fields is None

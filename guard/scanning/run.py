@@ -101,37 +101,60 @@ def run(
     dtype: str | None = None,
     threads: int | None = None,
     ray: RaySettings | None = None,
+    engine: str | None = None,
+    onnx_dir: str | None = None,
 ) -> ScanReport:
     """Scan `inputs` (files, folders of images, or "-" for stdin) with the compiled `policies`
     (the database's only one by default) into `out` (.jsonl or .parquet), one record per item in
     input order. `explain` adds each verdict's explanation (votes and closest exemplars);
-    `progress` draws a bar on a terminal; `ray` runs the scan on Ray Data."""
+    `progress` draws a bar on a terminal; `ray` runs the scan on Ray Data. `engine="onnx"` with
+    `onnx_dir` (an export, guard.onnx) checks texts on onnxruntime instead, giving the same records."""
     output_format(out)
     kinds = {detect_format(path, fmt) for path in inputs}
+    onnx = onnx_engine(engine, onnx_dir, policies, columns, images="images" in kinds, ray=ray, threads=threads)
     if "parquet" in kinds or output_format(out) == "parquet":
         from guard.scanning.readers import _pyarrow_parquet
 
         _pyarrow_parquet()  # fail now, not after the scan
-    artifacts, columns = load(db, policies, columns or Columns(), images="images" in kinds, threads=threads)
+    artifacts, columns = load(db, policies, columns or Columns(), images="images" in kinds, threads=threads, onnx=onnx)
     done = existing(out, resume, overwrite)
     started = time.monotonic()
     if ray is not None:
         batches = ray_batches(inputs, artifacts, columns, fmt, done, ray, batch_size, window, explain, device, dtype)
     else:
-        batches = local_batches(inputs, artifacts, columns, fmt, done, batch_size, window, explain, device, dtype)
+        batches = local_batches(
+            inputs, artifacts, columns, fmt, done, batch_size, window, explain, device, dtype, onnx=onnx
+        )
     show = progress and sys.stderr.isatty()
     summary = write(batches, out, done, total=count_items(inputs, fmt) if show else None, show=show)
     finish(out, record_schema({a.name: a.label_names for a in artifacts}, votes=explain, explain=explain))
     return ScanReport(summary, out, resumed=done.records, seconds=time.monotonic() - started)
 
 
-def load(db, policies, columns: Columns, *, images: bool, threads: int | None):
-    """The compiled policies, and the columns with the prompt fields they need besides {text}."""
+def onnx_engine(engine, onnx_dir, policies, columns: Columns | None, *, images: bool, ray, threads):
+    """The ONNX export to scan with (guard.onnx.engine.OnnxGuard), or None for the torch engine;
+    what it cannot do (images, Ray) refused before anything is read."""
+    from guard.onnx.choice import wants_onnx
+
+    if not wants_onnx(engine, onnx_dir):
+        return None
+    if images or (columns is not None and columns.image is not None):
+        raise GuardError("the ONNX engine checks text only; scan images with the torch engine")
+    if ray is not None:
+        raise GuardError("--ray runs the torch engine; scan an ONNX export without --ray")
+    from guard.onnx.engine import open_export
+
+    return open_export(onnx_dir, policies, threads=threads)
+
+
+def load(db, policies, columns: Columns, *, images: bool, threads: int | None, onnx=None):
+    """The compiled policies (from the database, or the ONNX export's), and the columns with the
+    prompt fields they need besides {text}."""
     from guard.models import set_threads
     from guard.policy import template_fields
     from guard.store.database import Store
 
-    artifacts = Store.open(db).load_artifacts(policies)
+    artifacts = onnx.artifacts if onnx is not None else Store.open(db).load_artifacts(policies)
     set_threads(threads)
     needed = set().union(*(template_fields(art.prompt) for art in artifacts))
     if images and "text" in needed and columns.prompt is None:
@@ -139,12 +162,14 @@ def load(db, policies, columns: Columns, *, images: bool, threads: int | None):
     return artifacts, dataclasses.replace(columns, extra=tuple(sorted(needed - {"text"})))
 
 
-def local_batches(inputs, artifacts, columns, fmt, done, batch_size, window, explain, device, dtype):
+def local_batches(inputs, artifacts, columns, fmt, done, batch_size, window, explain, device, dtype, onnx=None):
+    """The scan's windows of records on this machine, on the ONNX export when given, else on the
+    policies' torch model."""
     from guard.check.engine import GuardSet
     from guard.scanning.scanner import scan_windows
 
     items = skip_done(read_items(inputs, columns, fmt), done)
-    guards = GuardSet.with_model(artifacts, device=device, dtype=dtype)
+    guards = onnx if onnx is not None else GuardSet.with_model(artifacts, device=device, dtype=dtype)
     return scan_windows(items, guards, batch_size=batch_size, window=window, votes=explain, explain=explain)
 
 

@@ -28,12 +28,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load_guards(db: str | None, policies: Sequence[str] | None, device: str, dtype: str | None):
-    """The chosen policies (all of the database's by default; they must share one model) on their model."""
+def load_guards(
+    db: str | None,
+    policies: Sequence[str] | None,
+    device: str,
+    dtype: str | None,
+    *,
+    onnx_dir: str | None = None,
+    threads: int | None = None,
+):
+    """The chosen policies (all of the database's by default; they must share one model) on their
+    model, or with `onnx_dir` the ONNX export there (one policy, on onnxruntime with `threads`);
+    the database holds the audit log either way."""
     from guard.check.engine import GuardSet
     from guard.store.database import Store
 
     store = Store.open(db)
+    if onnx_dir is not None:
+        from guard.onnx.engine import open_export
+
+        return store, open_export(onnx_dir, policies, threads=threads)
     artifacts = store.load_artifacts(policies, every=True)
     models = {art.model_fingerprint: art.model_reference for art in artifacts}
     if len(models) > 1:
@@ -55,7 +69,12 @@ def serve(
     config,
     log_level: str = "info",
     shutdown_timeout: float = 30.0,
+    engine: str | None = None,
+    onnx_dir: str | None = None,
 ) -> None:
+    from guard.onnx.choice import wants_onnx
+
+    onnx = wants_onnx(engine, onnx_dir)  # a bad choice fails before anything loads
     for module in ("uvicorn", "fastapi", "prometheus_client"):
         need_extra(module, "guard serve", "serve")
     import uvicorn
@@ -76,11 +95,13 @@ def serve(
     from guard.models import set_threads
 
     set_threads(config.threads)  # checks --threads / GUARD_THREADS now; the worker sets it again for itself
-    store, guards = load_guards(db, policies, device, dtype)
+    store, guards = load_guards(
+        db, policies, device, dtype, onnx_dir=onnx_dir if onnx else None, threads=config.threads
+    )
     service = Service(guards, config, store=store)
     app = create_app(service)
     warn_if_readable(store)
-    _log_start(host, port, guards, config)
+    _log_start(host, port, guards, config, "onnx" if onnx else "torch")
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -98,7 +119,7 @@ def serve(
     server.run()
 
 
-def _log_start(host: str, port: int, guards, config) -> None:
+def _log_start(host: str, port: int, guards, config, engine: str = "torch") -> None:
     log.info(
         "serving",
         extra={
@@ -112,7 +133,8 @@ def _log_start(host: str, port: int, guards, config) -> None:
             "forward_batch": config.forward_batch,
             "max_wait_ms": config.max_wait_ms,
             "max_queue": config.max_queue,
-            "versions": {p.artifact.name: p.artifact.version for p in guards.policies},
+            "versions": {art.name: art.version for art in guards.artifacts},
+            "engine": engine,
             "reload": "policies compiled while serving are picked up only at restart",
         },
     )

@@ -222,7 +222,7 @@ def test_onnx_manifest(compiled):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     # The report's size and similarity gap depend on the exporter and onnxruntime builds: keys only.
-    assert list(report) == ["policy", "directory", "onnx_bytes", "layers", "max_similarity_error", "seconds"]
+    assert list(report) == ["policy", "directory", "onnx_bytes", "layers", "weights", "max_similarity_error", "seconds"]
     assert report["policy"] == "tiny" and report["max_similarity_error"] < 1e-4
     manifest = json.loads((tmp / "onnx" / MANIFEST).read_text())
     compare("onnx-manifest.json", normalise(manifest, subs))
