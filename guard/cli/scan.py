@@ -46,7 +46,7 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")]
 JsonSummary = options.as_json("Print the summary as JSON")
-Ray = Annotated[bool, typer.Option("--ray", help="Run on Ray Data (pip install 'guard[ray]')")]
+Ray = Annotated[bool, typer.Option("--ray", help="Run on Ray Data (pip install 'guard-sav[ray]')")]
 RayAddress = Annotated[
     str | None, typer.Option("--ray-address", help="An existing Ray cluster [default: start Ray locally]")
 ]
