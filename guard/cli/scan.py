@@ -51,6 +51,9 @@ RayAddress = Annotated[
     str | None, typer.Option("--ray-address", help="An existing Ray cluster [default: start Ray locally]")
 ]
 Workers = Annotated[int, typer.Option("--workers", min=1, help="--ray: model actors (each loads the model once)")]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="--ray: show Ray's own logs and progress bars [default: errors only]")
+]
 
 
 @command("scan")
@@ -79,6 +82,7 @@ def scan_command(
     ray: Ray = False,
     ray_address: RayAddress = None,
     workers: Workers = 1,
+    verbose: Verbose = False,
 ):
     """Check a whole corpus: streamed, one record per item in input order, resumable.
     Exit 0 nothing flagged, 1 something flagged, 2 the scan failed."""
@@ -96,7 +100,7 @@ def scan_command(
             **settings,
             dtype=dtype,
             threads=threads,
-            ray=RaySettings(ray_address, workers) if ray else None,
+            ray=RaySettings(ray_address, workers, verbose) if ray else None,
         )
     except ScanInterrupted as stop:
         typer.echo(f"guard: {stop}", err=True)
