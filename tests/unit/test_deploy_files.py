@@ -151,3 +151,17 @@ def test_compose_wires_guard_to_postgres():
     assert "--audit" in guard["command"]
     assert "/readyz" in " ".join(guard["healthcheck"]["test"])
     assert guard["ports"] == ["127.0.0.1:8000:8000"]
+
+
+def test_operations_page_lists_every_metric_the_server_exposes():
+    """docs/operations.md's table of metrics names exactly what /metrics exposes."""
+    pytest.importorskip("prometheus_client", reason="the serve extra")
+    from guard.serve.metrics import Metrics
+
+    exposed = set()
+    for family in Metrics().registry.collect():
+        exposed.add(family.name + ("_total" if family.type == "counter" else ""))
+    page = (ROOT / "docs" / "operations.md").read_text()
+    table = page[page.index("## What to watch") :]
+    documented = set(re.findall(r"^\| `(guard_\w+)", table, flags=re.M))
+    assert documented == exposed
