@@ -116,12 +116,7 @@ def ray_scan_windows(
     from guard.scanning.scanner import WINDOW_BATCHES
 
     shards = resume_shards(plan(inputs, fmt, shard_bytes), progress or Progress(), columns)
-    started = not ray.is_initialized()
-    level = logging.INFO if verbose else logging.ERROR
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose, logging_level=level)
-    for name in RAY_LOGGERS:  # guard reports progress and failures itself
-        logging.getLogger(name).setLevel(level)
+    started = _start(ray, address, verbose)
     try:
         dataset = _dataset(
             ray,
@@ -150,6 +145,18 @@ def ray_scan_windows(
     finally:
         if started:
             ray.shutdown()
+
+
+def _start(ray, address: str | None, verbose: bool) -> bool:
+    """Start (or join) Ray unless this process already runs it; True if started here. Ray's own
+    logs reach stderr only when `verbose`: guard reports progress and failures itself."""
+    level = logging.INFO if verbose else logging.ERROR
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=verbose, logging_level=level)
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    return started
 
 
 def _dataset(ray, shards, columns: Columns, *, actor_kwargs: dict, rows: int, workers: int, verbose: bool):
