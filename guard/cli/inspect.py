@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from guard.cli import options
-from guard.cli.output import echo_json, headline, print_table
+from guard.cli.output import console, echo_json, headline, print_table
 from guard.cli.root import command
 
 # What the calibration reads per label, by vote rule (guard.method.sav.label_values), in inspect's formula.
@@ -43,7 +43,6 @@ def list_command(
 
 
 def print_summaries(summaries) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from guard.method.artifact import ESTIMATORS, HEADLINE, estimator
@@ -53,10 +52,10 @@ def print_summaries(summaries) -> None:
         labels = ", ".join(name + ("*" if name in s.flagged else "") for name in s.labels)
         acc = "-" if s.headline_accuracy is None else f"{s.headline_accuracy:.1%}"
         table.add_row(s.policy, s.version, labels, s.model, str(s.heads), f"{acc} ({estimator(s.metrics)})", s.compiled)
-    console = Console()
-    console.print(table, markup=False)
+    out = console()
+    print_table(table, out)
     words = HEADLINE.format(estimator=" or ".join(ESTIMATORS.values()))
-    console.print("accuracy: " + words, markup=False)
+    out.print("accuracy: " + words, markup=False)
 
 
 def print_versions(rows: list[dict]) -> None:
@@ -112,12 +111,11 @@ def inspect_command(
 
 
 def print_artifact(art) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     view = art.to_dict()
-    console = Console(highlight=False)
-    out = functools.partial(console.print, markup=False)
+    screen = console(highlight=False)
+    out = functools.partial(screen.print, markup=False)
     out(f"{art.name} version {art.version}  model {art.model_reference}  scoring {art.scoring}")
     out(f"  {headline(art.summary())}")
     for key, value in art.metrics.items():
@@ -125,7 +123,7 @@ def print_artifact(art) -> None:
     table = Table("rank", "layer", "head", f"accuracy ({art.scoring})", "mean margin")
     for h in view["selected_heads"]:
         table.add_row(str(h["rank"]), str(h["layer"]), str(h["head"]), f"{h['accuracy']:.3f}", f"{h['margin']:.4f}")
-    out(table)
+    print_table(table, screen)
     if view["calibration"] is None:
         out("calibration: none (compiled before calibration, or too few exemplars per label)")
         return

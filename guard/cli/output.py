@@ -18,10 +18,26 @@ def warn(message: str) -> None:
     typer.echo(f"guard: {message}", err=True)
 
 
-def print_table(table, **kwargs) -> None:
+# Piped or redirected output is read by programs and pagers, not a screen: rows are never cut
+# (rich would otherwise assume 80 columns, or COLUMNS).
+UNCUT_WIDTH = 100_000
+
+
+def console(**kwargs):
+    """A rich Console for tables: on a terminal, the terminal's width (tables shrink their columns
+    and wrap cells to fit); piped or redirected, wide enough that every row stays whole."""
     from rich.console import Console
 
-    Console(**kwargs).print(table, markup=False)
+    width = None if sys.stdout.isatty() else UNCUT_WIDTH
+    return Console(width=width, **kwargs)
+
+
+def print_table(table, out=None) -> None:
+    """A table on `out` (default: `console()`), each cell wrapped (folded inside long words) rather
+    than cut short when the terminal is too narrow for it."""
+    for column in table.columns:
+        column.overflow = "fold"
+    (out or console()).print(table, markup=False)
 
 
 def headline(summary) -> str:

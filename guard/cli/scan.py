@@ -46,11 +46,14 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")]
 JsonSummary = options.as_json("Print the summary as JSON")
-Ray = Annotated[bool, typer.Option("--ray", help="Run on Ray Data (pip install 'guard[ray]')")]
+Ray = Annotated[bool, typer.Option("--ray", help="Run on Ray Data (pip install 'guard-sav[ray]')")]
 RayAddress = Annotated[
     str | None, typer.Option("--ray-address", help="An existing Ray cluster [default: start Ray locally]")
 ]
 Workers = Annotated[int, typer.Option("--workers", min=1, help="--ray: model actors (each loads the model once)")]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="--ray: show Ray's own logs and progress bars [default: errors only]")
+]
 
 
 @command("scan")
@@ -81,6 +84,7 @@ def scan_command(
     workers: Workers = 1,
     engine: options.EngineName = None,
     onnx_dir: options.OnnxDir = None,
+    verbose: Verbose = False,
 ):
     """Check a whole corpus: streamed, one record per item in input order, resumable.
     Exit 0 nothing flagged, 1 something flagged, 2 the scan failed."""
@@ -98,7 +102,7 @@ def scan_command(
             **settings,
             dtype=dtype,
             threads=threads,
-            ray=RaySettings(ray_address, workers) if ray else None,
+            ray=RaySettings(ray_address, workers, verbose) if ray else None,
             engine=engine,
             onnx_dir=onnx_dir,
         )

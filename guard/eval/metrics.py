@@ -1,4 +1,4 @@
-"""Classification metrics from true and predicted label indices (scikit-learn's, `guard[eval]`).
+"""Classification metrics from true and predicted label indices (scikit-learn's, `guard-sav[eval]`).
 
 Conventions (stated once, used everywhere):
 - the confusion matrix is `matrix[true][predicted]`, counts;

@@ -32,6 +32,7 @@ from guard.policy.schema import (
     Policy,
     template_fields,
 )
+from guard.policy.shipped import is_bare_name, shipped_names, shipped_policy
 from guard.policy.yaml_lines import MAX_POLICY_BYTES, _Map, _Seq, parse_yaml
 
 _TOP_KEYS = {
@@ -451,7 +452,13 @@ def load_policy(
     path = Path(path)
     display = str(path)
     if not path.exists():
-        raise PolicyError(f"{display}: policy file does not exist")
+        # a bare name (`text-harm`) is a policy shipped with guard, found as well after `pip install`
+        shipped = shipped_policy(display)
+        if shipped is None:
+            names = shipped_names() if is_bare_name(display) else []
+            hint = f" (policies shipped with guard, by name: {', '.join(names)})" if names else ""
+            raise PolicyError(f"{display}: policy file does not exist{hint}")
+        path, display = shipped, str(shipped)
     if path.is_dir():
         raise PolicyError(f"{display}: is a directory, not a policy file")
     data = read_regular_file(path, MAX_POLICY_BYTES, PolicyError, display)

@@ -25,6 +25,7 @@ from guard.scanning.readers import Columns, ScanItem, Shard, plan, read_shard
 from guard.scanning.writers import OutputError, Progress
 
 SHARD_BYTES = 64 << 20  # a line file is cut into pieces of about this size
+RAY_LOGGERS = ("ray", "ray.data", "ray.serve")
 
 
 def _ray():
@@ -103,20 +104,19 @@ def ray_scan_windows(
     device: str = "auto",
     dtype: str | None = None,
     shard_bytes: int = SHARD_BYTES,
+    verbose: bool = False,
 ) -> Iterator[list[dict]]:
     """Records of the inputs (after the first `progress.records` items), a block at a time, in
     input order, computed by `workers` Ray actors. Uses the Ray instance already started in this
-    process, else connects to `address`, else starts one locally (and stops it at the end)."""
+    process, else connects to `address`, else starts one locally (and stops it at the end).
+    Ray's own logs and progress bars show only when `verbose`."""
     if "-" in inputs:
         raise GuardError("--ray reads files every worker can open: save stdin to a file first")
     ray = _ray()
     from guard.scanning.scanner import WINDOW_BATCHES
 
     shards = resume_shards(plan(inputs, fmt, shard_bytes), progress or Progress(), columns)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # guard reports progress itself
+    started = _start(ray, address, verbose)
     try:
         dataset = _dataset(
             ray,
@@ -132,6 +132,7 @@ def ray_scan_windows(
             },
             rows=window or batch_size * WINDOW_BATCHES,
             workers=workers,
+            verbose=verbose,
         )
         if not shards:
             return
@@ -146,11 +147,24 @@ def ray_scan_windows(
             ray.shutdown()
 
 
-def _dataset(ray, shards, columns: Columns, *, actor_kwargs: dict, rows: int, workers: int):
+def _start(ray, address: str | None, verbose: bool) -> bool:
+    """Start (or join) Ray unless this process already runs it; True if started here. Ray's own
+    logs reach stderr only when `verbose`: guard reports progress and failures itself."""
+    level = logging.INFO if verbose else logging.ERROR
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=verbose, logging_level=level)
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    return started
+
+
+def _dataset(ray, shards, columns: Columns, *, actor_kwargs: dict, rows: int, workers: int, verbose: bool):
     """The Ray Data pipeline: one read task per shard, then `workers` scan actors, in input order."""
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # records come back in input order
-    context.enable_progress_bars = False  # guard draws its own
+    context.enable_progress_bars = verbose  # guard draws its own; Ray's too with --verbose
+    context.print_on_execution_start = verbose  # Ray Data's plan, printed when a dataset runs
     gpus = ray.cluster_resources().get("GPU", 0)
     return (
         ray.data.from_items([{"shard": json.dumps(dataclasses.asdict(s))} for s in shards])

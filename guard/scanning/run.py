@@ -81,6 +81,7 @@ class RaySettings:
 
     address: str | None = None  # an existing cluster [default: start Ray locally]
     workers: int = 1  # model actors, each loading the model once
+    verbose: bool = False  # Ray's own logs and progress bars on stderr
 
 
 def run(
@@ -184,6 +185,7 @@ def ray_batches(inputs, artifacts, columns, fmt, done, ray, batch_size, window, 
         progress=done,
         address=ray.address,
         workers=ray.workers,
+        verbose=ray.verbose,
         batch_size=batch_size,
         window=window,
         votes=explain,

@@ -1,7 +1,7 @@
 """Persistence: compiled policies and the activation cache, in one SQL database.
 
 SQLite by default (`./guard.db`, `--db PATH` or `GUARD_DB`) or PostgreSQL
-(`postgresql+psycopg://...`, `pip install guard[postgres]`). Vectors are little-endian float32
+(`postgresql+psycopg://...`, `pip install guard-sav[postgres]`). Vectors are little-endian float32
 BLOBs, checked when read. The schema is a chain of Alembic revisions (guard.store.migrations), applied
 when a database opens. Every compile is kept as a revision of its policy; `current_policies`
 names the one that checks use, so recompiling and rolling back change one row.
@@ -228,6 +228,19 @@ class Store:
                 self._prune(session, art.name, keep)
         art.revision = revision
         return revision
+
+    @_store_errors
+    def current_compile(self, name: str) -> tuple[str, str, str | None] | None:
+        """The current revision of `name` as (version, model fingerprint, dtype), read without its
+        vectors; None when no such policy is stored."""
+        query = (
+            sa.select(PolicyRow.version, PolicyRow.model_fingerprint, PolicyRow.dtype)
+            .join(CurrentPolicy, CurrentPolicy.policy_id == PolicyRow.id)
+            .where(CurrentPolicy.name == name)
+        )
+        with orm.Session(self.reader) as session:
+            row = session.execute(query).first()
+        return None if row is None else tuple(row)
 
     @_store_errors
     def policy_names(self) -> list[str]:
@@ -509,7 +522,7 @@ def _engine(url: str) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_connect)
         sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
-    if url.startswith("postgresql://"):  # guard[postgres] installs psycopg 3
+    if url.startswith("postgresql://"):  # guard-sav[postgres] installs psycopg 3
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return sa.create_engine(url, pool_pre_ping=True)
 

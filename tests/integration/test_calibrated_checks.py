@@ -225,7 +225,7 @@ def test_database_from_before_calibration_loads_and_upgrades(tmp_path, guard01_l
 
 def test_each_version_keeps_its_own_calibration(tiny_policy, db, llama):
     compile_policy(tiny_policy, db, loaded=llama)
-    compile_policy(tiny_policy, db, loaded=llama)
+    compile_policy(tiny_policy, db, loaded=llama, force=True)  # the same policy again: a second version
     assert sqlite3.connect(db).execute("select count(*) from calibrations").fetchone()[0] == 2
     compile_policy(tiny_policy, db, loaded=llama, keep=1)
     assert sqlite3.connect(db).execute("select count(*) from calibrations").fetchone()[0] == 1

@@ -47,7 +47,7 @@ def test_artifact_matches_sav_on_independently_captured_activations(tiny_policy,
 def test_recompile_runs_only_new_exemplars(tmp_path, db, llama, llama_dir):
     path = write_policy(tmp_path, llama_dir, TEXTS)
     assert compile_policy(path, db, loaded=llama).computed == 8
-    again = compile_policy(path, db, loaded=llama)
+    again = compile_policy(path, db, loaded=llama, force=True)  # unchanged: without force it would not run
     assert (again.computed, again.cached) == (0, 8)
     grown = {**TEXTS, "benign": TEXTS["benign"] + ["recommend a good book about birds"]}
     path = write_policy(tmp_path, llama_dir, grown)
@@ -90,7 +90,7 @@ def test_failed_save_leaves_database_unchanged(tiny_policy, db, llama, monkeypat
         "guard.store.database.HeadRow.__init__", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full"))
     )
     with pytest.raises(RuntimeError):
-        compile_policy(tiny_policy, db, loaded=llama)
+        compile_policy(tiny_policy, db, loaded=llama, force=True)  # unchanged would not save
     monkeypatch.undo()
     assert Store.open(db).policy_names() == ["tiny"]
     assert len(Store.open(db).load_artifact("tiny").heads) == 4

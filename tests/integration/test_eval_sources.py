@@ -304,7 +304,10 @@ def test_missing_embed_extra_is_one_line(source_policy, db, monkeypatch):
     )
     result = runner.invoke(app, ["eval", str(source_policy), "--leave-one-source-out", "--baseline", "embed"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "guard: error: --baseline embed needs the 'embed' extra: pip install 'guard[embed]'"
+    assert (
+        result.stderr.strip()
+        == "guard: error: --baseline embed needs the 'embed' extra: pip install 'guard-sav[embed]'"
+    )
 
 
 def test_help_lists_the_new_flags():

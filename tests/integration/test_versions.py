@@ -75,8 +75,8 @@ def test_keep_prunes_old_versions_but_never_the_current_one(three_versions, tmp_
     store = Store.open(db)
     assert store.prune("tiny", 1) == 1  # revision 3 is newest, 1 is current: 2 goes
     assert [v["revision"] for v in store.versions("tiny")] == [3, 1]
-    path = write_policy(tmp_path, llama_dir, TEXTS)
-    assert run("compile", path, "--db", db, "--keep", "1").exit_code == 0
+    path = write_policy(tmp_path, llama_dir, TEXTS)  # revision 1's content: --force, or it would be unchanged
+    assert run("compile", path, "--db", db, "--keep", "1", "--force").exit_code == 0
     assert [(v["revision"], v["current"]) for v in store.versions("tiny")] == [(4, True)]
     assert store.count_activations() > 0  # the activation cache is not part of a version
 
@@ -88,3 +88,66 @@ def test_checking_in_another_dtype_warns(tmp_path, llama_dir, db):
     other = run("check", "--text", "bake bread", "--db", db, "--dtype", "bfloat16")
     assert other.exit_code in (0, 1), other.output
     assert "compiled in float32 and is checked in bfloat16" in other.stderr
+
+
+def revisions(db: str) -> list[tuple[int, bool]]:
+    return [(v["revision"], v["current"]) for v in Store.open(db).versions("tiny")]
+
+
+def test_recompiling_an_unchanged_policy_adds_nothing(tmp_path, llama_dir, db):
+    path = write_policy(tmp_path, llama_dir, TEXTS)
+    first = run("compile", path, "--db", db, "--json")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["unchanged"] is False
+    again = run("compile", path, "--db", db, "--json")
+    assert again.exit_code == 0, again.output
+    report = json.loads(again.stdout)
+    assert report["unchanged"] is True and report["revision"] == 1 and report["computed"] == 0
+    assert report["version"] == json.loads(first.stdout)["version"]
+    # a comment and the order of keys are not the policy's content: still unchanged, said in words
+    doc = yaml.safe_load(path.read_text())
+    path.write_text("# edited comment\n" + yaml.safe_dump(dict(reversed(doc.items()))))
+    human = run("compile", path, "--db", db)
+    assert human.exit_code == 0, human.output
+    assert "'tiny' is unchanged" in human.stdout and "no revision added" in human.stdout
+    assert revisions(db) == [(1, True)]
+    # --force compiles anyway; an edited exemplar is new content
+    assert run("compile", path, "--db", db, "--force").exit_code == 0
+    assert revisions(db) == [(2, True), (1, False)]
+    doc["exemplars"] = doc["exemplars"][1:]
+    path.write_text(yaml.safe_dump(doc))
+    assert run("compile", path, "--db", db).exit_code == 0
+    assert revisions(db) == [(3, True), (2, False), (1, False)]
+
+
+def test_same_policy_on_other_weights_or_dtype_is_a_new_revision(tmp_path, db):
+    """The version hash names the model by its reference; a recompile is a no-op only when the
+    weights (fingerprint) and the dtype are the ones the current revision was compiled with."""
+    from tests.support.fixtures import make_text_model
+
+    model = make_text_model(tmp_path / "model", seed=1)
+    path = write_policy(tmp_path, model, TEXTS)
+    assert run("compile", path, "--db", db).exit_code == 0
+    assert run("compile", path, "--db", db, "--dtype", "bfloat16").exit_code == 0
+    assert revisions(db) == [(2, True), (1, False)]
+    assert run("compile", path, "--db", db, "--dtype", "bfloat16").exit_code == 0
+    assert revisions(db) == [(2, True), (1, False)]
+    make_text_model(tmp_path / "model", seed=2)  # other weights under the same path
+    result = run("compile", path, "--db", db, "--dtype", "bfloat16", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["unchanged"] is False
+    assert revisions(db) == [(3, True), (2, False), (1, False)]
+    listed = {v["revision"]: v for v in Store.open(db).versions("tiny")}
+    assert listed[3]["version"] == listed[1]["version"]  # same content hash, other weights
+
+
+def test_unchanged_after_rollback_compares_with_the_current_revision(three_versions, tmp_path):
+    """After a rollback the current revision is the old one: compiling the newest policy again
+    adds it as a new revision (checks would otherwise keep using the old one)."""
+    db, hashes = three_versions
+    path = tmp_path / "tiny.yaml"  # holds the third version's exemplars
+    assert run("rollback", "tiny", "1", "--db", db).exit_code == 0
+    result = run("compile", path, "--db", db, "--json")
+    assert json.loads(result.stdout)["unchanged"] is False
+    assert Store.open(db).load_artifact("tiny").version == hashes[2]
+    assert [r for r, current in revisions(db) if current] == [4]

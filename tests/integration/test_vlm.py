@@ -206,7 +206,7 @@ def test_image_activation_cache_is_keyed_by_image_content(vlm_dirs, tmp_path):
     db = str(tmp_path / "g.db")
     first = compile_policy(path, db, loaded=loaded)
     assert (first.computed, first.cached) == (6, 0)
-    again = compile_policy(path, db, loaded=loaded)
+    again = compile_policy(path, db, loaded=loaded, force=True)
     assert (again.computed, again.cached) == (0, 6) and again.artifact.version == first.artifact.version
     Image.new("RGB", (30, 30), (255, 0, 0)).save(tmp_path / "data" / "red" / "0.png")
     edited = compile_policy(path, db, loaded=loaded)

@@ -32,7 +32,7 @@ def test_compile_reports_and_json(tmp_path, llama_dir, db):
     result = run("compile", policy, "--db", db)
     assert result.exit_code == 0, result.output
     assert "compiled 'tiny'" in result.output and "8 run, 0 cached" in result.output
-    again = run("compile", policy, "--db", db, "--json")
+    again = run("compile", policy, "--db", db, "--json", "--force")
     summary = json.loads(again.stdout.strip().splitlines()[-1])
     assert summary["policy"] == "tiny" and summary["computed"] == 0 and summary["cached"] == 8
     assert summary["heads"] == 4 and [h["rank"] for h in summary["selected_heads"]] == [1, 2, 3, 4]

@@ -157,10 +157,13 @@ def test_relative_links_resolve(page):
 def test_named_extras_exist():
     from importlib.metadata import metadata
 
-    extras = set(metadata("guard").get_all("Provides-Extra"))
+    extras = set(metadata("guard-sav").get_all("Provides-Extra"))
     for page in PAGES:
-        for named in re.findall(r"guard\[([\w,]+)\]", page.read_text()):
-            assert set(named.split(",")) <= extras, f"{page.name}: guard[{named}] is not an extra"
+        text = page.read_text()
+        # the distribution is guard-sav: `guard[...]` would install an unrelated project from the index
+        assert not re.findall(r"(?<![\w-])guard\[", text), f"{page.name}: names guard[...], not guard-sav[...]"
+        for named in re.findall(r"guard-sav\[([\w,]+)\]", text):
+            assert set(named.split(",")) <= extras, f"{page.name}: guard-sav[{named}] is not an extra"
 
 
 # --- commands: parsing, and the options each subcommand really has -----------------------------

@@ -2,6 +2,9 @@
 also when resumed, across several shards of the input."""
 
 import json
+import os
+import re
+import subprocess
 
 import pytest
 from typer.testing import CliRunner
@@ -9,7 +12,7 @@ from typer.testing import CliRunner
 from guard.cli.commands import app
 from guard.scanning.writers import Progress, read_records
 from tests.support.fixtures import TEXTS, write_policy
-from tests.system.test_scan import corpus_line, write_corpus
+from tests.system.test_scan import GUARD, corpus_line, write_corpus
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra (setup.sh installs it)")
 runner = CliRunner()
@@ -77,3 +80,30 @@ def test_ray_resume_across_shards(local_ray, scanned):
     ]
     assert rest == records[done:]
     assert json.loads(corpus_line(done))["id"] == rest[0]["id"]
+
+
+RAY_LOG_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d [\d:,]+\s+(DEBUG|INFO|WARNING) \S+\.py:\d+ -- ", re.M
+)  # Ray's Python loggers
+
+
+def test_ray_logs_only_with_verbose(scanned):
+    """A `guard scan --ray` of its own (it starts its own local Ray) writes the same records either
+    way; Ray's own log lines (its start, Ray Data's plan and progress, its warnings) reach stderr
+    only with --verbose."""
+    tmp, db, corpus, local = scanned
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    stderr = {}
+    for flag in ("", "--verbose"):
+        out = tmp / f"ray-own{flag}.jsonl"
+        args = [GUARD, "scan", corpus, "--out", out, "--db", db, "--id-field", "id", "--batch-size", "8", "--ray", "-q"]
+        done = subprocess.run(
+            [str(a) for a in args + ([flag] if flag else [])], capture_output=True, text=True, env=env
+        )
+        assert done.returncode in (0, 1), done.stderr[-2000:]
+        assert out.read_bytes() == local.read_bytes()
+        stderr[flag] = done.stderr
+    assert RAY_LOG_LINE.findall(stderr["--verbose"]), stderr["--verbose"][-2000:]  # Ray does talk: shown
+    assert not RAY_LOG_LINE.findall(stderr[""]), stderr[""]
+    for words in ("Started a local Ray instance", "Execution plan", "Progress bars", "Token authentication"):
+        assert words not in stderr[""]

@@ -162,3 +162,27 @@ def test_default_policy_is_valid():
     heldout = [json.loads(line) for line in open(ROOT / "policies/text-harm/heldout.jsonl")]
     assert len(heldout) >= 60
     assert not {h["text"].lower() for h in heldout} & {e.text.lower() for e in policy.exemplars}
+
+
+def test_a_shipped_policy_loads_by_name_from_anywhere(tmp_path, monkeypatch):
+    """`guard compile text-harm` works outside a checkout too (the wheel ships policies/ as
+    guard/policies/, guard.policy.shipped); here, from another folder, it is the checkout's file."""
+    from guard.policy.shipped import shipped_names
+
+    checkout = Path(__file__).resolve().parents[2] / "policies"
+    monkeypatch.chdir(tmp_path)
+    by_name = load_policy("text-harm")
+    assert by_name.path == checkout / "text-harm.yaml"
+    assert by_name.version == load_policy(checkout / "text-harm.yaml").version
+    assert shipped_names() == sorted(p.stem for p in checkout.glob("*.yaml"))
+    # a file of that name in the working folder comes first: a name is only a fallback
+    (tmp_path / "text-harm").write_text(
+        GOOD.replace("name: demo", "name: mine").replace("from: more.jsonl", "{text: bake a cake, label: benign}")
+    )
+    assert load_policy("text-harm").name == "mine"
+    # a name that is nothing says which names there are; a path is never taken for a name
+    assert error_of(Path("no-such-policy")).endswith(
+        f"(policies shipped with guard, by name: {', '.join(shipped_names())})"
+    )
+    assert error_of(Path("sub/text-harm")) == "sub/text-harm: policy file does not exist"
+    assert error_of(Path("text-harm.yml")) == "text-harm.yml: policy file does not exist"
