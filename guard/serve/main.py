@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from guard.errors import GuardError, need_extra
 
@@ -94,8 +96,21 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     cores this process may use shared out among the workers, at least one each (BENCHMARKS.md,
     "serve: threads and workers")."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = available_cores()
     return max(1, cores // max(1, workers))
+
+
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may run on, bounded by a cgroup v2 CPU quota (a container's CPU
+    limit: it sees every core of its node but gets only its quota's worth of time)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
 def prepare_shared(settings: ServeSettings) -> None:

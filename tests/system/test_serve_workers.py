@@ -10,7 +10,7 @@ import pytest
 
 from guard.check.engine import GuardSet
 from guard.compiler import compile_policy
-from guard.serve.main import threads_per_worker
+from guard.serve.main import available_cores, threads_per_worker
 from tests.support.fixtures import TEXTS, write_policy
 from tests.support.serve_helpers import ServeProcess
 
@@ -117,3 +117,16 @@ def test_a_worker_that_cannot_load_stops_the_start_with_one_line(tmp_path, worke
 def test_threads_per_worker_shares_the_cores():
     assert [threads_per_worker(w, cores=2) for w in (1, 2, 3)] == [2, 1, 1]
     assert [threads_per_worker(w, cores=16) for w in (1, 2, 4, 5)] == [16, 8, 4, 3]
+
+
+def test_available_cores_honours_a_containers_cpu_quota(tmp_path):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cores(tmp_path) == cores  # no quota
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert available_cores(tmp_path) == min(cores, 2)  # 1.5 cores' time: 2 threads at most
+    (tmp_path / "cpu.max").write_text("10000 100000\n")
+    assert available_cores(tmp_path) == 1
+    assert available_cores(tmp_path / "missing") == cores  # no cgroup v2 here
