@@ -362,6 +362,8 @@ class RequestContext:
     def __init__(self, app, service: Service):
         self.app = app
         self.service = service
+        # which of --workers N answered (guard.serve.workers), on every response
+        self.worker = {} if service.config.worker is None else {"x-guard-worker": str(service.config.worker)}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -379,7 +381,6 @@ class RequestContext:
         )
         started = time.perf_counter()
         status = {"code": 500, "sent": False, "gone": False}
-        worker = None if self.service.config.worker is None else str(self.service.config.worker)
 
         async def receive_watched():
             message = await receive()
@@ -393,10 +394,7 @@ class RequestContext:
                 return
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
-                headers = MutableHeaders(scope=message)
-                headers.append("x-request-id", request_id)
-                if worker is not None:  # which of --workers N answered (guard.serve.workers)
-                    headers.append("x-guard-worker", worker)
+                MutableHeaders(scope=message).update({"x-request-id": request_id, **self.worker})
             await send(message)
 
         try:
