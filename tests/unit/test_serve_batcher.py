@@ -215,3 +215,25 @@ def test_a_lone_caller_does_not_wait_for_a_batch_to_fill():
         assert run.batches == [[1], [2]]
     finally:
         batcher.stop()
+
+
+def test_a_slow_batch_earns_its_callers_a_longer_wait():
+    """When the target is not there yet, the window is max_wait or a quarter of the last batch's
+    run time, whichever is longer: after a 0.8 s batch, items 0.1 s apart still go together even
+    with max_wait at 20 ms (a loaded machine's callers take that long to come back)."""
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = MicroBatcher(run, max_batch=4, max_wait_ms=20).start()
+    try:
+        first = batcher.submit([1, 2, 3, 4])  # full: goes at once, then runs 0.8 s
+        assert run.started.wait(5)
+        time.sleep(0.8)
+        gate.set()
+        assert [f.result(5) for f in first] == [10, 20, 30, 40]
+        late = batcher.submit([5])
+        time.sleep(0.1)  # longer than max_wait, shorter than 0.8 s / 4
+        late += batcher.submit([6])
+        assert [f.result(5) for f in late] == [50, 60]
+        assert run.batches == [[1, 2, 3, 4], [5, 6]]
+    finally:
+        batcher.stop()
