@@ -87,7 +87,7 @@ Threads = Annotated[
     typer.Option(
         "--threads",
         min=1,
-        help="torch threads per model worker [env GUARD_THREADS, default: the cores / --workers, at least 1]",
+        help="torch threads per model worker [env GUARD_THREADS, default: (cores - 1) / --workers, at least 1]",
     ),
 ]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]

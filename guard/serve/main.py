@@ -93,11 +93,14 @@ def start_logging(settings: ServeSettings) -> None:
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
     """torch threads for each model worker when neither --threads nor GUARD_THREADS says: the
-    cores this process may use shared out among the workers, at least one each (BENCHMARKS.md,
-    "serve: threads and workers")."""
+    cores this process may use less one, shared out among the workers, at least one each.
+
+    The core kept back is the HTTP side's (event loop, JSON, tokenising): with every core in
+    torch's threads, they spin against it (issue 21: on 2 cores, --threads 1 answered 2.5-4.3x the
+    requests/s of torch's default of 2; BENCHMARKS.md, "serve: threads and workers")."""
     if cores is None:
         cores = available_cores()
-    return max(1, cores // max(1, workers))
+    return max(1, (cores - 1) // max(1, workers))
 
 
 def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:

@@ -115,8 +115,10 @@ def test_a_worker_that_cannot_load_stops_the_start_with_one_line(tmp_path, worke
 
 
 def test_threads_per_worker_shares_the_cores():
-    assert [threads_per_worker(w, cores=2) for w in (1, 2, 3)] == [2, 1, 1]
-    assert [threads_per_worker(w, cores=16) for w in (1, 2, 4, 5)] == [16, 8, 4, 3]
+    # one core is kept for the HTTP side; the rest shared out, at least one thread each
+    assert [threads_per_worker(w, cores=1) for w in (1, 2)] == [1, 1]
+    assert [threads_per_worker(w, cores=2) for w in (1, 2, 3)] == [1, 1, 1]
+    assert [threads_per_worker(w, cores=16) for w in (1, 2, 4, 5)] == [15, 7, 3, 3]
 
 
 def test_available_cores_honours_a_containers_cpu_quota(tmp_path):
