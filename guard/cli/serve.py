@@ -74,6 +74,22 @@ KeepAlive = Annotated[
 MaxConnections = Annotated[
     int, typer.Option("--max-connections", min=1, help="Open connections at most; beyond, 503 and closed")
 ]
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Model processes behind the port, each with its own model, sharing the database and audit log",
+    ),
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="torch threads per model worker [env GUARD_THREADS, default: (cores - 1) / --workers, at least 1]",
+    ),
+]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
 ShutdownTimeout = Annotated[
     float, typer.Option("--shutdown-timeout", min=0, help="Seconds in-flight requests get to finish on SIGTERM")
@@ -103,6 +119,7 @@ CONFIG = {
     "keep_alive": "keep_alive_s",
     "max_connections": "max_connections",
     "threads": "threads",
+    "workers": "workers",
 }
 
 
@@ -136,7 +153,8 @@ def serve_command(
     body_timeout: BodyTimeout = 30.0,
     keep_alive: KeepAlive = 5.0,
     max_connections: MaxConnections = 512,
-    threads: options.Threads = None,
+    threads: Threads = None,
+    workers: Workers = 1,
     log_level: LogLevel = "info",
     shutdown_timeout: ShutdownTimeout = 30.0,
     engine: options.EngineName = None,
@@ -147,12 +165,12 @@ def serve_command(
         fail("--audit-text and --audit-secret go with --audit")
     quiet_transformers()
     from guard.serve.keys import load_keys
-    from guard.serve.main import serve
+    from guard.serve.main import LOOPBACK, ServeSettings, serve
 
-    serve(
+    settings = ServeSettings(
         db=db,
         policies=policy,
-        host=host,
+        host=host or LOOPBACK,
         port=port,
         device=device,
         dtype=dtype,
@@ -162,6 +180,12 @@ def serve_command(
         engine=engine,
         onnx_dir=onnx_dir,
     )
+    if workers == 1:
+        serve(settings)
+    else:
+        from guard.serve.workers import run_workers
+
+        run_workers(settings, workers)
 
 
 def serve_config(params: dict, keys):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -63,7 +64,8 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI):
         if manage_service:
             service.start()
-        log.info("ready", extra={"policies": service.policy_names, "model": service.guards.model_reference})
+        # "ready" is logged by the model worker once its warm-up forward is done (Service._warm_up)
+        log.info("started", extra={"policies": service.policy_names, "model": service.guards.model_reference})
         try:
             yield
         finally:
@@ -182,6 +184,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             "policies": service.policy_names,
             "versions": served,  # the version each policy is served at: the one loaded at start
             "queue_depth": service.batcher.depth,
+            "worker": {"index": service.config.worker or 0, "pid": os.getpid()},
             "reload": RELOAD_NOTE,
         }
         newer = {name: v for name, v in stored.items() if name in served and v != served[name]}
@@ -214,6 +217,10 @@ def _readiness(service: Service) -> tuple[list[str], dict[str, str]]:
     problems, stored = [], {}
     if not service.batcher.alive:
         problems.append("the model worker is not running")
+    elif service.warm_up_error is not None:
+        problems.append(f"the warm-up forward failed ({service.warm_up_error})")
+    elif not service.warm.is_set():
+        problems.append("warming up: the model's first forward of every policy has not finished")
     if service.audit is not None and not service.audit.alive:
         problems.append("the audit writer is not running")
     if service.store is not None:
@@ -355,6 +362,8 @@ class RequestContext:
     def __init__(self, app, service: Service):
         self.app = app
         self.service = service
+        # which of --workers N answered (guard.serve.workers), on every response
+        self.worker = {} if service.config.worker is None else {"x-guard-worker": str(service.config.worker)}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -385,7 +394,7 @@ class RequestContext:
                 return
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
-                MutableHeaders(scope=message).append("x-request-id", request_id)
+                MutableHeaders(scope=message).update({"x-request-id": request_id, **self.worker})
             await send(message)
 
         try:

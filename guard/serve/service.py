@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from guard.check.engine import CheckResult
 from guard.check.prepared import Prepared
 from guard.check.protocol import Engine
-from guard.errors import GuardError
+from guard.errors import GuardError, first_line
 from guard.models.batching import TOKEN_BUDGET
 from guard.serve.audit import AuditFailed, AuditWriter
 from guard.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
@@ -32,6 +32,7 @@ log = logging.getLogger("guard.serve")
 
 # model names OpenAI clients send by default: they mean "this server's policies"
 OPENAI_MODELS = ("omni-moderation-", "text-moderation-")
+WARM_UP_TEXT = "Is this a warm-up?"
 
 
 @dataclass
@@ -55,6 +56,8 @@ class ServeConfig:
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
     max_connections: int | None = 512  # open connections at most; beyond, 503 and closed
     threads: int | None = None  # torch threads of the model worker (None: GUARD_THREADS, else torch's default)
+    workers: int = 1  # model processes behind the port (guard.serve.workers)
+    worker: int | None = None  # this process's index among them (None: the only one)
     retry_after_s: int = 1  # what a 503 for a full queue tells the client to wait
 
 
@@ -125,6 +128,12 @@ class Moderator:
                 results[i] = Outcome(verdicts)
         return results
 
+    def warm_up(self) -> None:
+        """One forward of every served policy (each prompt group, windows included) on a short
+        text: the first request then finds the model's weights paged in and its kernels ready."""
+        prepared = self.guards.prepare({"text": WARM_UP_TEXT})
+        self.guards.check_prepared([prepared], batch_size=1, token_budget=self.token_budget)
+
     def _subset(self, policies: tuple[str, ...]) -> Engine:
         with self._lock:  # prepare runs on request threads, run_batch on the worker
             if policies not in self._subsets:
@@ -153,6 +162,9 @@ class Service:
             on_start=self._worker_started,
         )
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        # set once the model worker's warm-up forward is done: /readyz says ready only then
+        self.warm = threading.Event()
+        self.warm_up_error: str | None = None
         self.audit: AuditWriter | None = None
         self.audit_key: AuditKey | None = None
         if self.config.audit:
@@ -191,6 +203,23 @@ class Service:
         # --threads, else GUARD_THREADS, else torch's default; set on the thread that runs the
         # forwards (OpenMP keeps the count per calling thread)
         set_threads(self.config.threads)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """A forward of every served policy before the queue is served (issue 21: without it the
+        first request took 4.5 s on 2 cores while /readyz already said ready)."""
+        started = time.perf_counter()
+        try:
+            self.moderator.warm_up()
+        except Exception as exc:  # the model cannot run: /readyz says why, requests get the error
+            self.warm_up_error = first_line(exc)
+            log.exception("the warm-up forward failed")
+            return
+        self.warm.set()
+        log.info(
+            "ready",
+            extra={"policies": self.policy_names, "warm_up_s": round(time.perf_counter() - started, 3)},
+        )
 
     def _audit_written(self, rows: int, seconds: float) -> None:
         self.metrics.audit_rows.inc(rows)

@@ -34,6 +34,17 @@ def wait_healthy(url: str, timeout: float, process: subprocess.Popen | None = No
     raise RuntimeError(f"no server at {url} after {timeout} s:\n{log.read_text() if log else ''}")
 
 
+def wait_warm(url: str, timeout: float) -> None:
+    """Until /readyz no longer says the model is warming up (its first forward of every policy)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{url}/readyz", timeout=30)
+        if response.status_code == 200 or not any("warming up" in p for p in response.json().get("problems", [])):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} still warming up after {timeout} s")
+
+
 class ServeProcess:
     """`guard serve ARGS` on a free port; `url`, `log` (its stderr) and `process`."""
 
@@ -47,6 +58,7 @@ class ServeProcess:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env)
         try:
             wait_healthy(self.url, timeout, self.process, log)
+            wait_warm(self.url, timeout)
         except BaseException:
             self.kill()
             raise

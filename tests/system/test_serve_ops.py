@@ -294,3 +294,74 @@ def test_bad_inputs_never_reach_a_batch(tiny_db, llama):
     assert all(answers[t].status_code == 200 for t in good)
     seen = [text for batch in batches for text in batch]
     assert sorted(seen) == sorted(good)  # each good input in exactly one batch; no bad one in any
+
+
+class GatedEngine:
+    """A GuardSet whose forwards wait for `gate` (or fail with `error`), recording the policies of
+    each forward's verdicts: the model's first forward can be held back and watched."""
+
+    def __init__(self, guards, gate: threading.Event | None = None, error: Exception | None = None):
+        self.guards, self.gate, self.error = guards, gate, error
+        self.verdict_policies: list[set[str]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.guards, name)
+
+    def check_prepared(self, prepared, **options):
+        if self.gate is not None:
+            self.gate.wait(30)
+        if self.error is not None:
+            raise self.error
+        results = self.guards.check_prepared(prepared, **options)
+        self.verdict_policies += [set(result) for result in results]
+        return results
+
+
+def two_policy_db(folder, llama_dir, llama) -> str:
+    """'tiny' and 'strict', whose prompts differ: a forward each."""
+    db = str(folder / "two.db")
+    compile_policy(write_policy(folder, llama_dir, TEXTS), db, loaded=llama)
+    strict = write_policy(folder, llama_dir, TEXTS, name="strict")
+    strict.write_text(strict.read_text().replace("Is this request harmful?", "Could this request cause harm?"))
+    compile_policy(strict, db, loaded=llama)
+    return db
+
+
+def test_readyz_waits_for_a_warm_up_forward_of_every_policy(tmp_path, llama_dir, llama):
+    """Issue 21: /readyz said ready before the model had run once (the first request then took 4.5 s).
+    Now the model worker first checks a warm-up text with every served policy; until that is done
+    /readyz is 503 saying so, and requests already sent wait and are answered after it."""
+    db = two_policy_db(tmp_path, llama_dir, llama)
+    guards = GuardSet.load(db, model=llama)
+    gate = threading.Event()
+    engine = GatedEngine(guards, gate)
+    service = Service(engine, ServeConfig(), store=Store.open(db))
+    with thread_server(create_app(service)) as url:
+        assert httpx.get(f"{url}/healthz").status_code == 200  # alive, not ready
+        waiting = httpx.get(f"{url}/readyz")
+        assert waiting.status_code == 503 and waiting.json()["ready"] is False
+        assert any("warming up" in p for p in waiting.json()["problems"])
+        early = [None]
+        sender = post_later(f"{url}/v1/check", {"input": "sent while warming"}, early, 0)
+        time.sleep(0.3)
+        assert early[0] is None  # held behind the warm-up
+        gate.set()
+        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200)
+        sender.join(30)
+        assert early[0].status_code == 200
+        expected = guards.check_batch([{"text": "sent while warming"}])[0]
+        assert {n: v["label"] for n, v in early[0].json()["results"][0]["verdicts"].items()} == {
+            n: v.label for n, v in expected.items()
+        }
+    # the first forward was the warm-up, and it gave a verdict of both policies
+    assert engine.verdict_policies[0] == {"tiny", "strict"}
+
+
+def test_a_failed_warm_up_keeps_the_server_unready_and_says_why(tiny_db, llama):
+    engine = GatedEngine(GuardSet.load(tiny_db, model=llama), error=RuntimeError("no kernels for this\nsecond line"))
+    service = Service(engine, ServeConfig(), store=Store.open(tiny_db))
+    with thread_server(create_app(service)) as url:
+        wait_for(lambda: service.warm_up_error is not None)
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 503
+        assert "the warm-up forward failed (no kernels for this)" in ready.json()["problems"]

@@ -178,3 +178,62 @@ def test_on_batch_reports_sizes():
     finally:
         batcher.stop()
     assert sizes == [5]
+
+
+def test_the_next_batch_waits_for_the_last_ones_callers_not_the_oldest_items_window():
+    """Issue 21: an item that queued while a batch ran had used up its window (counted from its
+    arrival) by the batch's end, so it left alone and the callers just answered made the next batch.
+    The window now opens when the model is free, and the batch waits for the demand the last batch
+    showed: its 2 items' callers plus the 1 that queued meanwhile."""
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = MicroBatcher(run, max_batch=16, max_wait_ms=300).start()
+    try:
+        first = batcher.submit([1, 2])  # a fresh batcher waits out the window: batch [1, 2]
+        assert run.started.wait(5)
+        queued = batcher.submit([3])
+        time.sleep(0.5)  # longer than max_wait: [3] would leave alone the moment the model is free
+        gate.set()
+        assert [f.result(5) for f in first] == [10, 20]
+        returning = batcher.submit([4, 5])  # the answered callers send their next items
+        assert [f.result(5) for f in queued + returning] == [30, 40, 50]
+        assert run.batches == [[1, 2], [3, 4, 5]]
+    finally:
+        batcher.stop()
+
+
+def test_a_lone_caller_does_not_wait_for_a_batch_to_fill():
+    """Once the demand is one item (the last batch held one and nothing queued), the next item goes
+    at once instead of waiting out max_wait: no added latency at concurrency 1."""
+    run = Recorder()
+    batcher = MicroBatcher(run, max_batch=16, max_wait_ms=3000).start()
+    try:
+        assert batcher.submit([1])[0].result(10) == 10  # a fresh batcher waits the window once
+        started = time.monotonic()
+        assert batcher.submit([2])[0].result(10) == 20
+        assert time.monotonic() - started < 2.5  # not the 3 s window
+        assert run.batches == [[1], [2]]
+    finally:
+        batcher.stop()
+
+
+def test_a_slow_batch_earns_its_callers_a_longer_wait():
+    """When the target is not there yet, the window is max_wait or a quarter of the last batch's
+    run time, whichever is longer: after a 0.8 s batch, items 0.1 s apart still go together even
+    with max_wait at 20 ms (a loaded machine's callers take that long to come back)."""
+    gate = threading.Event()
+    run = Recorder(gate)
+    batcher = MicroBatcher(run, max_batch=4, max_wait_ms=20).start()
+    try:
+        first = batcher.submit([1, 2, 3, 4])  # full: goes at once, then runs 0.8 s
+        assert run.started.wait(5)
+        time.sleep(0.8)
+        gate.set()
+        assert [f.result(5) for f in first] == [10, 20, 30, 40]
+        late = batcher.submit([5])
+        time.sleep(0.1)  # longer than max_wait, shorter than 0.8 s / 4
+        late += batcher.submit([6])
+        assert [f.result(5) for f in late] == [50, 60]
+        assert run.batches == [[1, 2, 3, 4], [5, 6]]
+    finally:
+        batcher.stop()
