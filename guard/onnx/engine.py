@@ -207,7 +207,10 @@ def _tokenizer(directory: Path):
 
 def _artifact(manifest: dict) -> Artifact:
     """What the verdict code reads of a compiled policy (no centroids or head scores: the graph has them)."""
-    labels = [Label(lab["name"], bool(lab["flagged"]), lab.get("description", "")) for lab in manifest["labels"]]
+    labels = [
+        Label(lab["name"], bool(lab["flagged"]), lab.get("description", ""), openai_category=lab.get("openai_category"))
+        for lab in manifest["labels"]
+    ]
     heads = [(int(layer), int(head)) for layer, head in manifest["heads"]]
     empty = torch.empty(0)
     return Artifact(

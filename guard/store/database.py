@@ -387,7 +387,7 @@ def _row_from_artifact(art: Artifact) -> PolicyRow:
         description=art.description,
         policy_text=art.policy_text,
         prompt=art.prompt,
-        labels=[{"name": lab.name, "flagged": lab.flagged, "description": lab.description} for lab in art.labels],
+        labels=[lab.stored() for lab in art.labels],
         scoring=art.scoring,
         model_reference=art.model_reference,
         model_fingerprint=art.model_fingerprint,
@@ -451,7 +451,12 @@ def _artifact_from_row(row: PolicyRow) -> Artifact:
         version=row.version,
         prompt=row.prompt,
         labels=[
-            Label(name=lab["name"], flagged=lab["flagged"], description=lab.get("description", ""))
+            Label(
+                name=lab["name"],
+                flagged=lab["flagged"],
+                description=lab.get("description", ""),
+                openai_category=lab.get("openai_category"),
+            )
             for lab in row.labels
         ],
         model_reference=row.model_reference,
