@@ -90,8 +90,8 @@ def test_concurrent_first_opens_migrate_once(tmp_path):
 
 def test_revisions_form_one_chain():
     revisions = list(migrations.script().walk_revisions())
-    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004", "0005"]
-    assert migrations.head() == "0005"
+    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert migrations.head() == "0006"
 
 
 def test_a_0004_audit_log_upgrades_keeping_its_rows(tmp_path):
@@ -111,12 +111,13 @@ def test_a_0004_audit_log_upgrades_keeping_its_rows(tmp_path):
         "'{\"harmful\": 0.25}', 1.5)",
         ("ab" * 32,),
     )
+    con.execute("ALTER TABLE heads DROP COLUMN bank")  # revision 0006's
     con.execute("UPDATE guard_schema SET version_num = '0004'")
     con.commit()
     con.close()
 
     store = Store.open(str(path))
-    assert store.schema_revision() == migrations.head() == "0005"
+    assert store.schema_revision() == migrations.head() == "0006"
     (row,) = AuditLog(store).query()
     assert (row.request_id, row.client_request_id, row.input_sha256) == ("old-1", None, "ab" * 32)
     indexes = {r[1] for r in sqlite3.connect(path).execute("PRAGMA index_list(audit_log)")}
