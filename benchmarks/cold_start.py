@@ -1,0 +1,72 @@
+"""Cold start: `guard check --text hello` in fresh processes against `python -c "import torch, transformers"`.
+
+Each command runs N times, alternating, each in a new process (no state shared but the OS file
+cache, warmed by one untimed run of each first); the report gives each command's median wall time
+and its ratio to the import baseline measured in the same run (issue 21 asks for at most 1.3x).
+
+    python -m benchmarks.cold_start --db guard.db -n 5
+    python -m benchmarks.cold_start --db new.db --label before="/old/.venv/bin/guard" -n 5
+
+`--label NAME=GUARD` adds another guard executable (another checkout's, for before/after figures)
+checked on the same database (`--db-for NAME=DB` gives it its own, e.g. one an older schema reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASELINE = [sys.executable, "-c", "import torch, transformers"]
+
+
+def timed(command: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode not in (0, 1):  # 1: flagged
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", required=True, help="a database with the default policy compiled")
+    parser.add_argument("-n", type=int, default=5, help="timed runs of each command")
+    parser.add_argument("--label", action="append", default=[], help="NAME=GUARD: another guard executable")
+    parser.add_argument("--db-for", action="append", default=[], help="NAME=DB: its own database")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    guard_here = str(Path(sys.executable).with_name("guard"))
+    dbs = dict(item.split("=", 1) for item in args.db_for)
+    commands = {"import torch, transformers": BASELINE}
+    for name, executable in [("guard check", guard_here), *(item.split("=", 1) for item in args.label)]:
+        commands[name] = [executable, "check", "--text", "hello", "--db", dbs.get(name, args.db)]
+    for command in commands.values():  # warm the file cache
+        timed(command, env)
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(args.n):
+        for name, command in commands.items():
+            times[name].append(timed(command, env))
+    base = statistics.median(times["import torch, transformers"])
+    rows = [
+        {"command": name, "median_s": round(statistics.median(t), 3), "ratio": round(statistics.median(t) / base, 2)}
+        for name, t in times.items()
+    ]
+    if args.json:
+        print(json.dumps({"n": args.n, "rows": rows, "times": times}, indent=1))
+    else:
+        print(f"| command | median of {args.n} (s) | x import baseline |\n|---|---|---|")
+        for row in rows:
+            print(f"| {row['command']} | {row['median_s']:.2f} | {row['ratio']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
