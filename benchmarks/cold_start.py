@@ -24,6 +24,28 @@ from pathlib import Path
 
 BASELINE = [sys.executable, "-c", "import torch, transformers"]
 
+# `--stages`: where a cold check's time goes past the baseline, one fresh process, transformers alone
+STAGES = """
+import time
+t = [time.perf_counter()]
+import torch, transformers
+t.append(time.perf_counter())
+import transformers.models.llama.modeling_llama  # what AutoModelForCausalLM imports for SmolLM2
+t.append(time.perf_counter())
+from guard.models.loading import cache_dir, fingerprint, resolve
+directory = cache_dir() / "gguf" / fingerprint(resolve("smollm2-135m")).split(":")[-1][:32]
+t.append(time.perf_counter())
+model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+t.append(time.perf_counter())
+tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+t.append(time.perf_counter())
+with torch.inference_mode():
+    model(**tokenizer(["hello"], return_tensors="pt"), use_cache=False)
+t.append(time.perf_counter())
+names = ["import torch, transformers", "import modeling_llama", "fingerprint", "weights", "tokenizer", "first forward"]
+print(" | ".join(f"{n} {b - a:.2f} s" for n, a, b in zip(names, t, t[1:])))
+"""
+
 
 def timed(command: list[str], env: dict) -> float:
     start = time.perf_counter()
@@ -41,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", action="append", default=[], help="NAME=GUARD: another guard executable")
     parser.add_argument("--db-for", action="append", default=[], help="NAME=DB: its own database")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--stages", action="store_true", help="also time a model load's stages, one process")
     args = parser.parse_args(argv)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    if args.stages:
+        for _ in range(args.n):
+            subprocess.run([sys.executable, "-c", STAGES], env=env, check=True, stderr=subprocess.DEVNULL)
     guard_here = str(Path(sys.executable).with_name("guard"))
     dbs = dict(item.split("=", 1) for item in args.db_for)
     commands = {"import torch, transformers": BASELINE}
