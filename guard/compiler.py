@@ -56,9 +56,10 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
     scores = fit.score_heads(acts, labels)
     heads = fit.select(scores)
     selected = sav.at_heads(acts, heads)  # [N, k, D]
-    # stored where the centroids go (the runtime reads it as a bank); prototypes are recomputed
-    # from the stored exemplar vectors at load (Artifact.bank)
+    # stored where the centroids go (the runtime reads it as a bank); prototypes are stored
+    # beside them, so a load does not recompute them (Artifact.bank)
     cents, _ = fit.with_heads_only().bank(selected, labels)
+    prototype_bank = fit.bank(selected, labels)[0] if fit.prototypes > 1 and fit.classifier == "centroid" else None
     # Calibrated scores and thresholds come from cross-fitted votes with head selection redone each
     # time (guard.method.calibration); a policy with too few exemplars for that has no calibration.
     cal = None
@@ -85,6 +86,7 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
         head_margin=scores.margin,
         centroids=cents,
         exemplar_vectors=selected,
+        prototype_bank=prototype_bank,
         exemplar_texts=[ex.describe() for ex in policy.exemplars],
         exemplar_labels=labels.tolist(),
         metrics=metrics,

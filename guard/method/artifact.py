@@ -37,6 +37,10 @@ class Artifact:
     revision: int = 0  # its number among the stored compiles of this policy (0: not stored)
     dtype: str = ""  # the dtype it was compiled in ("" before guard recorded it)
     device: str = ""  # the device type it was compiled on (cpu, cuda, ...)
+    # `prototypes: P` policies: the k-means bank `[labels x P, k, D]` compile computed, stored so a
+    # load does not recompute it (None: centroids or probe, whose bank is `centroids`; or an
+    # artifact stored before guard kept it, recomputed by `bank`)
+    prototype_bank: torch.Tensor | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -59,10 +63,17 @@ class Artifact:
     @cached_property
     def bank(self) -> tuple[torch.Tensor, torch.Tensor]:
         """What the selected heads compare an input with: `(bank [M, k, D], bank_labels [M])`.
-        The centroids, or k-means prototypes recomputed from the stored exemplar vectors (the
-        same function of the same float32 vectors that compile used)."""
+        The centroids, or the k-means prototypes compile stored; for an artifact stored before
+        guard kept them, recomputed from the stored exemplar vectors (the same function of the
+        same float32 vectors that compile used)."""
         if self.prototypes == 1:
             return self.centroids, torch.arange(len(self.labels))
+        if self.prototype_bank is not None:
+            return self.prototype_bank, torch.arange(len(self.labels)).repeat_interleave(self.prototypes)
+        return self.recompute_bank()
+
+    def recompute_bank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prototype bank from the stored exemplar vectors, as compile computes it."""
         labels = torch.tensor(self.exemplar_labels, dtype=torch.long)
         return Fit(len(self.labels), len(self.heads), prototypes=self.prototypes).bank(self.exemplar_vectors, labels)
 

@@ -122,7 +122,7 @@ def fingerprint(source: ModelSource, local_dir: Path | None = None) -> str:
     larger directories hash config and tokenizer files plus each weight file's name and size.
     """
     if source.kind in ("bundled", "gguf"):
-        return "sha256:" + _sha256_file(source.path).hexdigest()
+        return "sha256:" + file_sha256(source.path)
     directory = local_dir or source.path
     if source.kind == "hub" and directory.parent.name == "snapshots":
         return f"hub:{source.reference}@{directory.name}"
@@ -137,6 +137,36 @@ def fingerprint(source: ModelSource, local_dir: Path | None = None) -> str:
         else:
             _sha256_file(path, digest)
     return ("sha256:" if full else "sizes-sha256:") + digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, remembered in the cache folder by its path, size, modification time and
+    inode, so a cold start does not read a whole model file to name it (any change to the file
+    moves its mtime, and the hash is computed again). GUARD_FINGERPRINT_CACHE=0 always hashes."""
+    if os.environ.get("GUARD_FINGERPRINT_CACHE", "1") == "0":
+        return _sha256_file(path).hexdigest()
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+    index = cache_dir() / "fingerprints.json"
+    try:
+        known = json.loads(index.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), str):
+        return known[key]
+    digest = _sha256_file(path).hexdigest()
+    known = (
+        {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}|")} if isinstance(known, dict) else {}
+    )
+    known[key] = digest
+    try:  # written whole and renamed: a reader never sees half a file; a failure only costs a re-hash
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_name(f".{index.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, index)
+    except OSError:
+        pass
+    return digest
 
 
 # --- GGUF: dequantise once, then load fast ------------------------------------------------------

@@ -268,7 +268,10 @@ def _exemplars(manifest: dict, directory: Path, names: list[str]) -> tuple[torch
 def _artifact(manifest: dict, directory: Path) -> Artifact:
     """What the verdict and explanation code reads of a compiled policy (no centroids or head
     scores: the graph has them)."""
-    labels = [Label(lab["name"], bool(lab["flagged"]), lab.get("description", "")) for lab in manifest["labels"]]
+    labels = [
+        Label(lab["name"], bool(lab["flagged"]), lab.get("description", ""), openai_category=lab.get("openai_category"))
+        for lab in manifest["labels"]
+    ]
     heads = [(int(layer), int(head)) for layer, head in manifest["heads"]]
     empty = torch.empty(0)
     vectors, texts, exemplar_labels = _exemplars(manifest, directory, [lab.name for lab in labels])

@@ -176,9 +176,7 @@ def manifest(artifact: Artifact, loaded: LoadedModel, weights: str = "float32") 
         "description": artifact.description,
         "prompt": artifact.prompt,
         "method": artifact.method,  # vote, escape, prototypes...: read back by the engine
-        "labels": [
-            {"name": lab.name, "flagged": lab.flagged, "description": lab.description} for lab in artifact.labels
-        ],
+        "labels": [lab.stored() for lab in artifact.labels],
         "heads": [[layer, head] for layer, head in artifact.heads],
         "scoring": artifact.scoring,
         "calibration": calibration.to_manifest(artifact.calibration),

@@ -25,6 +25,7 @@ from guard.policy.schema import (
     DEFAULT_HEADS,
     DEFAULT_MODEL,
     ESCAPES,
+    OPENAI_CATEGORIES,
     SCORINGS,
     TARGET_METRICS,
     VOTES,
@@ -55,7 +56,7 @@ _TOP_KEYS = {
     "stride",
     "aggregate",
 }
-_LABEL_KEYS = {"name", "description", "flagged", "answer", "target"}
+_LABEL_KEYS = {"name", "description", "flagged", "answer", "target", "openai_category"}
 _INLINE_KEYS = {"text", "label", "image", "images"}
 _SOURCE_KEYS = {"from", "format", "shots", "seed", "images", "text", "task_type"}
 
@@ -328,6 +329,7 @@ def _parse_labels(doc: _Map, check: _Checker) -> list[Label]:
             check.fail(item.key_lines["name"], f"label '{name}' is defined twice")
         answer = check.string(item, "answer", required=False)
         target = _parse_target(item, check, flagged) if "target" in item else None
+        category = _parse_openai_category(item, check, flagged) if "openai_category" in item else None
         labels.append(
             Label(
                 name=name,
@@ -335,6 +337,7 @@ def _parse_labels(doc: _Map, check: _Checker) -> list[Label]:
                 description=check.string(item, "description", required=False),
                 answer=answer,
                 target=target,
+                openai_category=category,
             )
         )
     if len(labels) < 2:
@@ -344,6 +347,16 @@ def _parse_labels(doc: _Map, check: _Checker) -> list[Label]:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_openai_category(item: _Map, check: _Checker, flagged: bool) -> str:
+    line = item.key_lines["openai_category"]
+    if not flagged:
+        check.fail(line, "'openai_category' is only for flagged labels (OpenAI's categories are what is flagged)")
+    category = item["openai_category"]
+    if category not in OPENAI_CATEGORIES:
+        check.fail(line, f"'openai_category' must be one of OpenAI's categories: {', '.join(OPENAI_CATEGORIES)}")
+    return category
 
 
 def _parse_target(item: _Map, check: _Checker, flagged: bool) -> tuple[str, float]:

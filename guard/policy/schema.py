@@ -30,6 +30,24 @@ DEFAULT_HEADS = 20
 
 TARGET_METRICS = ("recall", "fpr")
 
+# OpenAI's moderation categories (its /v1/moderations `categories`), for a label's `openai_category`:
+# guard's moderation responses fill `categories.<name>` and `category_scores.<name>` from the label.
+OPENAI_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+
 
 def escape_value(value: str, escape: str) -> str:
     """A field value as the prompt shows it. `xml` escapes &, < and >, so user text can neither
@@ -57,6 +75,15 @@ class Label:
     description: str = ""
     answer: str = ""  # the word the model would answer for this label (zero-shot baseline)
     target: tuple[str, float] | None = None  # flagged labels: ("recall", 0.95) or ("fpr", 0.05)
+    openai_category: str | None = None  # flagged labels: the OpenAI moderation category it answers for
+
+    def stored(self) -> dict:
+        """What a compiled artifact keeps of the label (the store's JSON column, the ONNX manifest);
+        `openai_category` only when set, so older readers see the shape they know."""
+        row = {"name": self.name, "flagged": self.flagged, "description": self.description}
+        if self.openai_category:
+            row["openai_category"] = self.openai_category
+        return row
 
 
 @dataclass
@@ -152,6 +179,9 @@ class Policy:
             canonical["targets"] = {self.labels[i].name: list(t) for i, t in self.targets.items()}
         if self.uncertain_margin:
             canonical["uncertain_margin"] = self.uncertain_margin
+        categories = {lab.name: lab.openai_category for lab in self.labels if lab.openai_category}
+        if categories:  # stored with the artifact: a new mapping is a new compile
+            canonical["openai_categories"] = categories
         canonical.update(self.method)
         blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()[:12]

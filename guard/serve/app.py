@@ -114,17 +114,21 @@ def _add_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/moderations")
     async def moderations(request: Request):
-        """OpenAI's moderation API: `{"model": POLICY (optional), "input": ...}`."""
+        """OpenAI's moderation API: `{"model": POLICY (optional), "input": ..., "explain": false}`
+        (`explain`, guard's own: each verdict under `guard` with its heads' votes and closest exemplars)."""
         api_key = authorize(request, service)
         body = await read_json(request, service)
         policies = service.resolve_policies(_optional_str(body, "model"))
+        explain = _explain(body)
         items = await _items(body, limits)
-        outcomes = await service.check(items, policies, deadline=request.state.started + limits.timeout_s)
+        outcomes = await service.check(
+            items, policies, explain=explain, deadline=request.state.started + limits.timeout_s
+        )
         request_id = request.state.request_id
         await audit(request, "moderations", items, outcomes, api_key)
-        flagged = {name: service.moderator.flagged_labels[name] for name in policies}
+        labels = {name: service.moderator.artifacts[name].labels for name in policies}
         results = [
-            moderation_result(o.verdicts, flagged, item.input_types, single=len(policies) == 1)
+            moderation_result(o.verdicts, labels, item.input_types, single=len(policies) == 1, explain=explain)
             for item, o in zip(items, outcomes)
         ]
         return {"id": f"modr-{request_id}", "model": ",".join(policies), "results": results}
@@ -139,9 +143,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             isinstance(requested, str) or (isinstance(requested, list) and all(isinstance(p, str) for p in requested))
         ):
             raise bad_request("policies must be a policy name or a list of names", "policies")
-        explain = body.get("explain", False)
-        if not isinstance(explain, bool):
-            raise bad_request("explain must be true or false", "explain")
+        explain = _explain(body)
         policies = service.resolve_policies(requested, "policies")
         items = await _items(body, limits)
         outcomes = await service.check(
@@ -246,6 +248,13 @@ def _policy_summary(art) -> dict:
         "calibrated": art.calibration is not None,
         "compiled": art.created_at,
     }
+
+
+def _explain(body: dict) -> bool:
+    explain = body.get("explain", False)
+    if not isinstance(explain, bool):
+        raise bad_request("explain must be true or false", "explain")
+    return explain
 
 
 def _optional_str(body: dict, key: str) -> str | None:

@@ -2,14 +2,17 @@
 
 guard's shape is `CheckResult.to_dict()`, what `guard check --json` prints for one input:
 `{"flagged": any policy flagged, "verdicts": {policy: Verdict.to_dict()}}`. The OpenAI result
-carries it whole under the `guard` key, which OpenAI clients ignore.
+carries it under the `guard` key, which OpenAI clients ignore: without `explain`, each verdict's
+label, scores and calibration only; with it, also every selected head's vote (`votes`) and the
+closest exemplars (`explanation`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from guard.check.engine import CheckResult
+from guard.policy import Label
 
 
 def category_key(policy: str, label: str, single: bool) -> str:
@@ -18,27 +21,41 @@ def category_key(policy: str, label: str, single: bool) -> str:
 
 
 def moderation_result(
-    verdicts: CheckResult, flagged_labels: Mapping[str, list[str]], input_types: list[str], single: bool
+    verdicts: CheckResult,
+    labels: Mapping[str, Sequence[Label]],
+    input_types: list[str],
+    single: bool,
+    explain: bool = False,
 ) -> dict:
     """One entry of an OpenAI `results` list.
 
-    `flagged_labels`: each policy's labels marked `flagged: true`. Categories are those labels: true when the verdict flags that label. A score
-    is the label's calibrated probability where the policy is calibrated, else its vote share.
+    `labels`: each policy's labels. Every flagged label is a category under guard's name (see
+    `category_key`) and, when it names one (`openai_category`), under OpenAI's name too: that
+    category is true when a verdict flags a label mapped to it, its score the highest of those
+    labels' scores. A score is the label's calibrated probability where the policy is calibrated,
+    else its vote share. OpenAI categories no served label maps are absent (the client reads None).
     """
     categories: dict[str, bool] = {}
     scores: dict[str, float] = {}
     applied: dict[str, list[str]] = {}
     for name, verdict in verdicts.items():
         probabilities = verdict.calibrated or verdict.scores
-        for label in flagged_labels[name]:
-            key = category_key(name, label, single)
-            categories[key] = verdict.flagged and verdict.label == label
-            scores[key] = round(float(probabilities.get(label, 0.0)), 6)
-            applied[key] = list(input_types)
+        for label in labels[name]:
+            if not label.flagged:
+                continue
+            flagged = verdict.flagged and verdict.label == label.name
+            score = round(float(probabilities.get(label.name, 0.0)), 6)
+            keys = [category_key(name, label.name, single)]
+            if label.openai_category and label.openai_category not in keys:
+                keys.append(label.openai_category)
+            for key in keys:
+                categories[key] = categories.get(key, False) or flagged
+                scores[key] = max(scores.get(key, 0.0), score)
+                applied[key] = list(input_types)
     return {
         "flagged": verdicts.flagged,
         "categories": categories,
         "category_scores": scores,
         "category_applied_input_types": applied,
-        "guard": verdicts.to_dict(),
+        "guard": verdicts.to_dict(votes=explain),
     }

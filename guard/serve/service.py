@@ -89,9 +89,6 @@ class Moderator:
         self.forward_batch = forward_batch
         self.token_budget = token_budget
         self.artifacts = {art.name: art for art in guards.artifacts}
-        self.flagged_labels = {
-            name: [label.name for label in art.labels if label.flagged] for name, art in self.artifacts.items()
-        }
         self._subsets: dict[tuple[str, ...], Engine] = {tuple(guards.names): guards}
         self._lock = threading.Lock()
 

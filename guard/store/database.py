@@ -400,7 +400,7 @@ def _row_from_artifact(art: Artifact) -> PolicyRow:
         description=art.description,
         policy_text=art.policy_text,
         prompt=art.prompt,
-        labels=[{"name": lab.name, "flagged": lab.flagged, "description": lab.description} for lab in art.labels],
+        labels=[lab.stored() for lab in art.labels],
         scoring=art.scoring,
         model_reference=art.model_reference,
         model_fingerprint=art.model_fingerprint,
@@ -423,6 +423,7 @@ def _row_from_artifact(art: Artifact) -> PolicyRow:
             accuracy=float(art.head_accuracy[layer, head]),
             margin=float(art.head_margin[layer, head]),
             centroids=to_blob(art.centroids[:, rank]),
+            bank=None if art.prototype_bank is None else to_blob(art.prototype_bank[:, rank]),
         )
         for rank, (layer, head) in enumerate(art.heads)
     ]
@@ -459,12 +460,22 @@ def _artifact_from_row(row: PolicyRow) -> Artifact:
     centroids = torch.stack([from_blob(h.centroids, (num_labels, row.head_dim), what) for h in row.heads], dim=1)
     k = len(row.heads)
     vectors = [from_blob(e.vectors, (k, row.head_dim), what) for e in row.exemplars]
+    prototypes = (row.metrics or {}).get("method", {}).get("prototypes", 1)
+    bank = None  # stored prototypes (revision 0006 on); else Artifact.bank recomputes them
+    if prototypes > 1 and all(h.bank is not None for h in row.heads):
+        shape = (num_labels * prototypes, row.head_dim)
+        bank = torch.stack([from_blob(h.bank, shape, what) for h in row.heads], dim=1)
     return Artifact(
         name=row.name,
         version=row.version,
         prompt=row.prompt,
         labels=[
-            Label(name=lab["name"], flagged=lab["flagged"], description=lab.get("description", ""))
+            Label(
+                name=lab["name"],
+                flagged=lab["flagged"],
+                description=lab.get("description", ""),
+                openai_category=lab.get("openai_category"),
+            )
             for lab in row.labels
         ],
         model_reference=row.model_reference,
@@ -476,6 +487,7 @@ def _artifact_from_row(row: PolicyRow) -> Artifact:
         head_margin=from_blob(row.head_margin, grid, what),
         centroids=centroids,
         exemplar_vectors=torch.stack(vectors) if vectors else torch.empty((0, k, row.head_dim)),
+        prototype_bank=bank,
         exemplar_texts=[e.text for e in row.exemplars],
         exemplar_labels=[e.label for e in row.exemplars],
         metrics=row.metrics,

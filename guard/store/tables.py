@@ -53,7 +53,7 @@ class CurrentPolicy(Base):
 
 
 class HeadRow(Base):
-    """A selected head with its score and one centroid per label (float32 [labels, head_dim])."""
+    """A selected head with its score, one centroid per label (float32 [labels, head_dim]) and its prototypes."""
 
     __tablename__ = "heads"
     policy_id: orm.Mapped[int] = orm.mapped_column(sa.ForeignKey("policies.id", ondelete="CASCADE"), primary_key=True)
@@ -63,6 +63,9 @@ class HeadRow(Base):
     accuracy: orm.Mapped[float]
     margin: orm.Mapped[float]
     centroids: orm.Mapped[bytes] = orm.mapped_column(sa.LargeBinary)
+    # the k-means prototypes of a `prototypes: P` policy (float32 [labels x P, head_dim]), from
+    # revision 0006; None: centroid and probe policies, and compiles before it (recomputed at load)
+    bank: orm.Mapped[bytes | None] = orm.mapped_column(sa.LargeBinary)
 
 
 class ExemplarRow(Base):

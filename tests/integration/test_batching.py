@@ -90,3 +90,36 @@ def test_engines_restore_input_order_under_a_tight_budget(llama, llama_dir, tmp_
     for a, b, c in zip(tight, counted, alone):
         assert {n: (v.label, v.scores) for n, v in a.items()} == {n: (v.label, v.scores) for n, v in c.items()}
         assert {n: (v.label, v.scores) for n, v in b.items()} == {n: (v.label, v.scores) for n, v in c.items()}
+
+
+def test_scores_do_not_depend_on_batch_neighbours(llama, llama_dir, tmp_path):
+    """The same text alone and padded beside neighbours of other lengths: the same label, vote
+    shares and calibrated probabilities to 1e-6 (issue 21). On the tiny model float32 noise is far
+    below that; on SmolLM2 with more than one thread it is not (docs/checking.md, "Batch neighbours")."""
+    from guard.check.engine import Guard
+    from guard.compiler import compile_policy
+
+    db = str(tmp_path / "guard.db")
+    compile_policy(write_policy(tmp_path, llama_dir, TEXTS), db, loaded=llama)
+    guard = Guard.load(db, model=llama)
+    text = "how do I bake bread for my family"
+    alone = guard.check_batch([text])[0]
+    assert alone.calibrated is not None
+    neighbours = [["hi"], ["write a long essay about the roman empire " * 4], ["a", "an essay on rome " * 6, "ok"]]
+    shapes: list[tuple[int, int]] = []
+    handle = llama.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        results = []
+        for others in neighbours:
+            shapes.clear()
+            results.append(guard.check_batch([text, *others], batch_size=16)[0])
+            assert [rows for rows, _ in shapes] == [1 + len(others)]  # one padded forward, the text among them
+    finally:
+        handle.remove()
+    for beside, others in zip(results, neighbours):
+        assert beside.label == alone.label
+        for probabilities, expected in ((beside.scores, alone.scores), (beside.calibrated, alone.calibrated)):
+            assert probabilities == pytest.approx(expected, abs=1e-6), others
+        assert (beside.vectors - alone.vectors).abs().max().item() < 1e-6

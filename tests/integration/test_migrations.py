@@ -90,8 +90,37 @@ def test_concurrent_first_opens_migrate_once(tmp_path):
 
 def test_revisions_form_one_chain():
     revisions = list(migrations.script().walk_revisions())
-    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004", "0005"]
-    assert migrations.head() == "0005"
+    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert migrations.head() == "0006"
+    assert migrations.newest_file_revision() == migrations.head()  # the no-Alembic check at open
+
+
+def test_opening_a_database_at_head_imports_no_alembic(tmp_path):
+    """`guard check` opens the database on every run: at head, one query decides, without Alembic
+    (a second or so of imports on a cold start); a database behind head is still upgraded."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "guard.db"
+    Store.open(str(path), create=True).engine.dispose()
+    code = (
+        "import sys\nfrom guard.store import Store\n"
+        f"Store.open({str(path)!r})\n"
+        "print(sorted(m for m in ('alembic', 'guard.store.audit') if m in sys.modules))"
+    )
+
+    def run():
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+    assert run().strip() == "[]"
+    con = sqlite3.connect(path)
+    con.execute("ALTER TABLE heads DROP COLUMN bank")
+    con.execute("UPDATE guard_schema SET version_num = '0005'")
+    con.commit()
+    con.close()
+    assert run().strip() == "['alembic']"  # behind head: Alembic upgrades it
+    assert Store.open(str(path)).schema_revision() == "0006"
+    assert "bank" in {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(heads)")}
 
 
 def test_a_0004_audit_log_upgrades_keeping_its_rows(tmp_path):
@@ -111,12 +140,13 @@ def test_a_0004_audit_log_upgrades_keeping_its_rows(tmp_path):
         "'{\"harmful\": 0.25}', 1.5)",
         ("ab" * 32,),
     )
+    con.execute("ALTER TABLE heads DROP COLUMN bank")  # revision 0006's
     con.execute("UPDATE guard_schema SET version_num = '0004'")
     con.commit()
     con.close()
 
     store = Store.open(str(path))
-    assert store.schema_revision() == migrations.head() == "0005"
+    assert store.schema_revision() == migrations.head() == "0006"
     (row,) = AuditLog(store).query()
     assert (row.request_id, row.client_request_id, row.input_sha256) == ("old-1", None, "ab" * 32)
     indexes = {r[1] for r in sqlite3.connect(path).execute("PRAGMA index_list(audit_log)")}

@@ -78,3 +78,27 @@ def test_bundled_alias_and_its_gguf_file_agree():
     by_path = resolve(str(source.path))
     assert by_path.kind == "gguf"
     assert fingerprint(by_path) == fingerprint(source)
+
+
+def test_gguf_fingerprint_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    """A GGUF's fingerprint is its SHA-256, remembered by path, size, mtime and inode so a cold
+    start does not read the whole file; any change to the file is hashed again."""
+    import hashlib
+    import os
+
+    monkeypatch.setenv("GUARD_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(range(256)) * 100)
+    naive = lambda: "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()  # noqa: E731
+    source = resolve(str(model))
+    assert fingerprint(source) == naive()
+    assert (tmp_path / "cache" / "fingerprints.json").exists()
+    assert fingerprint(source) == naive()  # from the cache: the same answer
+    stat = model.stat()
+    model.write_bytes(b"GGUF" + bytes(range(255, -1, -1)) * 100)  # same size, other content
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert fingerprint(source) == naive()  # hashed again, not the remembered digest
+    (tmp_path / "cache" / "fingerprints.json").write_text("{not json")  # a damaged cache is ignored
+    assert fingerprint(source) == naive()
+    monkeypatch.setenv("GUARD_FINGERPRINT_CACHE", "0")
+    assert fingerprint(source) == naive()

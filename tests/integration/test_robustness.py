@@ -213,6 +213,40 @@ def test_prototypes_and_margin_vote_check_what_eval_and_the_math_say(tmp_path, l
     assert ev.methods["sav"].predictions == [names.index(v.label) for v in verdicts]
 
 
+def test_stored_prototypes_round_trip_and_equal_the_recomputed_ones(tmp_path, llama_dir, llama, db):
+    """Compile stores the k-means prototypes (heads.bank, revision 0006) so a load does not
+    recompute them; an artifact stored before (NULL there) still loads, recomputing them, and
+    both give the same verdicts and scores."""
+    import sqlite3
+
+    import torch
+
+    from guard.store import Store
+
+    path = block_policy(tmp_path, llama_dir, prototypes=3, vote="margin")
+    compiled = compile_policy(path, db, loaded=llama).artifact
+    stored = Store.open(db).load_artifact("blocky")
+    assert stored.prototype_bank is not None and stored.prototype_bank.shape == (6, 4, compiled.centroids.shape[-1])
+    recomputed, recomputed_labels = stored.recompute_bank()  # what guard did on every load before
+    assert torch.equal(stored.bank[0], recomputed) and torch.equal(stored.bank[1], recomputed_labels)
+    assert torch.equal(stored.bank[0], compiled.prototype_bank)
+    texts = [t for t, _ in TESTS]
+    with_bank = [v.to_dict() for v in Guard.load(db, model=llama).check_batch(texts)]
+
+    con = sqlite3.connect(db)  # the same compile as guard stored it before revision 0006
+    assert con.execute("UPDATE heads SET bank = NULL").rowcount == 4
+    con.commit()
+    con.close()
+    old = Store.open(db).load_artifact("blocky")
+    assert old.prototype_bank is None and torch.equal(old.bank[0], recomputed)
+    assert [v.to_dict() for v in Guard.load(db, model=llama).check_batch(texts)] == with_bank
+
+
+def test_centroid_and_probe_policies_store_no_separate_bank(tmp_path, llama_dir, llama, db):
+    compile_policy(block_policy(tmp_path, llama_dir), db, loaded=llama)
+    assert Guard.load(db, model=llama).artifact.prototype_bank is None  # the centroids are the bank
+
+
 def test_cross_fitted_values_equal_separate_fold_fits():
     import torch
 

@@ -43,12 +43,14 @@ LIMIT_ARGS = [
 
 @pytest.fixture(scope="module")
 def served_db(tmp_path_factory, llama_dir, llama):
-    """Two policies on the tiny llama: 'tiny' and 'strict' (a different prompt: a second forward)."""
+    """Two policies on the tiny llama: 'tiny' and 'strict' (a different prompt: a second forward;
+    its flagged label maps to OpenAI's 'violence')."""
     folder = tmp_path_factory.mktemp("served")
     db = str(folder / "guard.db")
     compile_policy(write_policy(folder, llama_dir, TEXTS), db, loaded=llama)
     strict = write_policy(folder, llama_dir, TEXTS, name="strict")
-    strict.write_text(strict.read_text().replace("Is this request harmful?", "Could this request cause harm?"))
+    text = strict.read_text().replace("Is this request harmful?", "Could this request cause harm?")
+    strict.write_text(text.replace("  flagged: true\n", "  flagged: true\n  openai_category: violence\n"))
     compile_policy(strict, db, loaded=llama)
     return db
 
@@ -81,14 +83,18 @@ def library_dicts(library, texts, policies=None):
     return [{name: v.to_dict() for name, v in r.items()} for r in guards.check_batch(texts)]
 
 
-def assert_same_verdicts(served: dict, expected: dict):
-    """Same label, flag, vote shares and votes; similarities equal to float32 noise."""
+def assert_same_verdicts(served: dict, expected: dict, votes: bool = True):
+    """Same label, flag, vote shares and votes (`votes`; else the served verdicts carry none);
+    similarities equal to float32 noise."""
     assert served.keys() == expected.keys()
     for name in expected:
         a, b = served[name], expected[name]
         for key in ("policy", "version", "label", "flagged", "uncertain"):
             assert a[key] == b[key], (name, key)
         assert a["scores"] == pytest.approx(b["scores"], abs=1e-6)
+        if not votes:
+            assert "votes" not in a and "explanation" not in a
+            continue
         assert [v["label"] for v in a["votes"]] == [v["label"] for v in b["votes"]]
         assert [v["similarity"] for v in a["votes"]] == pytest.approx([v["similarity"] for v in b["votes"]], abs=1e-4)
 
@@ -118,7 +124,45 @@ def test_openai_client_works_unchanged(server, library):
         assert result.categories.model_extra == {"harmful": verdict["flagged"] and verdict["label"] == "harmful"}
         score = (verdict["calibrated"] or verdict["scores"])["harmful"]
         assert result.category_scores.model_extra["harmful"] == pytest.approx(score, abs=1e-6)
-        assert_same_verdicts(result.model_extra["guard"]["verdicts"], want)
+        assert result.categories.violence is None  # 'tiny' maps no OpenAI category
+        assert_same_verdicts(result.model_extra["guard"]["verdicts"], want, votes=False)  # votes only when asked
+
+
+def test_openai_client_reads_the_mapped_openai_category(server, library):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+    texts = TEXTS_TO_CHECK + ["help me steal my neighbour's car tonight"]  # an exemplar 'strict' flags
+    response = client.moderations.create(model="strict", input=texts)
+    expected = library_dicts(library, texts, policies=["strict"])
+    assert any(want["strict"]["flagged"] for want in expected) and not all(w["strict"]["flagged"] for w in expected)
+    for result, want in zip(response.results, expected):
+        verdict = want["strict"]
+        flagged = verdict["flagged"] and verdict["label"] == "harmful"
+        score = (verdict["calibrated"] or verdict["scores"])["harmful"]
+        assert result.categories.violence is flagged  # OpenAI's name, as the client's typed field
+        assert result.category_scores.violence == pytest.approx(score, abs=1e-6)
+        assert result.categories.model_extra == {"harmful": flagged}  # guard's own name stays
+        assert result.category_applied_input_types.violence == ["text"]
+        assert result.categories.hate is None  # a category no label maps is absent
+
+
+def test_moderations_explain_adds_votes_in_the_documented_shape(server, library):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+    response = client.moderations.create(model="strict", input=TEXTS_TO_CHECK[:2], extra_body={"explain": True})
+    expected = library_dicts(library, TEXTS_TO_CHECK[:2], policies=["strict"])
+    for result, want in zip(response.results, expected):
+        verdicts = result.model_extra["guard"]["verdicts"]
+        assert_same_verdicts(verdicts, want)  # every head's vote, as the library gives them
+        votes = verdicts["strict"]["votes"]
+        assert [v["rank"] for v in votes] == [1, 2, 3, 4]  # the policy's 4 heads, best first
+        assert all(set(v) == {"rank", "layer", "head", "label", "similarity", "similarities", "margin"} for v in votes)
+        assert verdicts["strict"]["explanation"]["nearest_exemplars"]
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as http:
+        refused = http.post("/v1/moderations", json={"input": "hi", "explain": "yes"})
+    assert error_of(refused, 400, "invalid_input")["param"] == "explain"
 
 
 def test_openai_client_with_a_wrong_key_gets_401(server):
@@ -135,9 +179,11 @@ def test_moderations_without_model_checks_every_policy(client, library):
     body = response.json()
     assert body["model"] == "tiny,strict" or body["model"] == "strict,tiny"
     (result,) = body["results"]
-    assert set(result["categories"]) == {"tiny/harmful", "strict/harmful"}  # several policies: policy/label
+    # several policies: policy/label, and OpenAI's name where a label maps one
+    assert set(result["categories"]) == {"tiny/harmful", "strict/harmful", "violence"}
+    assert result["categories"]["violence"] == result["categories"]["strict/harmful"]
     expected = library_dicts(library, ["what is the capital of France"])[0]
-    assert_same_verdicts(result["guard"]["verdicts"], expected)
+    assert_same_verdicts(result["guard"]["verdicts"], expected, votes=False)
     assert result["flagged"] == any(v["flagged"] for v in expected.values())
 
 
@@ -152,7 +198,7 @@ def test_content_parts_make_one_input(client, library):
     (result,) = body["results"]
     assert result["category_applied_input_types"] == {"harmful": ["text"]}
     assert_same_verdicts(
-        result["guard"]["verdicts"], library_dicts(library, ["write a poem\nabout the sea"], ["tiny"])[0]
+        result["guard"]["verdicts"], library_dicts(library, ["write a poem\nabout the sea"], ["tiny"])[0], votes=False
     )
 
 

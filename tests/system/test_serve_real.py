@@ -31,6 +31,8 @@ def test_openai_client_against_the_default_policy(tmp_path, warm_db):
     for result, verdict in zip(response.results, expected):
         assert result.flagged == verdict.flagged
         assert result.categories.model_extra == {"harmful": verdict.flagged}
+        assert result.categories.illicit is verdict.flagged  # the default policy maps harmful to OpenAI's name
+        assert result.category_scores.illicit == result.category_scores.model_extra["harmful"]
         # the server checks the texts as one batch, the library one at a time: float32 sums differ in
         # their last bits, and the margin vote's calibration maps a mean similarity margin (a few
         # thousandths) through a steep slope, so scores agree to about 1e-5, not to the last digit

@@ -186,3 +186,34 @@ def test_a_shipped_policy_loads_by_name_from_anywhere(tmp_path, monkeypatch):
     )
     assert error_of(Path("sub/text-harm")) == "sub/text-harm: policy file does not exist"
     assert error_of(Path("text-harm.yml")) == "text-harm.yml: policy file does not exist"
+
+
+def test_openai_category_maps_a_flagged_label(tmp_path, more):
+    mapped = GOOD.replace("    flagged: true\n", "    flagged: true\n    openai_category: violence\n")
+    policy = load_policy(write(tmp_path, mapped))
+    assert [lab.openai_category for lab in policy.labels] == ["violence", None]
+    assert policy.labels[0].stored()["openai_category"] == "violence"
+    assert "openai_category" not in policy.labels[1].stored()  # unmapped labels keep the stored shape
+    # the mapping is compiled into the artifact, so it changes the version; without one the version is as before
+    assert policy.version != load_policy(write(tmp_path, GOOD)).version
+    slashed = load_policy(write(tmp_path, mapped.replace("violence", "self-harm/intent")))
+    assert slashed.labels[0].openai_category == "self-harm/intent"
+
+
+def test_openai_category_outside_openais_list_or_on_an_unflagged_label(tmp_path, more):
+    unknown = GOOD.replace("    flagged: true\n", "    flagged: true\n    openai_category: violent\n")
+    message = error_of(write(tmp_path, unknown))
+    assert message.startswith("policy.yaml:8: 'openai_category' must be one of OpenAI's categories: harassment,")
+    assert "violence/graphic" in message
+    unflagged = GOOD.replace("  - name: benign\n", "  - name: benign\n    openai_category: hate\n")
+    assert error_of(write(tmp_path, unflagged)) == (
+        "policy.yaml:9: 'openai_category' is only for flagged labels (OpenAI's categories are what is flagged)"
+    )
+
+
+def test_default_policy_maps_its_flagged_label_to_an_openai_category():
+    from guard.policy.schema import OPENAI_CATEGORIES
+
+    policy = load_policy(ROOT / "policies/text-harm.yaml")
+    assert {lab.name: lab.openai_category for lab in policy.labels} == {"harmful": "illicit", "benign": None}
+    assert all(lab.openai_category in OPENAI_CATEGORIES for lab in policy.labels if lab.flagged)

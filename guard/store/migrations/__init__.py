@@ -40,6 +40,21 @@ def head() -> str:
     return script().get_current_head()
 
 
+@functools.cache
+def newest_file_revision() -> str:
+    """The head revision as the files name it (`versions/0006_head_banks.py` is revision 0006; a
+    test holds it equal to Alembic's `head()`): opening a database at head imports no Alembic."""
+    return max(path.name.split("_", 1)[0] for path in (HERE / "versions").glob("[0-9]*_*.py"))
+
+
+def at_head(conn: sa.Connection) -> bool:
+    """Whether the database records the head revision: one query, no Alembic."""
+    if VERSION_TABLE not in sa.inspect(conn).get_table_names():
+        return False
+    stored = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    return stored == [newest_file_revision()]
+
+
 def is_guard_database(tables: set[str]) -> bool:
     return VERSION_TABLE in tables or LEGACY_TABLE in tables
 
@@ -77,7 +92,7 @@ def upgrade(engine: sa.Engine, display: str) -> None:
     read-only databases open)."""
     try:
         with engine.connect() as conn:
-            if current_revision(conn) == head():
+            if at_head(conn) or current_revision(conn) == head():
                 return
         with _migration_connection(engine) as conn:
             revision = current_revision(conn)  # again, under the lock: another process may have done it
