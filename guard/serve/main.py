@@ -152,6 +152,7 @@ def build_server(settings: ServeSettings):
     """The uvicorn server of one process: policies and model loaded, service and app made."""
     import uvicorn
 
+    from guard.onnx.choice import wants_onnx
     from guard.serve.app import create_app
     from guard.serve.protocol import protocol_class
     from guard.serve.service import Service
