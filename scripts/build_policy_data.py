@@ -452,7 +452,9 @@ def ex_phtest(m):
     benign requests in the vocabulary of harm. Its "controversial" ones (about a third) are left
     out: their label is disputed by design."""
     reader = csv.DictReader(io.StringIO(m.text("PHTest/dataset_v0.1.csv")))
-    rows = [row(r["Request"], "benign", "phtest", "sensitive-request") for r in reader if r["Harmfulness"] == "harmless"]
+    rows = [
+        row(r["Request"], "benign", "phtest", "sensitive-request") for r in reader if r["Harmfulness"] == "harmless"
+    ]
     return sample(dedupe(rows), 400, "phtest")
 
 
