@@ -161,6 +161,7 @@ def serve_command(
     onnx_dir: options.OnnxDir = None,
 ):
     """Serve the compiled policies over HTTP: OpenAI's POST /v1/moderations and guard's POST /v1/check."""
+    # long: one parameter per option (33 of them); the body builds the settings and starts one or N processes
     if (audit_text or audit_secret) and not audit:
         fail("--audit-text and --audit-secret go with --audit")
     quiet_transformers()
