@@ -32,20 +32,11 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.test_bench_serve import batch_stats, closed_loop, percentile
+from benchmarks.test_bench_serve import batch_stats, closed_loop, fastest, percentile
 from benchmarks.texts import heldout_texts
 from tests.support.serve_helpers import ServeProcess
 
 OUT = Path(__file__).resolve().parent.parent / ".benchmarks"
-
-
-def fastest(run, passes: int) -> float:
-    times = []
-    for _ in range(passes):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def library_rates(guard, texts: list[str], threads: int, passes: int = 2, single: bool = True) -> dict[str, float]:
