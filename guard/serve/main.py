@@ -152,25 +152,24 @@ def build_server(settings: ServeSettings):
     """The uvicorn server of one process: policies and model loaded, service and app made."""
     import uvicorn
 
-    from guard.onnx.choice import wants_onnx
     from guard.serve.app import create_app
     from guard.serve.protocol import protocol_class
     from guard.serve.service import Service
 
     config = settings.config
-    onnx = wants_onnx(settings.engine, settings.onnx_dir)
+    # the choice was checked by start_logging: an export folder means the ONNX engine
     store, guards = load_guards(
         settings.db,
         settings.policies,
         settings.device,
         settings.dtype,
-        onnx_dir=settings.onnx_dir if onnx else None,
+        onnx_dir=settings.onnx_dir,
         threads=config.threads,
     )
     service = Service(guards, config, store=store)
     app = create_app(service)
     warn_if_readable(store)
-    _log_start(settings.host, settings.port, guards, config, "onnx" if onnx else "torch")
+    _log_start(settings.host, settings.port, guards, config, "torch" if settings.onnx_dir is None else "onnx")
     return uvicorn.Server(
         uvicorn.Config(
             app,
