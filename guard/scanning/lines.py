@@ -38,6 +38,7 @@ class Request:
     images: Sequence[str] = ()
     prompt: str | None = None
     stdin: bool = False
+    fields: dict[str, str] = field(default_factory=dict)  # other prompt {fields} of the one input (--field)
 
 
 @dataclass
@@ -86,7 +87,11 @@ def check_lines(request: Request, engine: Engine) -> Iterator[list[Outcome]]:
 def given_items(request: Request) -> list[tuple[dict, str, dict]]:
     """(origin, name, fields) of the text and the images; usage errors refused."""
     items = []
-    if request.text is not None:
+    if request.fields:  # one input of named fields ({prompt}, {response}), with the text if given
+        given = {**request.fields, **({} if request.text is None else {"text": request.text})}
+        name = request.text if request.text is not None else " | ".join(f"{k}: {v}" for k, v in request.fields.items())
+        items.append(({}, name, check_fields(given)))
+    elif request.text is not None:
         items.append(({}, request.text, check_fields({"text": request.text})))
     if request.images:
         from guard.models.images import load_image
@@ -98,7 +103,9 @@ def given_items(request: Request) -> list[tuple[dict, str, dict]]:
             "--prompt goes with images: guard check IMAGE... --prompt TEXT (use --text TEXT for a text alone)"
         )
     if not items and not request.stdin:
-        raise GuardError("nothing to check: give --text TEXT, image files, or '-' to read lines from stdin")
+        raise GuardError(
+            "nothing to check: give --text TEXT, --field NAME=VALUE, image files, or '-' to read lines from stdin"
+        )
     return items
 
 
