@@ -87,6 +87,10 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     _add_error_handlers(app, service)
     _add_routes(app, service)
     _add_docs(app, service)
+    if service.config.review:  # guard serve --review: the review page (issue 22)
+        from guard.serve.review import add_review_routes
+
+        add_review_routes(app, service)
     return app
 
 

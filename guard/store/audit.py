@@ -55,6 +55,8 @@ class AuditRecord:
     input_text: str | None = None
     api_key: str | None = None
     client_request_id: str | None = None  # the caller's X-Request-ID, as sent (request_id is the server's)
+    votes: dict | None = None  # each label's head votes (revision 0007; None before)
+    uncertain: bool | None = None  # whether the verdict was uncertain (revision 0007; None before)
 
     def to_dict(self) -> dict:
         return asdict(self)

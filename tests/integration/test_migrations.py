@@ -90,8 +90,8 @@ def test_concurrent_first_opens_migrate_once(tmp_path):
 
 def test_revisions_form_one_chain():
     revisions = list(migrations.script().walk_revisions())
-    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004", "0005", "0006"]
-    assert migrations.head() == "0006"
+    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+    assert migrations.head() == "0007"
     assert migrations.newest_file_revision() == migrations.head()  # the no-Alembic check at open
 
 
@@ -119,7 +119,7 @@ def test_opening_a_database_at_head_imports_no_alembic(tmp_path):
     con.commit()
     con.close()
     assert run().strip() == "['alembic']"  # behind head: Alembic upgrades it
-    assert Store.open(str(path)).schema_revision() == "0006"
+    assert Store.open(str(path)).schema_revision() == "0007"
     assert "bank" in {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(heads)")}
 
 
@@ -146,7 +146,7 @@ def test_a_0004_audit_log_upgrades_keeping_its_rows(tmp_path):
     con.close()
 
     store = Store.open(str(path))
-    assert store.schema_revision() == migrations.head() == "0006"
+    assert store.schema_revision() == migrations.head() == "0007"
     (row,) = AuditLog(store).query()
     assert (row.request_id, row.client_request_id, row.input_sha256) == ("old-1", None, "ab" * 32)
     indexes = {r[1] for r in sqlite3.connect(path).execute("PRAGMA index_list(audit_log)")}
