@@ -97,6 +97,15 @@ Review = Annotated[
         help="Serve the review page /review (needs --audit --audit-text and a review: or admin: key; docs/review.md)",
     ),
 ]
+ReviewSample = Annotated[
+    float,
+    typer.Option(
+        "--review-sample",
+        min=0,
+        max=1,
+        help="Share of confident verdicts the review queue shows after the uncertain ones (every label alike)",
+    ),
+]
 ReloadEvery = Annotated[
     float | None,
     typer.Option(
@@ -137,6 +146,7 @@ CONFIG = {
     "threads": "threads",
     "workers": "workers",
     "review": "review",
+    "review_sample": "review_sample",
 }
 
 
@@ -177,10 +187,11 @@ def serve_command(
     engine: options.EngineName = None,
     onnx_dir: options.OnnxDir = None,
     review: Review = False,
+    review_sample: ReviewSample = 0.05,
     reload_every: ReloadEvery = None,
 ):
     """Serve the compiled policies over HTTP: OpenAI's POST /v1/moderations and guard's POST /v1/check."""
-    # long: one parameter per option (35 of them); the body builds the settings and starts one or N processes
+    # long: one parameter per option (36 of them); the body builds the settings and starts one or N processes
     if (audit_text or audit_secret) and not audit:
         fail("--audit-text and --audit-secret go with --audit")
     quiet_transformers()

@@ -136,7 +136,7 @@ def add_review_routes(app: FastAPI, service) -> None:
     async def queue(request: Request):
         identity = who(request, page=True)
         filters = {name: request.query_params.get(name) or None for name in FILTERS}
-        items = await run_in_threadpool(_queue, reviews, identity, filters)
+        items = await run_in_threadpool(_queue, reviews, identity, filters, service.config.review_sample)
         csrf = sessions.csrf(identity.session) if identity.session else ""
         return _html(
             lambda nonce: queue_page(
@@ -159,7 +159,7 @@ def add_review_routes(app: FastAPI, service) -> None:
     async def queue_json(request: Request):
         identity = who(request)
         filters = {name: request.query_params.get(name) or None for name in FILTERS}
-        items = await run_in_threadpool(_queue, reviews, identity, filters)
+        items = await run_in_threadpool(_queue, reviews, identity, filters, service.config.review_sample)
         return {"items": [item.to_dict() for item in items]}
 
     @app.post("/review/api/items/{audit_id}")
@@ -208,13 +208,17 @@ def _html(render, status: int = 200) -> HTMLResponse:
     return HTMLResponse(render(nonce), status_code=status, headers=headers)
 
 
-def _queue(reviews: Reviews, identity: Identity, filters: dict) -> list:
+def _queue(reviews: Reviews, identity: Identity, filters: dict, sample: float) -> list:
     try:
         since = parse_since(filters["since"]) if filters.get("since") else None
     except GuardError as exc:
         raise bad_request(str(exc), "since") from None
     return reviews.queue(
-        reviewer=identity.key_id, policy=filters.get("policy"), label=filters.get("label"), since=since
+        reviewer=identity.key_id,
+        policy=filters.get("policy"),
+        label=filters.get("label"),
+        since=since,
+        sample_rate=sample,
     )
 
 

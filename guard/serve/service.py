@@ -61,6 +61,7 @@ class ServeConfig:
     worker: int | None = None  # this process's index among them (None: the only one)
     retry_after_s: int = 1  # what a 503 for a full queue tells the client to wait
     review: bool = False  # serve the review page /review (guard.serve.review)
+    review_sample: float = 0.05  # share of confident verdicts the review queue samples (every label alike)
     reload_s: float = 0.0  # poll the database's current versions this often and serve new ones (0: never)
 
 
