@@ -181,4 +181,6 @@ def test_corrections_become_a_candidate_that_a_running_server_picks_up(served, t
     switched = versions.index(report.artifact.version)
     assert set(versions[switched + 3 :]) == {report.artifact.version}  # no flip back (3 threads in flight)
     assert service.watcher.reloads == 1
+    ready = httpx.get(f"{url}/readyz").json()
+    assert ready["versions"] == {"tiny": report.artifact.version} and "--reload-every" in ready["reload"]
     assert [a["action"] for a in Reviews(store).staff_actions()][-2:] == ["export", "promote"]
