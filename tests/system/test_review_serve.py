@@ -184,3 +184,13 @@ def test_corrections_become_a_candidate_that_a_running_server_picks_up(served, t
     ready = httpx.get(f"{url}/readyz").json()
     assert ready["versions"] == {"tiny": report.artifact.version} and "--reload-every" in ready["reload"]
     assert [a["action"] for a in Reviews(store).staff_actions()][-2:] == ["export", "promote"]
+
+
+def test_review_options_are_checked_before_anything_loads(tmp_path):
+    runner = CliRunner()
+    db = str(tmp_path / "none.db")
+    no_text = runner.invoke(cli_app, ["serve", "--db", db, "--audit", "--review", "--api-key", f"review:{REVIEW}"])
+    assert no_text.exit_code == 2 and "--audit-text" in no_text.stderr
+    no_key = runner.invoke(cli_app, ["serve", "--db", db, "--audit", "--audit-text", "--review", "--api-key", CHECK])
+    assert no_key.exit_code == 2 and "review or admin key" in no_key.stderr
+    assert not (tmp_path / "none.db").exists()
