@@ -10,7 +10,7 @@ and `guard eval` fits the policy as compile does and measures it on the held-out
 never-fitted harmful sets (MaliciousInstruct, SimpleSafetyTests). N = 0 is the shipped policy,
 measured in the same run. The activation cache makes every point after the first cost one fit.
 
-Run:  .venv/bin/python -m benchmarks.review_curve --db /tmp/curve.db [--points 0,10,25,50,100]
+Run:  .venv/bin/python -m benchmarks.review_curve --db /tmp/curve.db [--points 0,10,25,50,100] [--benign derived-terse]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def point(n: int, pool: list[dict], test: Path, db: str, folder: Path) -> dict:
+def point(n: int, pool: list[dict], test: Path, db: str, folder: Path, benign: str) -> dict:
     policy = yaml.safe_load((ROOT / "policies/text-harm.yaml").read_text())
     policy["data_root"] = str(ROOT / "policies")
     if n:
@@ -51,15 +51,18 @@ def point(n: int, pool: list[dict], test: Path, db: str, folder: Path) -> dict:
     groups = {g["group"]: g["sav"] for g in json.loads(result.stdout)["by_group"]["groups"]}
     caught = sum(groups[name]["recall"]["k"] for name in HARMFUL)
     harmful = sum(groups[name]["recall"]["n"] for name in HARMFUL)
-    return {"n": n, "fpr": groups["cyberseceval-frr"]["fpr"], "recall": {"k": caught, "n": harmful}}
+    return {"n": n, "fpr": groups[benign]["fpr"], "recall": {"k": caught, "n": harmful}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", required=True, help="database for the activation cache (reused between points)")
     parser.add_argument("--points", default="0,10,25,50,100")
+    parser.add_argument("--benign", default="cyberseceval-frr", help="the benign source in policies/text-harm/eval/")
     args = parser.parse_args()
-    rows = read(EVAL / "cyberseceval-frr.jsonl")
+    rows = [r for r in read(EVAL / f"{args.benign}.jsonl") if r["label"] == "benign"]
+    for r in rows:
+        r["source"] = args.benign
     pool, held = rows[0::2], rows[1::2]
     folder = Path(tempfile.mkdtemp(prefix="review-curve-"))
     test = folder / "test.jsonl"
@@ -74,7 +77,7 @@ def main() -> None:
     )
     print("|---|---|---|")
     for n in (int(p) for p in args.points.split(",")):
-        got = point(n, pool, test, args.db, folder)
+        got = point(n, pool, test, args.db, folder, args.benign)
         fpr, recall = got["fpr"], got["recall"]
         print(
             f"| {n} | {fpr['value']:.0%} ({fpr['k']}/{fpr['n']}) [{fpr['low']:.0%}-{fpr['high']:.0%}] "
