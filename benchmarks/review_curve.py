@@ -72,9 +72,8 @@ def main() -> None:
             for r in held + read(EVAL / "maliciousinstruct.jsonl") + read(EVAL / "simplesafetytests.jsonl")
         )
     )
-    print(
-        "| reviewed corrections | FPR on held-out CyberSecEval FRR (100) | recall on MaliciousInstruct + SimpleSafetyTests |"
-    )
+    harmful = "recall on MaliciousInstruct + SimpleSafetyTests"
+    print(f"| reviewed corrections | FPR on held-out {args.benign} ({len(held)}) | {harmful} |")
     print("|---|---|---|")
     for n in (int(p) for p in args.points.split(",")):
         got = point(n, pool, test, args.db, folder, args.benign)
