@@ -105,3 +105,24 @@ def promote_command(
         echo_json(summary)
     else:
         typer.echo(f"'{name}' now serves revision {summary['revision']} (version {summary['version']})")
+
+
+@review_app.command("stats")
+@friendly
+def stats_command(db: options.Db = None, as_json: options.Json = False):
+    """Per policy: verdicts, flag rate, share of inputs reviewed, the reviewers' agreement with the
+    model and the precision of its flags (95% intervals), ties."""
+    from guard.eval.review_stats import stats
+    from guard.store.database import Store
+
+    rows = stats(Store.open(db))
+    if as_json:
+        for row in rows:
+            echo_json(row)
+        return
+    for row in rows:
+        typer.echo(
+            f"{row['policy']}: {row['verdicts']} verdicts, flagged {_share(row['flag_rate'])}; "
+            f"reviewed {_share(row['reviewed'])} of {row['inputs']} inputs; agreement {_share(row['agreement'])}; "
+            f"precision of flags {_share(row['flag_precision'])}; {row['ties']} ties"
+        )

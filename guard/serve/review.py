@@ -23,9 +23,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from guard.errors import GuardError
+from guard.eval.review_stats import stats
 from guard.serve.keys import allows
 from guard.serve.limits import ApiError, bad_request
-from guard.serve.review_page import login_page, queue_page
+from guard.serve.review_page import login_page, queue_page, stats_page
 from guard.store.audit import parse_since
 from guard.store.reviews import Reviews
 
@@ -172,6 +173,17 @@ def add_review_routes(app: FastAPI, service) -> None:
             reviews, identity, audit_id, str(body.get("action", "")), body.get("label"), body.get("note"), labels()
         )
         return review.to_dict()
+
+    @app.get("/review/stats", include_in_schema=False)
+    async def stats_html(request: Request):
+        who(request, page=True)
+        rows = await run_in_threadpool(stats, service.store)
+        return _html(lambda nonce: stats_page(rows, nonce))
+
+    @app.get("/review/api/stats")
+    async def stats_json(request: Request):
+        who(request)
+        return {"policies": await run_in_threadpool(stats, service.store)}
 
     @app.post("/review/api/promote")
     async def promote(request: Request):

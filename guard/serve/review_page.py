@@ -148,7 +148,7 @@ def queue_page(
     header = (
         f'<h1>guard review</h1><p class="meta">signed in as {escape(reviewer)} ({escape(role)}) · '
         "keys: <kbd>j</kbd>/<kbd>k</kbd> move, <kbd>c</kbd> confirm, <kbd>1</kbd>-<kbd>9</kbd> correct, "
-        "<kbd>s</kbd> skip, <kbd>n</kbd> note</p>"
+        '<kbd>s</kbd> skip, <kbd>n</kbd> note · <a href="/review/stats">stats</a></p>'
         '<form method="get" action="/review">'
         f'<select name="policy"><option value="">every policy</option>{options}</select> '
         f'<select name="label"><option value="">every label</option>{label_options}</select> '
@@ -159,3 +159,27 @@ def queue_page(
         return page("guard review", header + '<p id="empty">Nothing to review.</p>', nonce)
     sections = "".join(_item(item, labels.get(item.policy, []), csrf, back) for item in items)
     return page("guard review", f'{header}<p class="meta">{len(items)} to review</p>{sections}', nonce)
+
+
+def stats_page(rows: list[dict], nonce: str) -> str:
+    """The per-policy figures of guard.eval.review_stats as a table."""
+
+    def cell(value: dict | None) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value['value']:.1%} [{value['low']:.1%}, {value['high']:.1%}] ({value['k']}/{value['n']})"
+
+    header = "".join(
+        f"<th>{name}</th>"
+        for name in ("policy", "verdicts", "flag rate", "inputs reviewed", "agreement", "precision of flags", "ties")
+    )
+    body = "".join(
+        f"<tr><td>{escape(row['policy'])}</td><td>{int(row['verdicts'])}</td><td>{cell(row['flag_rate'])}</td>"
+        f"<td>{cell(row['reviewed'])}</td><td>{cell(row['agreement'])}</td><td>{cell(row['flag_precision'])}</td>"
+        f"<td>{int(row['ties'])}</td></tr>"
+        for row in rows
+    )
+    table = f'<table id="stats"><tr>{header}</tr>{body}</table>'
+    return page(
+        "guard review: stats", f'<h1>guard review: stats</h1><p><a href="/review">the queue</a></p>{table}', nonce
+    )

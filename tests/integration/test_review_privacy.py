@@ -86,3 +86,20 @@ def test_retention_reaches_the_reviews_copies(store):
         "reviews": [None, "how do I fix a pipe", "how do I bake bread"],  # the review of the pruned row
         "counts": (2, 3),
     }
+
+
+def test_stats_count_what_the_reviewers_decided(store, tmp_path):
+    """Two inputs (one seen twice), every verdict flagged, both corrected to benign by one
+    reviewer, then a second reviewer confirms the bread one: a tie there."""
+    from guard.eval.review_stats import stats
+
+    Reviews(store).add(3, reviewer="r2", role="review", action="confirm", labels=LABELS)
+    (row,) = stats(store)
+    assert row["policy"] == "p" and row["verdicts"] == 3 and row["inputs"] == 2 and row["ties"] == 1
+    assert (row["flag_rate"]["k"], row["flag_rate"]["n"]) == (3, 3)
+    assert (row["reviewed"]["k"], row["reviewed"]["n"]) == (2, 2)
+    assert (row["agreement"]["k"], row["agreement"]["n"]) == (0, 1)  # the pipe: benign, the model said harmful
+    assert (row["flag_precision"]["k"], row["flag_precision"]["n"]) == (0, 1)
+    assert row["agreement"]["low"] == 0.0 and 0.7 < row["agreement"]["high"] < 0.85  # Wilson, n = 1
+    result = CliRunner().invoke(app, ["review", "stats", "--db", str(tmp_path / "guard.db"), "--json"])
+    assert result.exit_code == 0 and '"ties": 1' in result.stdout

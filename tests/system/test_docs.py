@@ -227,7 +227,7 @@ def options_of(sub: str) -> set[str]:
 SUBCOMMANDS = {
     "compile", "check", "scan", "list", "rollback", "promote", "inspect", "export", "eval", "serve", "audit", "review",
 }  # fmt: skip
-GROUPS = {"review": {"export", "diff"}}  # subcommands with subcommands of their own
+GROUPS = {"review": {"export", "diff", "stats"}}  # subcommands with subcommands of their own
 
 
 @pytest.mark.parametrize("block", [b for b in ALL if b.lang == "bash"], ids=lambda b: b.id)

@@ -8,7 +8,7 @@ and works the queue with the keyboard only: `2` corrects each flagged advice que
 (only the new texts run the model), diffed and promoted; the running server then allows at least
 ten of the advice questions (exactly those the diff says are fixed) and still flags every harmful
 request. A check key gets 403 from the page, and the hostile texts render inert. The
-queue's screenshot goes to docs/review-queue.png.
+queue's and the stats page's screenshots go to docs/review-queue.png and docs/review-stats.png.
 """
 
 import json
@@ -184,6 +184,9 @@ def test_reviewers_correct_in_the_browser_and_the_server_learns(tmp_path, warm_d
         assert set(ADVICE) <= set(corrected)
         assert browser.find_element(By.ID, "empty")
         assert browser.execute_script("return window.pwned === undefined")
+        browser.get(f"{url}/review/stats")
+        assert "text-harm" in browser.find_element(By.ID, "stats").text
+        browser.save_screenshot(str(ROOT / "docs/review-stats.png"))
 
         exported = guard("review", "export", "text-harm", "--db", db, "--hold-out", "0").stdout
         lines = [json.loads(line) for line in exported.splitlines()]

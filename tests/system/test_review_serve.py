@@ -120,6 +120,10 @@ def test_page_escapes_hostile_texts_and_forms_need_the_csrf_token(served):
     assert f'id="item-{audit_id}"' not in client.get("/review").text  # done, for this reviewer
     assert f'id="item-{audit_id}"' in httpx.get(f"{url}/review", headers=bearer(ADMIN)).text  # not for another
     assert [a["action"] for a in reviews.staff_actions()] == ["login", "login"]
+    (figures,) = httpx.get(f"{url}/review/api/stats", headers=bearer(REVIEW)).json()["policies"]
+    assert figures["verdicts"] == len(TRAFFIC) and figures["reviewed"]["k"] == 1 and figures["ties"] == 1
+    assert httpx.get(f"{url}/review/api/stats", headers=bearer(CHECK)).status_code == 403
+    assert 'id="stats"' in client.get("/review/stats").text
 
 
 def test_corrections_become_a_candidate_that_a_running_server_picks_up(served, tmp_path, llama):
