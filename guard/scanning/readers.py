@@ -49,6 +49,7 @@ class Columns:
     prompt: str | None = None  # the text that goes with every image (image folders, image manifests)
     images: str | None = None  # folder image paths start from [default: the manifest's folder]
     data_root: str | None = None  # folder image paths must stay inside [default: where they start]
+    messages: str = "messages"  # a conversation (a message list; JSON text in CSV), read when a row has no text
 
 
 class InputFileError(GuardError):
@@ -308,7 +309,9 @@ def read_parquet(shard: Shard, columns: Columns = Columns()) -> Iterator[ScanIte
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise InputFileError(f"{path}: not a readable Parquet file ({exc})") from None
     present = set(file.schema_arrow.names)
-    wanted = [c for c in (columns.id, columns.text, columns.image, *columns.extra) if c and c in present]
+    wanted = [
+        c for c in (columns.id, columns.text, columns.image, columns.messages, *columns.extra) if c and c in present
+    ]
     groups = None if shard.count is None else [shard.start]  # a planned shard is one row group
     rows = file.metadata.num_rows if groups is None else shard.count
     number = shard.first - 1
@@ -362,6 +365,8 @@ def row_item(row, number: int, where: str, columns: Columns, base: Path) -> Scan
     else:
         item_id = number
     fields = {}
+    if columns.messages in row and columns.text not in row and not columns.image:
+        return ScanItem(item_id, {"messages": row[columns.messages]})  # validated when prepared
     if columns.image:
         name = row.get(columns.image)
         if not name:
