@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from guard.check.prepared import Prepared
 from guard.errors import InputError
-from guard.policy.conversation import Setting, Turn, judged_turns, parse_messages, turn_fields
+from guard.policy.conversation import NO_CONTEXT, Setting, Turn, judged_turns, parse_messages, turn_fields
 
 if TYPE_CHECKING:
     from guard.check.protocol import Engine
@@ -46,6 +46,14 @@ class PreparedConversation(Prepared):
 
 def is_conversation(fields: dict) -> bool:
     return "messages" in fields
+
+
+def with_context(engine: Engine, fields: dict) -> dict:
+    """A plain input (no `messages`) to policies that show context is a conversation of one turn:
+    its {context} says there are no earlier turns, as for a plain exemplar (unless given)."""
+    if "context" in fields or not any(art.conversation.context_turns for art in engine.artifacts):
+        return fields
+    return {**fields, "context": NO_CONTEXT}
 
 
 def settings_of(engine: Engine) -> dict[Setting, list[str]]:

@@ -7,7 +7,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from guard.check.conversation import PreparedConversation, check_mixed, is_conversation, prepare_conversation
+from guard.check.conversation import (
+    PreparedConversation,
+    check_mixed,
+    is_conversation,
+    prepare_conversation,
+    with_context,
+)
 from guard.check.explain import explain as explain_verdict
 from guard.check.prepared import Group, Prepared, as_fields, prepare_input, prepare_windows
 from guard.check.windows import Setting, choose, extra_spans, window_spans
@@ -313,6 +319,7 @@ class GuardSet:
         (guard.check.conversation); or InputError saying why it cannot be checked."""
         if is_conversation(fields):
             return prepare_conversation(self, fields)
+        fields = with_context(self, fields)
         return prepare_input(self.loaded, self.groups, fields, position_limit=self.position_limit, windows=self.windows)
 
     def check_prepared(
@@ -355,6 +362,7 @@ class GuardSet:
 
     def _row(self, group: Group, fields: dict) -> Tokenized:
         """A prompt group's model input for an input prepared by another engine (another subset)."""
+        fields = with_context(self, fields)
         return prepare_input(self.loaded, [group], fields, position_limit=self.position_limit).rows[group]
 
     def _window_rows(self, group: Group, prepared: Sequence[Prepared]) -> dict[tuple[int, tuple[int, int]], Tokenized]:

@@ -24,7 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guard.check.conversation import PreparedConversation, check_mixed, is_conversation, prepare_conversation
+from guard.check.conversation import (
+    PreparedConversation,
+    check_mixed,
+    is_conversation,
+    prepare_conversation,
+    with_context,
+)
 from guard.check.engine import CheckResult, PolicyHeads, Verdict, check_inputs
 from guard.check.prepared import Prepared, prepare_input, render_prompt
 from guard.errors import GuardError, first_line
@@ -140,7 +146,7 @@ class OnnxGuard:
             raise GuardError("the ONNX engine checks text only; check images with the torch engine")
         if is_conversation(fields):  # each judged turn, prepared by this method (guard.check.conversation)
             return prepare_conversation(self, fields)
-        return prepare_input(self._inputs, [self._group], fields)
+        return prepare_input(self._inputs, [self._group], with_context(self, fields))
 
     def check_prepared(
         self,
