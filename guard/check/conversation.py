@@ -17,16 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from guard.check.prepared import Prepared
 from guard.errors import InputError
 from guard.policy.conversation import NO_CONTEXT, Setting, Turn, judged_turns, parse_messages, turn_fields
 
-if TYPE_CHECKING:
-    from guard.check.protocol import Engine
-
-Verdict = Any  # guard.check.engine.Verdict (which imports this module)
+# guard.check.engine (and guard.check.protocol, which names its types) import this module: their
+# types are named here, not imported
+Engine = Any  # guard.check.protocol.Engine: a GuardSet, a Guard, an OnnxGuard
+Verdict = Any  # guard.check.engine.Verdict
 Wrap = Callable[[list[tuple[str, Verdict]]], Any]  # (policy, verdict) pairs -> a CheckResult
 
 
