@@ -11,6 +11,7 @@ folder. So `data_root: VLGuard` with `GUARD_DATA_ROOT=~/datasets` reads `~/datas
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -62,7 +63,7 @@ _TOP_KEYS = {
     "context_turns",
 }
 _LABEL_KEYS = {"name", "description", "flagged", "answer", "target", "openai_category"}
-_INLINE_KEYS = {"text", "label", "image", "images"}
+_INLINE_KEYS = {"text", "label", "image", "images", "messages", "context"}
 _SOURCE_KEYS = {"from", "format", "shots", "seed", "images", "text", "task_type"}
 
 
@@ -450,9 +451,12 @@ def _parse_exemplars(doc: _Map, check: _Checker, root: Path, notes: list[str]) -
         else:
             check.known_keys(item, _INLINE_KEYS, "an inline exemplar (or use 'from: FILE')")
             images = _image_list(item, check, root)
-            text = check.string(item, "text", required=not images)
+            text = check.string(item, "text", required=not images and "messages" not in item)
             label = check.string(item, "label")
-            exemplars.append(Exemplar(text=text, label=label, origin=where, images=images, root=root))
+            fields = {"context": check.string(item, "context")} if "context" in item else {}
+            if "messages" in item:  # a conversation, rendered with the policy's keys (conversation_exemplars)
+                fields["messages"] = json.dumps(item["messages"], ensure_ascii=False)
+            exemplars.append(Exemplar(text=text, label=label, origin=where, images=images, root=root, fields=fields))
     return exemplars
 
 
