@@ -64,11 +64,6 @@ class Setting:
 def parse_messages(value, what: str = "messages") -> list[Turn]:
     """A message list as Turns, or InputError naming the first thing wrong with it (not a list,
     empty, too many turns or characters, an unknown role, content that is not text)."""
-    if isinstance(value, str):  # a scan's CSV cell or a caller's JSON text
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{what} is not valid JSON ({exc.msg})") from None
     if not isinstance(value, list):
         raise InputError(f"{what} must be a list of messages, not {type(value).__name__}")
     if not value:
@@ -156,7 +151,7 @@ def turn_fields(turns: list[Turn], turn: Turn, setting: Setting) -> dict:
 def exemplar_fields(messages, setting: Setting, origin: str) -> dict:
     """The prompt fields of a labelled conversation (an exemplar or an eval item): its last turn
     is the one judged, whatever the policy's `judge`; InputError is re-raised by the caller."""
-    turns = parse_messages(messages, f"{origin}: messages")
+    turns = parse_messages(json.loads(messages) if isinstance(messages, str) else messages, f"{origin}: messages")
     last = turns[-1]
     if not last.text.strip():
         raise InputError(f"{origin}: the last message (the judged turn) has no text")

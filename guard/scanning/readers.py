@@ -366,7 +366,13 @@ def row_item(row, number: int, where: str, columns: Columns, base: Path) -> Scan
         item_id = number
     fields = {}
     if columns.messages in row and columns.text not in row and not columns.image:
-        return ScanItem(item_id, {"messages": row[columns.messages]})  # validated when prepared
+        value = row[columns.messages]
+        if isinstance(value, str):  # a CSV cell holds the list as JSON text
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                return ScanItem(item_id, error=f"{where}: '{columns.messages}' is not valid JSON ({exc.msg})")
+        return ScanItem(item_id, {"messages": value})  # validated when prepared
     if columns.image:
         name = row.get(columns.image)
         if not name:

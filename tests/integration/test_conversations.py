@@ -143,7 +143,7 @@ def test_mixed_batches_keep_input_order(talk_db, llama):
     ("messages", "message"),
     [
         ([], "empty list"),
-        ("not json", "not valid JSON"),
+        ("not json", "must be a list of messages, not str"),
         ({"role": "user"}, "must be a list of messages"),
         ([{"role": "bot", "content": "hi"}], r"messages\[0\].role must be one of"),
         (["hi"], r"messages\[0\] must be an object"),

@@ -121,7 +121,7 @@ def test_v1_check_takes_messages(served, talk_db, llama):
 @pytest.mark.parametrize(
     ("body", "code", "message"),
     [
-        ({"messages": "hello"}, "invalid_messages", "not valid JSON"),
+        ({"messages": "hello"}, "invalid_messages", "must be a list of messages, not str"),
         ({"messages": []}, "invalid_messages", "empty list"),
         ({"messages": [{"role": "user", "content": {"a": 1}}]}, "invalid_messages", "must be a string or a list"),
         ({"messages": [{"role": "user"}] * 1000}, "invalid_messages", "1,000 turns"),
