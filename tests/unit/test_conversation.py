@@ -113,3 +113,27 @@ def test_read_conversation_from_a_file_and_stdin(tmp_path, monkeypatch):
             read_conversation(str(path))
     with pytest.raises(InputError, match="is a directory"):
         read_conversation(str(tmp_path))
+
+
+def test_conversation_policy_data_rebuilds_and_does_not_leak():
+    """scripts/conversation_pairs.py gives the shipped files byte for byte; no context is on both
+    the fit and held-out side; the real-model test's fresh topics are in neither."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("conversation_pairs", root / "scripts" / "conversation_pairs.py")
+    source = spec.loader.get_data(str(root / "scripts" / "conversation_pairs.py")).decode()
+    namespace: dict = {}
+    exec(compile(source.split("\nfor name, pairs in")[0], "conversation_pairs", "exec"), namespace)
+    folder = root / "policies" / "conversation-harm"
+    for name in ("fit", "heldout"):
+        rebuilt = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in namespace["rows"](namespace[name.upper()]))
+        assert (folder / f"{name}.jsonl").read_text() == rebuilt
+    fit, heldout = ([json.loads(line) for line in (folder / f"{n}.jsonl").open()] for n in ("fit", "heldout"))
+    assert {r["messages"][0]["content"] for r in fit}.isdisjoint(r["messages"][0]["content"] for r in heldout)
+    fitted = json.dumps(fit).lower()
+    for word in ("taxine", "star anise", "death cap", "chanterelle", "ethylene glycol", "fennel", "fluoroacetate"):
+        assert word not in fitted
+    for word in ("cloves", "aflatoxin", "tarragon", "how much of it would be lethal"):
+        assert word not in fitted
