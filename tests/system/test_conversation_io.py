@@ -65,6 +65,10 @@ def test_check_messages_file_names_each_turn(talk_db, tmp_path, llama):
     assert lines.exit_code == 1 and "turn 2 (user)" in lines.stdout, lines.output
     every = run("check", "--messages", talk, "--db", talk_db, "-p", "talk")
     assert "/3 turns flagged" in every.stdout, every.output
+    explained = run("check", "--messages", talk, "--db", talk_db, "-p", "talk", "--explain", "--json")
+    verdict = json.loads(explained.stdout)["verdicts"]["talk"]
+    assert verdict["explanation"]["votes"] and verdict["turn"] in [t["turn"] for t in verdict["turns"]]
+    assert all("explanation" not in t and "votes" not in t for t in verdict["turns"])
 
 
 @pytest.mark.parametrize(
