@@ -1,5 +1,5 @@
-"""Checking what `guard check` is given, on either engine: a text, image files, and the lines of
-stdin (one text a line), checked by the compiled policies on their model (torch) or by an ONNX
+"""Checking what `guard check` is given, on either engine: a text, a conversation (`--messages`),
+image files, and the lines of stdin (one text a line), checked by the compiled policies on their model (torch) or by an ONNX
 export; outcomes come in input order, a list at a time, for the caller to print as they come.
 
 The rules, the same from Python as from the command line:

@@ -2,7 +2,8 @@
 
 Formats: JSONL, CSV, Parquet (pyarrow, read a batch of rows at a time), a text file (one item per
 line), a folder of images, or '-' (stdin, one text per line). An item is its id (by default the
-line or row number, from 1) and the prompt fields to check, or the one-line reason it cannot be
+line or row number, from 1) and the prompt fields to check (a row with a `messages` column and no
+text is a conversation, guard.policy.conversation), or the one-line reason it cannot be
 read (an invalid JSON line, a missing column, bytes that are not UTF-8). Nothing is skipped: a
 blank line is an item too, and becomes an "empty text" error record downstream, so results line
 up with the inputs.
