@@ -139,3 +139,19 @@ def test_v1_check_refuses_bad_messages(served, body, code, message):
     assert response.status_code in (400, 413), response.text
     error = response.json()["error"]
     assert error["code"] == code and message in error["message"], error
+
+
+def test_scan_writes_the_turns_to_jsonl_and_parquet_alike(talk_db, tmp_path):
+    pytest.importorskip("pyarrow")
+    from guard.scanning.writers import read_records
+
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"messages": TALK}) + "\n" + json.dumps({"text": "write a poem"}) + "\n")
+    for out in ("out.jsonl", "out.parquet"):
+        result = run("scan", source, "--out", tmp_path / out, "--db", talk_db, "-p", "always", "-p", "talk", "--quiet")
+        assert result.exit_code == 1, result.output
+    jsonl, parquet = (list(read_records(str(tmp_path / out))) for out in ("out.jsonl", "out.parquet"))
+    assert parquet == jsonl
+    assert jsonl[0]["verdicts"]["always"]["turn"] == {"index": 2, "role": "user"}
+    assert [t["turn"]["index"] for t in jsonl[0]["verdicts"]["talk"]["turns"]] == [0, 1, 2]
+    assert "turn" not in jsonl[1]["verdicts"]["always"]
