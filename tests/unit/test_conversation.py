@@ -137,3 +137,16 @@ def test_conversation_policy_data_rebuilds_and_does_not_leak():
         assert word not in fitted
     for word in ("cloves", "aflatoxin", "tarragon", "how much of it would be lethal"):
         assert word not in fitted
+
+
+def test_a_served_conversation_is_one_item_audited_as_its_json():
+    from guard.serve.inputs import parse_conversation
+    from guard.serve.limits import ApiError, ServiceLimits
+
+    [item] = parse_conversation(TALK, ServiceLimits())
+    assert item.fields() == {"messages": [{"role": t.role, "content": t.text} for t in parse_messages(TALK)]}
+    assert item.input_types == ["text"] and item.text is None
+    assert json.loads(item.recorded_text) == item.fields()["messages"]  # what the audit row hashes
+    with pytest.raises(ApiError) as caught:
+        parse_conversation([{"role": "user", "content": "x" * 30}], ServiceLimits(max_chars=10))
+    assert caught.value.status == 413
