@@ -7,6 +7,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from guard.check.conversation import (
+    PreparedConversation,
+    check_mixed,
+    is_conversation,
+    prepare_conversation,
+    with_context,
+)
 from guard.check.explain import explain as explain_verdict
 from guard.check.prepared import Group, Prepared, as_fields, prepare_input, prepare_windows
 from guard.check.windows import Setting, choose, extra_spans, window_spans
@@ -58,6 +65,8 @@ class Verdict:
     thresholds: dict[str, float] | None = None  # flagged label -> calibrated P at which it is flagged
     explanation: dict | None = field(default=None, compare=False)  # guard.check.explain.explain, when asked for
     window: dict | None = None  # windowed policies: the part of {text} this verdict is about (guard.check.windows)
+    turn: dict | None = None  # conversations: the turn judged, {"index", "role"} (guard.check.conversation)
+    turns: list[Verdict] | None = None  # `judge: every_turn`: every judged turn's verdict
     vectors: torch.Tensor | None = field(default=None, repr=False, compare=False)  # [k, head_dim] at the selected heads
 
     def to_dict(self, votes: bool = True) -> dict:
@@ -79,6 +88,10 @@ class Verdict:
         out["uncertain"] = self.uncertain
         if self.window is not None:
             out["window"] = self.window
+        if self.turn is not None:
+            out["turn"] = self.turn
+        if self.turns is not None:
+            out["turns"] = [verdict.to_dict(votes=False) for verdict in self.turns]
         if self.explanation is not None:
             out["explanation"] = self.explanation
         return out
@@ -302,7 +315,11 @@ class GuardSet:
     def prepare(self, fields: dict) -> Prepared:
         """One input ready for `check_prepared`: every prompt group's model input rendered and
         tokenised once (guard.check.prepared), and so is each window of {text} that a windowed
-        policy checks (guard.check.windows); or InputError saying why it cannot be checked."""
+        policy checks (guard.check.windows); a conversation (`messages`) as each judged turn
+        (guard.check.conversation); or InputError saying why it cannot be checked."""
+        if is_conversation(fields):
+            return prepare_conversation(self, fields)
+        fields = with_context(self, fields)
         return prepare_input(self.loaded, self.groups, fields, position_limit=self.position_limit, windows=self.windows)
 
     def check_prepared(
@@ -322,6 +339,9 @@ class GuardSet:
 
         Safe to call from many threads at once on one GuardSet: no state is shared between calls
         but the model, whose hooks read per-call state (see guard.models.capture)."""
+        if any(isinstance(p, PreparedConversation) for p in prepared):
+            options = {"batch_size": batch_size, "token_budget": token_budget, "explain": explain, "progress": progress}
+            return check_mixed(self, prepared, CheckResult, **options)
         rule = Batching(batch_size, token_budget)
         by_policy: dict[str, list[Verdict]] = {}
         for group_key, group in self.groups.items():
@@ -342,6 +362,7 @@ class GuardSet:
 
     def _row(self, group: Group, fields: dict) -> Tokenized:
         """A prompt group's model input for an input prepared by another engine (another subset)."""
+        fields = with_context(self, fields)
         return prepare_input(self.loaded, [group], fields, position_limit=self.position_limit).rows[group]
 
     def _window_rows(self, group: Group, prepared: Sequence[Prepared]) -> dict[tuple[int, tuple[int, int]], Tokenized]:

@@ -26,6 +26,14 @@ Fields = Annotated[
         help="NAME=VALUE for the policy prompt's {NAME}; repeat for each (e.g. prompt=... and response=...): one input",
     ),
 ]
+Messages = Annotated[
+    str | None,
+    typer.Option(
+        "--messages",
+        "-m",
+        help="A conversation to check: a JSON file holding an OpenAI-style message list (or {\"messages\": [...]}), or '-' for stdin",
+    ),
+]
 Policies = options.policies(
     "Compiled policy name, or NAME@REVISION / NAME@VERSION for an older one; repeat for several"
 )
@@ -37,6 +45,7 @@ def check_command(
     text: Text = None,
     field: Fields = None,
     prompt: Prompt = None,
+    messages: Messages = None,
     db: options.Db = None,
     policy: Policies = None,
     device: options.Device = "auto",
@@ -48,11 +57,12 @@ def check_command(
     engine: options.EngineName = None,
     onnx_dir: options.OnnxDir = None,
 ):
-    """Check texts or images against compiled policies. Exit 0 if all allowed, 1 if any flagged, 2 if any input error."""
+    """Check texts, conversations or images against compiled policies. Exit 0 if all allowed, 1 if any flagged, 2 if any input error."""
     from guard.scanning.lines import Engine, Request, check_lines
 
     images = [item for item in inputs or [] if item != "-"]
-    request = Request(text=text, images=images, prompt=prompt, stdin="-" in (inputs or []), fields=named(field))
+    stdin = "-" in (inputs or [])
+    request = Request(text=text, images=images, prompt=prompt, stdin=stdin, fields=named(field), messages=messages)
     chosen = Engine(db, policy, engine, onnx_dir, device, dtype, batch_size, threads, explain, quiet_transformers, warn)
     flagged = errors = 0
     for outcomes in check_lines(request, chosen):

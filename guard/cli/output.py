@@ -67,7 +67,9 @@ def print_verdict(text: str, verdict, show_policy: bool = False) -> None:
     else:
         why = f"[votes {votes}]"
     unsure = " uncertain" if verdict.uncertain else ""
-    typer.echo(f"{mark:8} {where}{verdict.label:12} {why}{unsure}{window_words(verdict.window)}  {short}")
+    typer.echo(
+        f"{mark:8} {where}{verdict.label:12} {why}{unsure}{window_words(verdict.window)}{turn_words(verdict)}  {short}"
+    )
 
 
 def window_words(window: dict | None) -> str:
@@ -77,6 +79,17 @@ def window_words(window: dict | None) -> str:
         return ""
     text = window["text"] if len(window["text"]) <= 50 else window["text"][:47] + "..."
     return f" window {window['index']}/{window['of'] - 1} {json.dumps(text, ensure_ascii=False)}"
+
+
+def turn_words(verdict) -> str:
+    """A conversation's verdict names the turn it judged: ` turn 3 (user)`; an `every_turn`
+    policy's also says how many of its turns were flagged: ` turn 3 (user), 1/4 turns flagged`."""
+    if verdict.turn is None:
+        return ""
+    words = f" turn {verdict.turn['index']} ({verdict.turn['role']})"
+    if verdict.turns is not None:
+        words += f", {sum(v.flagged for v in verdict.turns)}/{len(verdict.turns)} turns flagged"
+    return words
 
 
 def print_explanation(why: dict) -> None:

@@ -47,7 +47,9 @@ from guard.method.fit import Classifier, Fit
 from guard.models import LoadedModel, load_model
 from guard.models.features import Features, features
 from guard.policy import Policy, load_policy, validate_items
+from guard.policy.conversation import Setting as ConversationSetting
 from guard.policy.exemplars import Exemplar, read_exemplar_file
+from guard.policy.loading import conversation_exemplars
 from guard.store.database import Store
 
 METHOD_TITLES = {
@@ -242,6 +244,8 @@ def read_test_items(
     )
     if not items:
         raise PolicyError(f"{display}: no labelled items")
+    # a `messages` line is a conversation, its last turn judged (as in exemplars)
+    items = conversation_exemplars(items, ConversationSetting(policy.judge, policy.context_turns))
     validate_items(items, policy.label_names, policy.prompt_fields)
     return items
 

@@ -10,6 +10,8 @@ import torch
 from guard.method.calibration import Calibration
 from guard.method.fit import Fit
 from guard.policy import Label
+from guard.policy.conversation import DEFAULT_JUDGE
+from guard.policy.conversation import Setting as ConversationSetting
 
 
 @dataclass
@@ -82,6 +84,12 @@ class Artifact:
         """(sentences per window, stride) when the policy checks windows of {text} (guard.check.windows)."""
         method = self.method
         return None if method.get("window") is None else (method["window"], method.get("stride", 1))
+
+    @property
+    def conversation(self) -> ConversationSetting:
+        """Which turns of a conversation the policy judges, with how much context (guard.policy.conversation)."""
+        method = self.method
+        return ConversationSetting(method.get("judge", DEFAULT_JUDGE), method.get("context_turns", 0))
 
     @property
     def escape(self) -> str:

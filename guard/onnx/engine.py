@@ -24,6 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from guard.check.conversation import (
+    PreparedConversation,
+    check_mixed,
+    is_conversation,
+    prepare_conversation,
+    with_context,
+)
 from guard.check.engine import CheckResult, PolicyHeads, Verdict, check_inputs
 from guard.check.prepared import Prepared, prepare_input, render_prompt
 from guard.errors import GuardError, first_line
@@ -137,7 +144,9 @@ class OnnxGuard:
         """One text input rendered and tokenised once, as the torch path does (guard.check.prepared)."""
         if fields.get("images"):
             raise GuardError("the ONNX engine checks text only; check images with the torch engine")
-        return prepare_input(self._inputs, [self._group], fields)
+        if is_conversation(fields):  # each judged turn, prepared by this method (guard.check.conversation)
+            return prepare_conversation(self, fields)
+        return prepare_input(self._inputs, [self._group], with_context(self, fields))
 
     def check_prepared(
         self,
@@ -154,6 +163,9 @@ class OnnxGuard:
                 f"{self.directory} was exported without its exemplars, which explanations need; "
                 "export the policy again with this guard"
             )
+        if any(isinstance(p, PreparedConversation) for p in prepared):
+            options = {"batch_size": batch_size, "token_budget": token_budget, "explain": explain, "progress": progress}
+            return check_mixed(self, prepared, CheckResult, **options)
         rows = [p.rows[self._group] for p in prepared]
         rule = Batching(batch_size, token_budget)
         single = rule.token_budget is None and len(rows) <= batch_size

@@ -143,7 +143,9 @@ def _exemplar_from_record(record: dict, origin: str, source: Source | None = Non
             raise PolicyError(f"{origin}: image path '{image}' must be relative to the data root, without '..'")
         if root is not None and not (root / image).is_file():
             raise PolicyError(f"{origin}: image '{image}' not found in {root}")
-    fields = {str(k): str(v) for k, v in record.items() if k not in ("text", "label", "images", "image")}
+    fields = {str(k): str(v) for k, v in record.items() if k not in ("text", "label", "images", "image", "messages")}
+    if "messages" in record:  # a conversation, kept as JSON: the policy renders it (guard.policy.conversation)
+        fields["messages"] = json.dumps(record["messages"], ensure_ascii=False)
     text = "" if record.get("text") is None else str(record["text"])
     return Exemplar(text=text, label=str(record["label"]), origin=origin, images=images, fields=fields, root=root)
 

@@ -11,12 +11,16 @@ folder. So `data_root: VLGuard` with `GUARD_DATA_ROOT=~/datasets` reads `~/datas
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from guard.errors import PolicyError
+from guard.errors import InputError, PolicyError
 from guard.limits import read_regular_file
+from guard.policy.conversation import JUDGES, MAX_TURNS, NO_CONTEXT, exemplar_fields
+from guard.policy.conversation import Setting as ConversationSetting
 from guard.policy.exemplars import Exemplar, read_exemplar_file, readers
 from guard.policy.paths import DATA_ROOT_ENV, allowed_roots, confined
 from guard.policy.schema import (
@@ -55,9 +59,11 @@ _TOP_KEYS = {
     "window",
     "stride",
     "aggregate",
+    "judge",
+    "context_turns",
 }
 _LABEL_KEYS = {"name", "description", "flagged", "answer", "target", "openai_category"}
-_INLINE_KEYS = {"text", "label", "image", "images"}
+_INLINE_KEYS = {"text", "label", "image", "images", "messages", "context"}
 _SOURCE_KEYS = {"from", "format", "shots", "seed", "images", "text", "task_type"}
 
 
@@ -147,9 +153,11 @@ def parse_policy(
     labels = _parse_labels(doc, check)
     settings = _parse_settings(doc, check, labels)
     settings.update(_parse_windows(doc, check, fields))
+    settings.update(_parse_conversation(doc, check, fields))
 
     notes: list[str] = []
-    exemplars = _parse_exemplars(doc, check, root, notes)
+    conversation = ConversationSetting(settings["judge"], settings["context_turns"])
+    exemplars = conversation_exemplars(_parse_exemplars(doc, check, root, notes), conversation)
     validate_items(exemplars, [label.name for label in labels], fields)
     if not fields and not any(ex.images for ex in exemplars):
         check.fail(
@@ -271,6 +279,54 @@ def _parse_windows(doc: _Map, check: _Checker, fields: set[str]) -> dict:
     if window is not None and "text" not in fields:
         check.fail(doc.key_lines["window"], "'window' splits {text}, and the prompt has no {text}")
     return {"window": window, "stride": stride, "aggregate": aggregate}
+
+
+def _parse_conversation(doc: _Map, check: _Checker, fields: set[str]) -> dict:
+    """The conversation keys (judge, context_turns; guard.policy.conversation), checked, as
+    Policy's keyword arguments."""
+    judge = doc.get("judge", "last_user")
+    if judge not in JUDGES:
+        check.fail(
+            doc.key_lines["judge"],
+            f"'judge' must be one of: {', '.join(JUDGES)} (which turns of a conversation get a verdict)",
+        )
+    context_turns = doc.get("context_turns", 0)
+    if not _whole(context_turns, 0) or context_turns > MAX_TURNS:
+        check.fail(
+            doc.key_lines["context_turns"],
+            f"'context_turns' must be a whole number from 0 to {MAX_TURNS} (turns before the judged one, in {{context}})",
+        )
+    if context_turns and "context" not in fields:
+        check.fail(doc.key_lines["context_turns"], "'context_turns' fills {context}, and the prompt has no {context}")
+    if "context" in fields and not context_turns:
+        check.fail(
+            doc.key_lines["prompt"],
+            "the prompt's {context} needs 'context_turns: N' (how many turns before the judged one it shows)",
+        )
+    if ("judge" in doc or context_turns) and "text" not in fields:
+        check.fail(
+            doc.key_lines.get("judge", doc.line), "a conversation's judged turn fills {text}; the prompt has none"
+        )
+    return {"judge": judge, "context_turns": context_turns}
+
+
+def conversation_exemplars(items: list[Exemplar], setting: ConversationSetting) -> list[Exemplar]:
+    """Exemplars given as conversations (a `messages` field) as the prompt fields the policy
+    renders: the last turn in {text}, the turns before it in {context} (guard.policy.conversation).
+    A plain text, given to a policy that shows context, is a conversation of one turn."""
+    out = []
+    for item in items:
+        if "messages" not in item.fields:
+            alone = setting.context_turns and "context" not in item.fields and item.text
+            out.append(replace(item, fields={**item.fields, "context": NO_CONTEXT}) if alone else item)
+            continue
+        rest = {k: v for k, v in item.fields.items() if k != "messages"}
+        try:
+            values = exemplar_fields(item.fields["messages"], setting, item.origin)
+        except InputError as exc:
+            raise PolicyError(str(exc)) from None
+        out.append(replace(item, text=values.pop("text"), fields={**rest, **values}))
+    return out
 
 
 def _check_counts(doc: _Map, check: _Checker, labels: list[Label], exemplars, scoring: str, notes: list[str]) -> None:
@@ -395,9 +451,12 @@ def _parse_exemplars(doc: _Map, check: _Checker, root: Path, notes: list[str]) -
         else:
             check.known_keys(item, _INLINE_KEYS, "an inline exemplar (or use 'from: FILE')")
             images = _image_list(item, check, root)
-            text = check.string(item, "text", required=not images)
+            text = check.string(item, "text", required=not images and "messages" not in item)
             label = check.string(item, "label")
-            exemplars.append(Exemplar(text=text, label=label, origin=where, images=images, root=root))
+            fields = {"context": check.string(item, "context")} if "context" in item else {}
+            if "messages" in item:  # a conversation, rendered with the policy's keys (conversation_exemplars)
+                fields["messages"] = json.dumps(item["messages"], ensure_ascii=False)
+            exemplars.append(Exemplar(text=text, label=label, origin=where, images=images, root=root, fields=fields))
     return exemplars
 
 

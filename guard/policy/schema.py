@@ -105,6 +105,8 @@ class Policy:
     window: int | None = None  # also check runs of this many sentences of {text} (guard.check.windows)
     stride: int = 1  # a window starts every `stride` sentences
     aggregate: str = "any"  # windows' verdicts -> one: flagged when the whole text or any window is
+    judge: str = "last_user"  # which turns of a conversation get a verdict (guard.policy.conversation)
+    context_turns: int = 0  # how many turns before the judged one fill {context}
     source_text: str = ""  # the YAML as written, stored with the artifact
     path: Path | None = None
     base_dir: Path = field(default_factory=Path.cwd)  # relative model paths start here
@@ -161,6 +163,10 @@ class Policy:
             method["classifier"] = self.classifier
         if self.window is not None:
             method.update(window=self.window, stride=self.stride, aggregate=self.aggregate)
+        if self.judge != "last_user":
+            method["judge"] = self.judge
+        if self.context_turns:
+            method["context_turns"] = self.context_turns
         return method
 
     @cached_property

@@ -1,5 +1,5 @@
-"""Checking what `guard check` is given, on either engine: a text, image files, and the lines of
-stdin (one text a line), checked by the compiled policies on their model (torch) or by an ONNX
+"""Checking what `guard check` is given, on either engine: a text, a conversation (`--messages`),
+image files, and the lines of stdin (one text a line), checked by the compiled policies on their model (torch) or by an ONNX
 export; outcomes come in input order, a list at a time, for the caller to print as they come.
 
 The rules, the same from Python as from the command line:
@@ -39,6 +39,7 @@ class Request:
     prompt: str | None = None
     stdin: bool = False
     fields: dict[str, str] = field(default_factory=dict)  # other prompt {fields} of the one input (--field)
+    messages: str | None = None  # a conversation: a JSON file of messages, or "-" for stdin
 
 
 @dataclass
@@ -102,9 +103,15 @@ def given_items(request: Request) -> list[tuple[dict, str, dict]]:
         raise GuardError(
             "--prompt goes with images: guard check IMAGE... --prompt TEXT (use --text TEXT for a text alone)"
         )
+    if request.messages is not None:
+        if request.stdin and request.messages == "-":
+            raise GuardError("stdin holds either lines ('-') or a conversation (--messages -), not both")
+        from guard.policy.conversation import read_conversation
+
+        items.append(({"messages": request.messages}, request.messages, read_conversation(request.messages)))
     if not items and not request.stdin:
         raise GuardError(
-            "nothing to check: give --text TEXT, --field NAME=VALUE, image files, or '-' to read lines from stdin"
+            "nothing to check: give --text TEXT, --field NAME=VALUE, --messages FILE, image files, or '-' to read lines from stdin"
         )
     return items
 

@@ -2,7 +2,8 @@
 
 Formats: JSONL, CSV, Parquet (pyarrow, read a batch of rows at a time), a text file (one item per
 line), a folder of images, or '-' (stdin, one text per line). An item is its id (by default the
-line or row number, from 1) and the prompt fields to check, or the one-line reason it cannot be
+line or row number, from 1) and the prompt fields to check (a row with a `messages` column and no
+text is a conversation, guard.policy.conversation), or the one-line reason it cannot be
 read (an invalid JSON line, a missing column, bytes that are not UTF-8). Nothing is skipped: a
 blank line is an item too, and becomes an "empty text" error record downstream, so results line
 up with the inputs.
@@ -49,6 +50,7 @@ class Columns:
     prompt: str | None = None  # the text that goes with every image (image folders, image manifests)
     images: str | None = None  # folder image paths start from [default: the manifest's folder]
     data_root: str | None = None  # folder image paths must stay inside [default: where they start]
+    messages: str = "messages"  # a conversation (a message list; JSON text in CSV), read when a row has no text
 
 
 class InputFileError(GuardError):
@@ -308,7 +310,9 @@ def read_parquet(shard: Shard, columns: Columns = Columns()) -> Iterator[ScanIte
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise InputFileError(f"{path}: not a readable Parquet file ({exc})") from None
     present = set(file.schema_arrow.names)
-    wanted = [c for c in (columns.id, columns.text, columns.image, *columns.extra) if c and c in present]
+    wanted = [
+        c for c in (columns.id, columns.text, columns.image, columns.messages, *columns.extra) if c and c in present
+    ]
     groups = None if shard.count is None else [shard.start]  # a planned shard is one row group
     rows = file.metadata.num_rows if groups is None else shard.count
     number = shard.first - 1
@@ -362,6 +366,14 @@ def row_item(row, number: int, where: str, columns: Columns, base: Path) -> Scan
     else:
         item_id = number
     fields = {}
+    if columns.messages in row and columns.text not in row and not columns.image:
+        value = row[columns.messages]
+        if isinstance(value, str):  # a CSV cell holds the list as JSON text
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                return ScanItem(item_id, error=f"{where}: '{columns.messages}' is not valid JSON ({exc.msg})")
+        return ScanItem(item_id, {"messages": value})  # validated when prepared
     if columns.image:
         name = row.get(columns.image)
         if not name:

@@ -163,7 +163,9 @@ def record_schema(labels: dict[str, list[str]], votes: bool = False, ids_are_int
     head's vote; with `explain`, each verdict's explanation (guard.check.explain.explain)."""
     import pyarrow as pa
 
-    def verdict_type(names):
+    turn = pa.struct([("index", pa.int64()), ("role", pa.string())])  # conversations: the judged turn
+
+    def verdict_type(names, nested: bool = False):
         columns = [
             ("policy", pa.string()),
             ("version", pa.string()),
@@ -171,14 +173,17 @@ def record_schema(labels: dict[str, list[str]], votes: bool = False, ids_are_int
             ("label", pa.string()),
             ("scores", _per_label(names, pa.float64())),
         ]
-        if votes:
+        if votes and not nested:
             columns.append(("votes", pa.list_(_vote_type(names))))
         columns += [
             ("calibrated", _per_label(names, pa.float64())),
             ("margin", pa.float64()),
             ("uncertain", pa.bool_()),
+            ("turn", turn),
         ]
-        if explain:
+        if not nested:  # `judge: every_turn`: every turn's verdict, without votes
+            columns.append(("turns", pa.list_(verdict_type(names, nested=True))))
+        if explain and not nested:
             columns.append(("explanation", _explanation_type(names)))
         return pa.struct(columns)
 
@@ -265,4 +270,14 @@ def read_records(path: str) -> Iterator[dict]:
             if row["error"] is not None:
                 yield {"id": row["id"], "error": row["error"]}
             else:
-                yield {"id": row["id"], "flagged": row["flagged"], "verdicts": row["verdicts"]}
+                verdicts = {name: _without_absent(v) for name, v in row["verdicts"].items()}
+                yield {"id": row["id"], "flagged": row["flagged"], "verdicts": verdicts}
+
+
+def _without_absent(verdict: dict) -> dict:
+    """A verdict read from Parquet without the conversation keys its record did not have (the
+    schema holds them for every verdict; JSONL records only where they apply)."""
+    out = {k: v for k, v in verdict.items() if not (k in ("turn", "turns") and v is None)}
+    if out.get("turns"):
+        out["turns"] = [_without_absent(v) for v in out["turns"]]
+    return out

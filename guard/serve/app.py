@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from guard.errors import first_line
-from guard.serve.inputs import RequestItem, parse_input
+from guard.serve.inputs import RequestItem, parse_conversation, parse_input
 from guard.serve.limits import ApiError, LimitError, bad_request, check_body_size
 from guard.serve.results import moderation_result
 from guard.serve.service import Service
@@ -143,7 +143,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/check")
     async def check(request: Request):
-        """guard's verdicts: `{"input": ..., "policies": [...] (optional), "explain": false}`."""
+        """guard's verdicts: `{"input": ... or "messages": [...], "policies": [...] (optional), "explain": false}`."""
         api_key = authorize(request, service)
         body = await read_json(request, service)
         requested = body.get("policies", body.get("policy"))
@@ -153,7 +153,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             raise bad_request("policies must be a policy name or a list of names", "policies")
         explain = _explain(body)
         policies = service.resolve_policies(requested, "policies")
-        items = await _items(body, limits)
+        items = _conversation(body, limits) if "messages" in body else await _items(body, limits)
         outcomes = await service.check(
             items, policies, explain=explain, deadline=request.state.started + limits.timeout_s
         )
@@ -270,6 +270,12 @@ def _optional_str(body: dict, key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise bad_request(f"{key} must be a string", key)
     return value
+
+
+def _conversation(body: dict, limits) -> list[RequestItem]:
+    if "input" in body:
+        raise bad_request("give 'input' or 'messages', not both", "messages")
+    return parse_conversation(body["messages"], limits)
 
 
 async def _items(body: dict, limits) -> list[RequestItem]:

@@ -3,6 +3,7 @@
 Accepted: a string; a list of strings (one input each); or a list of content parts
 `{"type": "text", "text": ...}` / `{"type": "image_url", "image_url": {"url": "data:..."}}`, which
 together make ONE input (texts joined by newlines, images in order), as in OpenAI's API.
+`/v1/check` also takes `messages`, one conversation (guard.policy.conversation).
 
 Images come only as base64 `data:` URLs. The server never fetches a URL and never opens a path a
 request names: anything else is refused before any work is done.
@@ -13,12 +14,14 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import re
 from dataclasses import dataclass, field
 
 from guard.errors import InputError
 from guard.limits import check_fields
 from guard.models.images import GuardImage, ImageError, decode_image
+from guard.policy.conversation import parse_messages
 from guard.serve.limits import LimitError, ServiceLimits, bad_request, check_item_count, check_text
 
 DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
@@ -31,9 +34,12 @@ class RequestItem:
     param: str  # where it was in the request, for error messages: input, input[2]
     text: str | None
     images: list[GuardImage] = field(default_factory=list)
+    messages: list[dict] | None = None  # a conversation (`/v1/check`'s `messages`), validated
 
     def fields(self) -> dict:
         """What `GuardSet.check_batch` takes for this input."""
+        if self.messages is not None:
+            return {"messages": self.messages}
         item: dict = {} if self.text is None else {"text": self.text}
         if self.images:
             item["images"] = self.images
@@ -41,7 +47,16 @@ class RequestItem:
 
     @property
     def input_types(self) -> list[str]:
+        if self.messages is not None:
+            return ["text"]
         return (["text"] if self.text is not None else []) + (["image"] if self.images else [])
+
+    @property
+    def recorded_text(self) -> str | None:
+        """The text an audit row hashes (and keeps with --audit-text): a conversation as its JSON."""
+        if self.messages is not None:
+            return json.dumps(self.messages, ensure_ascii=False, sort_keys=True)
+        return self.text
 
 
 def parse_input(value, limits: ServiceLimits) -> list[RequestItem]:
@@ -66,6 +81,17 @@ def parse_input(value, limits: ServiceLimits) -> list[RequestItem]:
             "input",
         )
     return items
+
+
+def parse_conversation(value, limits: ServiceLimits) -> list[RequestItem]:
+    """`/v1/check`'s `messages`: one conversation (guard.policy.conversation), its turns' text
+    within the server's `max_chars` together; raises ApiError (400/413) naming what is wrong."""
+    try:
+        turns = parse_messages(value)
+    except InputError as exc:
+        raise bad_request(str(exc), "messages", code="invalid_messages") from None
+    check_text("".join(turn.text for turn in turns), limits, "messages")
+    return [RequestItem("messages", None, messages=[{"role": t.role, "content": t.text} for t in turns])]
 
 
 def _text_item(text: str, param: str, limits: ServiceLimits) -> RequestItem:

@@ -384,7 +384,7 @@ class Service:
         created = now_iso()
         records = []
         for index, (item, outcome) in enumerate(zip(items, outcomes)):
-            digest = self.audit_key.input_digest(item.text, [image.sha256 for image in item.images])
+            digest = self.audit_key.input_digest(item.recorded_text, [image.sha256 for image in item.images])
             for name, verdict in outcome.verdicts.items():
                 records.append(
                     AuditRecord(
@@ -397,7 +397,7 @@ class Service:
                         policy_version=verdict.version,
                         model_fingerprint=fingerprint,
                         input_sha256=digest,
-                        input_text=item.text if self.config.audit_text else None,
+                        input_text=item.recorded_text if self.config.audit_text else None,
                         label=verdict.label,
                         flagged=verdict.flagged,
                         scores={k: round(v, 6) for k, v in (verdict.calibrated or verdict.scores).items()},
