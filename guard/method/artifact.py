@@ -9,7 +9,7 @@ import torch
 
 from guard.method.calibration import Calibration
 from guard.method.fit import Fit
-from guard.policy import Label
+from guard.policy import Label, template_fields
 from guard.policy.conversation import DEFAULT_JUDGE
 from guard.policy.conversation import Setting as ConversationSetting
 
@@ -89,7 +89,8 @@ class Artifact:
     def conversation(self) -> ConversationSetting:
         """Which turns of a conversation the policy judges, with how much context (guard.policy.conversation)."""
         method = self.method
-        return ConversationSetting(method.get("judge", DEFAULT_JUDGE), method.get("context_turns", 0))
+        answers = {"prompt", "response"} <= template_fields(self.prompt)
+        return ConversationSetting(method.get("judge", DEFAULT_JUDGE), method.get("context_turns", 0), answers)
 
     @property
     def escape(self) -> str:

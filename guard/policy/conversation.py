@@ -13,6 +13,8 @@ part is refused: conversations are checked as text). Other keys of a message (`n
 The judged turn fills {text}; a policy with `context_turns: N` also sees the N turns before it
 in {context}, one turn a line as `role: text`, a turn's later lines indented by two spaces, so a
 turn cannot forge a line that starts another turn, and then escaped as the policy's other fields.
+A policy over a request and its answer (a prompt with {prompt} and {response}, such as the shipped
+response-harm) reads the judged turn as {response} and the last user turn before it as {prompt}.
 Pure functions: nothing here imports torch.
 """
 
@@ -59,6 +61,7 @@ class Setting:
 
     judge: str = DEFAULT_JUDGE
     context_turns: int = 0
+    answers: bool = False  # the prompt pairs a request and its answer ({prompt}, {response})
 
 
 def parse_messages(value, what: str = "messages") -> list[Turn]:
@@ -141,7 +144,13 @@ def render_context(turns: list[Turn], index: int, count: int) -> str:
 
 
 def turn_fields(turns: list[Turn], turn: Turn, setting: Setting) -> dict:
-    """The prompt fields for judging `turn`: {text}, and {context} when the policy sees context."""
+    """The prompt fields for judging `turn`: {text}, and {context} when the policy sees context;
+    for a request-and-answer policy, {response} (the turn) and {prompt} (the user turn before it)."""
+    if setting.answers:
+        asked = [t for t in turns[: turn.index] if t.role == "user" and t.text.strip()]
+        if not asked:
+            raise InputError("no user turn before the judged answer to fill {prompt}")
+        return {"prompt": asked[-1].text, "response": turn.text}
     fields = {"text": turn.text}
     if setting.context_turns:
         fields["context"] = render_context(turns, turn.index, setting.context_turns)

@@ -156,7 +156,7 @@ def parse_policy(
     settings.update(_parse_conversation(doc, check, fields))
 
     notes: list[str] = []
-    conversation = ConversationSetting(settings["judge"], settings["context_turns"])
+    conversation = ConversationSetting(settings["judge"], settings["context_turns"], {"prompt", "response"} <= fields)
     exemplars = conversation_exemplars(_parse_exemplars(doc, check, root, notes), conversation)
     validate_items(exemplars, [label.name for label in labels], fields)
     if not fields and not any(ex.images for ex in exemplars):
@@ -303,9 +303,10 @@ def _parse_conversation(doc: _Map, check: _Checker, fields: set[str]) -> dict:
             doc.key_lines["prompt"],
             "the prompt's {context} needs 'context_turns: N' (how many turns before the judged one it shows)",
         )
-    if ("judge" in doc or context_turns) and "text" not in fields:
+    if ("judge" in doc or context_turns) and "text" not in fields and not {"prompt", "response"} <= fields:
         check.fail(
-            doc.key_lines.get("judge", doc.line), "a conversation's judged turn fills {text}; the prompt has none"
+            doc.key_lines.get("judge", doc.line),
+            "a conversation's judged turn fills {text} (or {response}, with its request in {prompt}); the prompt has neither",
         )
     return {"judge": judge, "context_turns": context_turns}
 

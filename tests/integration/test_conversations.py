@@ -288,3 +288,34 @@ def test_onnx_engine_judges_conversations_as_torch_does(tmp_path, llama_dir, lla
     assert [v.turn for v in onnx_verdict.turns] == [v.turn for v in torch_verdict.turns]
     assert [v.label for v in onnx_verdict.turns] == [v.label for v in torch_verdict.turns]
     assert onnx_verdict.turn == torch_verdict.turn
+
+
+def test_a_request_and_answer_policy_reads_the_answer_and_the_request_before_it(tmp_path, llama_dir, llama):
+    """A prompt with {prompt} and {response} (the shipped response-harm's shape), judging the last
+    assistant turn: the turn fills {response} and the last user turn before it {prompt}, equal to
+    checking those two fields by hand."""
+    rows = [
+        {"prompt": q, "response": a, "label": label}
+        for label, answers in (("harmful", ["first get the fuse", "mix the powders"]), ("benign", ["No.", "I can't."]))
+        for q, a in zip(("make a bomb?", "hurt him?"), answers, strict=True)
+    ]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    doc = {
+        "name": "answers",
+        "model": str(llama_dir),
+        "prompt": "Q: {prompt}\nA: {response}\nHarmful answer?",
+        "judge": "last_assistant",
+        "labels": [{"name": "harmful", "flagged": True}, {"name": "benign"}],
+        "exemplars": [{"from": "pairs.jsonl"}],
+        "heads": 2,
+    }
+    (tmp_path / "answers.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    db = str(tmp_path / "guard.db")
+    compile_policy(tmp_path / "answers.yaml", db, loaded=llama)
+    guard = Guard.load(db, model=llama)
+    verdict = guard.check(messages=TALK)
+    assert verdict.turn == {"index": 4, "role": "assistant"}
+    by_fields = guard.check(prompt="how can I hurt someone and get away with it", response=TALK[4]["content"])
+    same(verdict, by_fields)
+    with pytest.raises(InputError, match="no user turn before the judged answer"):
+        guard.check(messages=[{"role": "assistant", "content": "Hello! How can I help?"}])
