@@ -84,6 +84,11 @@ class Artifact:
         return None if method.get("window") is None else (method["window"], method.get("stride", 1))
 
     @property
+    def aggregate(self) -> str:
+        """How its windows' verdicts make one (guard.check.windows.Aggregate): any, mean or max."""
+        return self.method.get("aggregate", "any")
+
+    @property
     def escape(self) -> str:
         """How field values are escaped into the prompt (guard.policy.escape_value)."""
         return self.method.get("escape", "none")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from guard.errors import GuardError, InputError
-from guard.limits import check_fields
+from guard.limits import LIMITS, check_document_fields, check_fields, read_regular_file
 from guard.onnx.choice import wants_onnx
 from guard.scanning.readers import Shard, read_text
 
@@ -38,6 +38,7 @@ class Request:
     images: Sequence[str] = ()
     prompt: str | None = None
     stdin: bool = False
+    file: str | None = None  # a whole document in a file (guard.check.documents past one check)
 
 
 @dataclass
@@ -88,6 +89,8 @@ def given_items(request: Request) -> list[tuple[dict, str, dict]]:
     items = []
     if request.text is not None:
         items.append(({}, request.text, check_fields({"text": request.text})))
+    if request.file is not None:
+        items.append(({"file": request.file}, request.file, {"text": read_document(request.file)}))
     if request.images:
         from guard.models.images import load_image
 
@@ -98,8 +101,24 @@ def given_items(request: Request) -> list[tuple[dict, str, dict]]:
             "--prompt goes with images: guard check IMAGE... --prompt TEXT (use --text TEXT for a text alone)"
         )
     if not items and not request.stdin:
-        raise GuardError("nothing to check: give --text TEXT, image files, or '-' to read lines from stdin")
+        raise GuardError(
+            "nothing to check: give --text TEXT, --file PATH, image files, or '-' to read lines from stdin"
+        )
     return items
+
+
+def read_document(path: str) -> str:
+    """The text of a document file (UTF-8, a regular file), checked against guard.limits: one
+    check's length or, past it, a document's (`max_document_chars`); else InputError."""
+    raw = read_regular_file(path, LIMITS.max_document_bytes)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        return check_document_fields({"text": text})["text"]
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def refuse_leading_lines():
@@ -139,7 +158,7 @@ def torch_outcomes(items, request: Request, engine: Engine, rest) -> Iterator[li
     size, explain = engine.batch_size, engine.explain
     if items:
         results = guards.check_batch(
-            [f for _, _, f in items], batch_size=size, progress=len(items) > size, explain=explain
+            [f for _, _, f in items], batch_size=size, progress=len(items) > size or request.file, explain=explain
         )
         yield [Outcome(origin, name, result) for (origin, name, _), result in zip(items, results)]
     if not request.stdin:

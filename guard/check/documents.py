@@ -1,0 +1,123 @@
+"""Long documents (issue 23): a text longer than one check reads (guard.limits.max_text_chars)
+is checked window by window only, never whole.
+
+Each policy reads the document in its own windows (its `window`/`stride` sentences, or
+`DOCUMENT_WINDOW` for a policy that sets none, so the shipped default takes a document out of
+the box); the windows are made lazily (guard.check.windows.iter_window_spans), prepared and
+checked `CHUNK_WINDOWS` at a time through the engine's ordinary token-budget forwards, and their
+verdicts are folded as they come (guard.check.windows.Aggregate, the policy's `aggregate`). So
+memory holds one chunk of windows whatever the document's length; the verdict names the window
+that decided it (character span and text). Each window is one ordinary check: it stays within
+max_text_chars, and a sentence longer than `MAX_SENTENCE_CHARS` is cut at white space.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from itertools import islice
+
+from tqdm.auto import tqdm
+
+from guard.check.explain import explain as explain_verdict
+from guard.check.windows import Aggregate, Setting, iter_window_spans
+from guard.limits import LIMITS, check_document_fields
+from guard.models.batching import TOKEN_BUDGET
+
+DOCUMENT_WINDOW: Setting = (4, 2)  # sentences per window and stride, for a policy without `window`
+CHUNK_WINDOWS = 64  # windows prepared and checked together: what memory holds of a document
+CACHE_WINDOWS = 1_024  # distinct windows whose verdicts a check keeps, to skip their repeats
+MAX_SENTENCE_CHARS = 1_000  # a longer run without an end mark is cut (a window stays one check)
+
+
+def document_setting(artifact) -> Setting:
+    """The windows a policy reads a document in: its own, else `DOCUMENT_WINDOW`."""
+    return artifact.window or DOCUMENT_WINDOW
+
+
+def document_spans(text: str, setting: Setting) -> Iterator[tuple[int, int]]:
+    """The (start, end) spans of a document's windows for one setting, lazily."""
+    window, stride = setting
+    max_chars = max(1, min(MAX_SENTENCE_CHARS, LIMITS.max_text_chars // window))
+    return iter_window_spans(text, window, stride, max_chars)
+
+
+def check_document(
+    engine,
+    fields: dict,
+    *,
+    batch_size: int = 16,
+    token_budget: int | None = TOKEN_BUDGET,
+    explain: bool = False,
+    chunk: int = CHUNK_WINDOWS,
+    progress: bool = False,
+    seen: WindowCache | None = None,
+) -> dict:
+    """`{policy name: Verdict}` for one input whose {text} is a document, in the engine's policy
+    order (`engine`: a guard.check.protocol Engine). Every window of {text} is checked with the
+    input's other fields; each verdict is its policy's `Aggregate` of its windows and names the
+    deciding window (`"index"` counts from 1, `"of"` windows were checked, `"document": true`).
+    `progress`: a progress bar on stderr, in characters read. `seen`: the verdicts of windows
+    already checked (a window whose text comes again, boilerplate or a repeated paragraph, is
+    not checked again); by default this document's own."""
+    check_document_fields(fields)
+    text = fields["text"]
+    settings: dict[Setting, list[str]] = {}
+    for art in engine.artifacts:
+        settings.setdefault(document_setting(art), []).append(art.name)
+    seen = WindowCache() if seen is None else seen
+    verdicts = {}
+    bar = tqdm(total=len(text) * len(settings), desc="document", unit="char", unit_scale=True, disable=not progress)
+    for setting, names in settings.items():
+        part = engine.select(names)
+        read = 0  # characters of the text this setting's windows reached
+        folds = {art.name: Aggregate(getattr(art, "aggregate", "any"), art.flagged_labels) for art in part.artifacts}
+        for spans in _chunks(document_spans(text, setting), chunk):
+            keys = [(tuple(names), setting, text[a:b]) for a, b in spans]
+            known = {key: seen.get(key) for key in keys}
+            new = [key for key, result in known.items() if result is None]
+            prepared = [part.prepare({**fields, "text": key[2]}) for key in new]
+            if new:
+                known.update(zip(new, part.check_prepared(prepared, batch_size=batch_size, token_budget=token_budget)))
+            for span, key in zip(spans, keys):
+                seen.put(key, known[key])
+                for name, verdict in known[key].items():
+                    folds[name].add(span, verdict)
+            bar.update(spans[-1][1] - read)
+            read = spans[-1][1]
+        bar.update(len(text) - read)
+        for art in part.artifacts:
+            verdict = folds[art.name].result(lambda span: text[span[0] : span[1]], index_base=1)
+            verdict = replace(verdict, window={**verdict.window, "document": True})
+            if explain:
+                verdict = replace(verdict, explanation=explain_verdict(art, verdict))
+            verdicts[art.name] = verdict
+    bar.close()
+    return {name: verdicts[name] for name in engine.names}
+
+
+class WindowCache:
+    """The verdicts of the last `size` distinct windows checked, by (policies, setting, text):
+    bounded, so a document of any length keeps memory flat."""
+
+    def __init__(self, size: int = CACHE_WINDOWS):
+        self.size, self.entries = size, OrderedDict()
+
+    def get(self, key):
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+        return found
+
+    def put(self, key, value) -> None:
+        self.entries[key] = value
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
+def _chunks(spans: Iterable[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
+    spans = iter(spans)
+    while batch := list(islice(spans, size)):
+        yield batch
