@@ -1,7 +1,8 @@
 """Long documents (issue 23): a text longer than one check reads (guard.limits.max_text_chars)
 is checked window by window only, never whole.
 
-Each policy reads the document in its own windows (its `window`/`stride` sentences, or
+Each policy reads the document in its own windows (its `window`/`stride` sentences within each
+paragraph, or
 `DOCUMENT_WINDOW` for a policy that sets none, so the shipped default takes a document out of
 the box); the windows are made lazily (guard.check.windows.iter_window_spans), prepared and
 checked `CHUNK_WINDOWS` at a time through the engine's ordinary token-budget forwards, and their
@@ -21,7 +22,7 @@ from itertools import islice
 from tqdm.auto import tqdm
 
 from guard.check.explain import explain as explain_verdict
-from guard.check.windows import Aggregate, Setting, iter_window_spans
+from guard.check.windows import Aggregate, Setting, iter_paragraph_spans, iter_window_spans
 from guard.limits import LIMITS, check_document_fields
 from guard.models.batching import TOKEN_BUDGET
 
@@ -37,10 +38,16 @@ def document_setting(artifact) -> Setting:
 
 
 def document_spans(text: str, setting: Setting) -> Iterator[tuple[int, int]]:
-    """The (start, end) spans of a document's windows for one setting, lazily."""
+    """The (start, end) spans of a document's windows for one setting, lazily: each paragraph's
+    sentence windows (guard.check.windows.iter_window_spans). A window never crosses a blank
+    line, so a harmful paragraph is read alone, not diluted by the prose around it (measured:
+    a four-sentence bomb request between presidential speeches scored P(harmful) 0.07 and 0.10
+    in windows that straddled it, and is flagged read alone)."""
     window, stride = setting
     max_chars = max(1, min(MAX_SENTENCE_CHARS, LIMITS.max_text_chars // window))
-    return iter_window_spans(text, window, stride, max_chars)
+    for start, end in iter_paragraph_spans(text):
+        for a, b in iter_window_spans(text[start:end], window, stride, max_chars):
+            yield (start + a, start + b)
 
 
 def check_document(

@@ -25,6 +25,9 @@ Setting = tuple[int, int]  # (sentences per window, stride): Artifact.window
 _END = re.compile(r"[.!?]+[\"')\]]*(?=\s)|\n")
 
 
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")  # a blank line (perhaps more) between paragraphs
+
+
 def sentence_spans(text: str) -> list[Span]:
     """(start, end) character spans of the sentences of `text`, white space trimmed, empty ones
     dropped; in order, and together they cover every non-space character of `text`."""
@@ -96,6 +99,16 @@ def iter_window_spans(text: str, window: int, stride: int, max_chars: int | None
             yield (run[0][0], run[-1][1])
     if run and last != max(count - window, 0):
         yield (run[0][0], run[-1][1])
+
+
+def iter_paragraph_spans(text: str) -> Iterator[Span]:
+    """The (start, end) spans of the paragraphs of `text`, lazily: runs of text between blank
+    lines, white space trimmed, empty ones dropped."""
+    start = 0
+    for match in _PARAGRAPH_BREAK.finditer(text):
+        yield from _trimmed(text, start, match.start(), None)
+        start = match.end()
+    yield from _trimmed(text, start, len(text), None)
 
 
 def window_texts(text: str, window: int, stride: int) -> list[str]:

@@ -179,3 +179,17 @@ def test_the_stream_checks_its_newest_window_every_n_tokens(tiny):
     assert stream.checks == len(seen) >= 1
     assert stream.flagged == any(seen) and (stream.flagged or stream.checks > 10)
     assert stream.close() is stream.result
+
+
+def test_document_windows_stay_inside_paragraphs():
+    text = "One. Two. Three.\n\nFour. Five.\n  \n\nSix. Seven. Eight. Nine. Ten.\nEleven."
+    spans = list(document_spans(text, (2, 2)))
+    assert [text[a:b] for a, b in spans] == [
+        "One. Two.",
+        "Two. Three.",
+        "Four. Five.",
+        "Six. Seven.",
+        "Eight. Nine.",
+        "Ten.\nEleven.",
+    ]
+    assert list(document_spans("", (4, 2))) == [] and list(document_spans("\n\n  \n", (4, 2))) == []
