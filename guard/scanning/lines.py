@@ -158,7 +158,7 @@ def torch_outcomes(items, request: Request, engine: Engine, rest) -> Iterator[li
     size, explain = engine.batch_size, engine.explain
     if items:
         results = guards.check_batch(
-            [f for _, _, f in items], batch_size=size, progress=len(items) > size or request.file, explain=explain
+            [f for _, _, f in items], batch_size=size, progress=len(items) > size or bool(request.file), explain=explain
         )
         yield [Outcome(origin, name, result) for (origin, name, _), result in zip(items, results)]
     if not request.stdin:
