@@ -193,3 +193,37 @@ def test_document_windows_stay_inside_paragraphs():
         "Ten.\nEleven.",
     ]
     assert list(document_spans("", (4, 2))) == [] and list(document_spans("\n\n  \n", (4, 2))) == []
+
+
+@pytest.mark.parametrize("how", ["mean", "max"])
+def test_a_policy_aggregating_windows_by_mean_or_max(tmp_path, llama_dir, llama, how):
+    """`aggregate: mean|max` end to end: the verdict's calibrated probability is the mean / max
+    over the whole text and its windows, each checked alone by the same heads without windows."""
+    import yaml
+
+    from guard.check.windows import window_texts
+    from guard.policy import load_policy
+
+    path = write_policy(tmp_path, llama_dir, TEXTS)
+    doc = yaml.safe_load(path.read_text())
+    doc.update(window=1, aggregate=how)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert load_policy(path).method["aggregate"] == how
+    db = str(tmp_path / "w.db")
+    compile_policy(path, db, loaded=llama)
+    windowed = Guard.load(db, model=llama)
+    assert windowed.artifact.aggregate == how
+    plain = Guard.load(db, model=llama)  # the same heads, windows switched off
+    plain.artifact.metrics["method"] = {k: v for k, v in windowed.artifact.method.items() if k != "window"}
+    text = " ".join(SENTENCES[:4])
+    got = windowed.check(text)
+    parts = [plain.check(t) for t in window_texts(text, 1, 1)]
+    fold = (lambda xs: sum(xs) / len(xs)) if how == "mean" else max
+    key = "calibrated" if parts[0].calibrated is not None else "scores"
+    for label in ("harmful", "benign"):
+        assert getattr(got, key)[label] == pytest.approx(fold([getattr(p, key)[label] for p in parts]), abs=1e-5)
+    assert got.window["aggregate"] == how and got.window["of"] == len(parts)
+    threshold = (got.thresholds or {}).get("harmful")
+    if threshold is not None:  # decided as one check's probability would be
+        assert got.flagged == (got.calibrated["harmful"] >= threshold)
+        assert got.label == ("harmful" if got.flagged else "benign")
