@@ -23,13 +23,15 @@ from tqdm.auto import tqdm
 
 from guard.check.explain import explain as explain_verdict
 from guard.check.windows import Aggregate, Setting, iter_paragraph_spans, iter_window_spans
+from guard.errors import InputError
 from guard.limits import LIMITS, check_document_fields
 from guard.models.batching import TOKEN_BUDGET
 
 DOCUMENT_WINDOW: Setting = (4, 2)  # sentences per window and stride, for a policy without `window`
 CHUNK_WINDOWS = 64  # windows prepared and checked together: what memory holds of a document
 CACHE_WINDOWS = 1_024  # distinct windows whose verdicts a check keeps, to skip their repeats
-MAX_SENTENCE_CHARS = 1_000  # a longer run without an end mark is cut (a window stays one check)
+MAX_SENTENCE_CHARS = 1_000
+MIN_SPLIT_CHARS = 16  # a window too long in tokens is halved down to about this many characters  # a longer run without an end mark is cut (a window stays one check)
 
 
 def document_setting(artifact) -> Setting:
@@ -81,12 +83,20 @@ def check_document(
         read = 0  # characters of the text this setting's windows reached
         folds = {art.name: Aggregate(getattr(art, "aggregate", "any"), art.flagged_labels) for art in part.artifacts}
         for spans in _chunks(document_spans(text, setting), chunk):
+            ready: dict = {}  # key -> Prepared, for the windows not seen before
+            spans = [
+                piece
+                for span in spans
+                for piece in _fitting(part, fields, text, span, (tuple(names), setting), seen, ready)
+            ]
             keys = [(tuple(names), setting, text[a:b]) for a, b in spans]
             known = {key: seen.get(key) for key in keys}
             new = [key for key, result in known.items() if result is None]
-            prepared = [part.prepare({**fields, "text": key[2]}) for key in new]
             if new:
-                known.update(zip(new, part.check_prepared(prepared, batch_size=batch_size, token_budget=token_budget)))
+                checked = part.check_prepared(
+                    [ready[key] for key in new], batch_size=batch_size, token_budget=token_budget
+                )
+                known.update(zip(new, checked))
             for span, key in zip(spans, keys):
                 seen.put(key, known[key])
                 for name, verdict in known[key].items():
@@ -122,6 +132,28 @@ class WindowCache:
         self.entries.move_to_end(key)
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
+
+
+def _fitting(part, fields: dict, text: str, span, prefix: tuple, seen: WindowCache, ready: dict) -> list:
+    """The window at `span`, prepared into `ready` (by its key: `prefix` and its text) unless
+    `seen` has it; a window too long for one
+    check in tokens (many tokens a character: emoji, some scripts; or a model of few positions)
+    is split in two at white space, each half checked alone, so no part of a document goes
+    unchecked and none makes the whole document fail."""
+    a, b = span
+    key = (*prefix, text[a:b])
+    if key in ready or seen.get(key) is not None:
+        return [span]
+    try:
+        ready[key] = part.prepare({**fields, "text": text[a:b]})
+        return [span]
+    except InputError:
+        if b - a < 2 * MIN_SPLIT_CHARS:
+            raise
+    middle = text.rfind(" ", a + MIN_SPLIT_CHARS, (a + b) // 2 + 1)
+    middle = middle if middle > a else (a + b) // 2
+    pieces = [(a, middle), (middle + (text[middle] == " "), b)]
+    return [out for piece in pieces for out in _fitting(part, fields, text, piece, prefix, seen, ready)]
 
 
 def _chunks(spans: Iterable[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:

@@ -227,3 +227,20 @@ def test_a_policy_aggregating_windows_by_mean_or_max(tmp_path, llama_dir, llama,
     if threshold is not None:  # decided as one check's probability would be
         assert got.flagged == (got.calibrated["harmful"] >= threshold)
         assert got.label == ("harmful" if got.flagged else "benign")
+
+
+def test_a_window_too_long_in_tokens_is_split_not_refused(tiny):
+    """The tiny model reads 512 positions: windows of four long sentences do not fit. Each such
+    window is halved at white space until its pieces fit, and every piece is checked."""
+    from guard.limits import check_fields
+
+    sentence = "The long report went on about the harbour and its ships " * 4 + "and ended here."
+    text = "\n\n".join([" ".join([sentence] * 6)] * 3) + " " + "x. " * (LIMITS.max_text_chars // 3)
+    check_fields({"text": sentence})
+    with pytest.raises(InputError, match="512"):
+        tiny.check(" ".join([sentence] * 4))  # one window of four: too long for one check
+    got = check_document(tiny._set, {"text": text})["tiny"]
+    windows = sum(1 for _ in document_spans(text, DOCUMENT_WINDOW))
+    assert got.window["of"] > windows  # some windows were checked as two or more pieces
+    piece = got.window["text"]
+    assert tiny.check(piece).flagged == got.flagged  # the named piece is one ordinary check
