@@ -32,6 +32,7 @@ class CompileReport:
     seconds: float
     warnings: list[str] = field(default_factory=list)  # what compiled but may not do what was meant
     unchanged: bool = False  # the current revision already is this compile: nothing run, nothing added
+    candidate: bool = False  # stored without becoming current (guard compile --candidate)
 
     def to_dict(self) -> dict:
         art = self.artifact
@@ -132,10 +133,12 @@ def compile_policy(
     progress: bool = False,
     keep: int | None = None,
     force: bool = False,
+    candidate: bool = False,
 ) -> CompileReport:
     """Compile a policy (object or YAML path) into the database as its next revision and return
     what was done; `keep` N deletes all but the newest N revisions afterwards. A policy whose
-    current revision already is this compile (`unchanged`) adds nothing, unless `force`."""
+    current revision already is this compile (`unchanged`) adds nothing, unless `force`. A
+    `candidate` is stored without becoming current (`guard promote` makes it so)."""
     started = time.perf_counter()
     if not isinstance(policy, Policy):
         policy = load_policy(policy)
@@ -160,7 +163,7 @@ def compile_policy(
             loaded, rendered, store=store, batch_size=batch_size, progress="exemplars" if progress else None
         )
         artifact = fit(policy, found.z, loaded)
-        store.save_artifact(artifact, keep=keep)
+        store.save_artifact(artifact, keep=keep, current=not candidate)
     except BaseException:
         store.discard_if_unused()
         raise
@@ -171,6 +174,7 @@ def compile_policy(
         cached=found.cached,
         seconds=time.perf_counter() - started,
         warnings=compile_warnings(policy, loaded),
+        candidate=candidate,
     )
 
 

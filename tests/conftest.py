@@ -121,6 +121,11 @@ def default_activations(tmp_path_factory):
     from guard.compiler import compile_policy
 
     db = tmp_path_factory.mktemp("default-policy") / "guard.db"
+    seed = os.environ.get("GUARD_TEST_ACTIVATIONS")  # a database whose activation cache holds the exemplars
+    if seed:  # on a busy machine: the compile below then runs the fit, not the forwards
+        from tests.support.fixtures import copy_database
+
+        copy_database(seed, db)
     compile_policy(Path(__file__).resolve().parents[1] / "policies/text-harm.yaml", str(db), device="cpu")
     return db
 

@@ -18,6 +18,14 @@ Limit = Annotated[
     int | None, typer.Option("--limit", min=1, help="The newest N rows [default: all with --json, else 50]")
 ]
 JsonRows = options.as_json("Export as JSON lines, one row each")
+Erase = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--erase-sha256",
+        help="Erase the text of the input with this hash (from 'guard audit --json') from the audit log and "
+        "the reviews' copies, keeping the rows; repeatable",
+    ),
+]
 PruneDays = Annotated[
     float | None, typer.Option("--prune-days", min=0, help="Delete rows older than this many days, then report")
 ]
@@ -32,14 +40,20 @@ def audit_command(
     limit: Limit = None,
     as_json: JsonRows = False,
     prune_days: PruneDays = None,
+    erase_sha256: Erase = None,
 ):
-    """List or export the audit log that 'guard serve --audit' writes; prune it with --prune-days."""
+    """List or export the audit log that 'guard serve --audit' writes; --prune-days prunes it, --erase-sha256 erases a text."""
     from datetime import datetime, timedelta, timezone
 
     from guard.store.audit import AuditLog, parse_since
     from guard.store.database import Store
 
     log = AuditLog(Store.open(db))
+    if erase_sha256:
+        for digest in erase_sha256:
+            rows, copies = log.erase(digest.strip().lower())
+            typer.echo(f"erased the text of {digest[:16]}... from {rows} audit rows and {copies} reviews")
+        return
     if prune_days is not None:
         before = datetime.now(timezone.utc) - timedelta(days=prune_days)
         typer.echo(f"pruned {log.prune(before)} audit rows older than {before.isoformat(timespec='seconds')}")

@@ -28,6 +28,14 @@ Keep = Annotated[
     typer.Option("--keep", min=1, help="Keep only the newest N compiled versions of this policy [default: all]"),
 ]
 
+Candidate = Annotated[
+    bool,
+    typer.Option(
+        "--candidate",
+        help="Store the new version without making it current: 'guard review diff' compares it, 'guard promote' serves it",
+    ),
+]
+
 
 @command("compile")
 def compile_command(
@@ -44,6 +52,7 @@ def compile_command(
     allow_path: AllowPath = None,
     keep: Keep = None,
     force: Force = False,
+    candidate: Candidate = False,
 ):
     """Run the model over the policy's exemplars, fit SAV and store the result as the policy's next version."""
     from guard.policy import load_policy
@@ -58,7 +67,15 @@ def compile_command(
     set_threads(threads)
     # the database opens after the model loads: a model that cannot load leaves no empty database
     report = compile_policy(
-        policy, db, device=device, dtype=dtype, batch_size=batch_size, progress=True, keep=keep, force=force
+        policy,
+        db,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        progress=True,
+        keep=keep,
+        force=force,
+        candidate=candidate,
     )
     for warning in report.warnings:
         warn(warning)
@@ -83,3 +100,5 @@ def print_report(report) -> None:
     )
     typer.echo(f"  {headline(art.summary())}")
     typer.echo(f"  on the exemplars it was fitted on (optimistic): {m['train_accuracy']:.1%}")
+    if report.candidate:
+        typer.echo(f"  a candidate: not served until 'guard promote {art.name} {art.revision}'")

@@ -90,6 +90,31 @@ Threads = Annotated[
         help="torch threads per model worker [env GUARD_THREADS, default: (cores - 1) / --workers, at least 1]",
     ),
 ]
+Review = Annotated[
+    bool,
+    typer.Option(
+        "--review",
+        help="Serve the review page /review (needs --audit --audit-text and a review: or admin: key; docs/review.md)",
+    ),
+]
+ReviewSample = Annotated[
+    float,
+    typer.Option(
+        "--review-sample",
+        min=0,
+        max=1,
+        help="Share of confident verdicts the review queue shows after the uncertain ones (every label alike)",
+    ),
+]
+ReloadEvery = Annotated[
+    float | None,
+    typer.Option(
+        "--reload-every",
+        min=0,
+        help="Seconds between checks for a newly promoted version, served without a restart "
+        "(0: never) [default: 2 with --review, else 0]",
+    ),
+]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
 ShutdownTimeout = Annotated[
     float, typer.Option("--shutdown-timeout", min=0, help="Seconds in-flight requests get to finish on SIGTERM")
@@ -120,6 +145,8 @@ CONFIG = {
     "max_connections": "max_connections",
     "threads": "threads",
     "workers": "workers",
+    "review": "review",
+    "review_sample": "review_sample",
 }
 
 
@@ -159,14 +186,23 @@ def serve_command(
     shutdown_timeout: ShutdownTimeout = 30.0,
     engine: options.EngineName = None,
     onnx_dir: options.OnnxDir = None,
+    review: Review = False,
+    review_sample: ReviewSample = 0.05,
+    reload_every: ReloadEvery = None,
 ):
     """Serve the compiled policies over HTTP: OpenAI's POST /v1/moderations and guard's POST /v1/check."""
-    # long: one parameter per option (33 of them); the body builds the settings and starts one or N processes
+    # long: one parameter per option (36 of them); the body builds the settings and starts one or N processes
     if (audit_text or audit_secret) and not audit:
         fail("--audit-text and --audit-secret go with --audit")
     quiet_transformers()
     from guard.serve.keys import load_keys
     from guard.serve.main import LOOPBACK, ServeSettings, serve
+
+    keys = load_keys(api_key, api_key_file)
+    if review:
+        check_review_options(audit_text, keys)
+    config = serve_config(ctx.params, keys)
+    config.reload_s = reload_every if reload_every is not None else (2.0 if review else 0.0)
 
     settings = ServeSettings(
         db=db,
@@ -175,7 +211,7 @@ def serve_command(
         port=port,
         device=device,
         dtype=dtype,
-        config=serve_config(ctx.params, load_keys(api_key, api_key_file)),
+        config=config,
         log_level=log_level,
         shutdown_timeout=shutdown_timeout,
         engine=engine,
@@ -187,6 +223,14 @@ def serve_command(
         from guard.serve.workers import run_workers
 
         run_workers(settings, workers)
+
+
+def check_review_options(audit_text: bool, keys) -> None:
+    """--review shows audited texts to review keys: it needs the texts and such a key."""
+    if not audit_text:
+        fail("--review needs --audit --audit-text: the review page shows the audited texts")
+    if not keys.roles() & {"review", "admin"}:
+        fail("--review needs a review or admin key: give one as review:KEY or admin:KEY (docs/review.md)")
 
 
 def serve_config(params: dict, keys):

@@ -299,7 +299,7 @@ def evaluate(
     if group_by:
         check_group_by(items, group_by)
     pairs, tests, excluded = _exemplars_then_tests(policy, items, test_file)
-    embeddings = embed_items(baseline, [item for item, _ in pairs], progress)
+    embeddings = embed_items(baseline, [item for item, _ in pairs], progress, policy.field_order)
 
     store = store or Store.open(db, create=True)
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
@@ -394,7 +394,9 @@ def _by_group(ev: Evaluation, policy: Policy, tests, truth, verdicts, group_by: 
     groups = item_groups(tests, group_by or DEFAULT_GROUP_BY, test_file)
     names = policy.label_names
     embed = ev.methods.get("embed")
-    ev.errors = errors_of(tests, groups, truth, verdicts, names, embed.predictions if embed else None)
+    ev.errors = errors_of(
+        tests, groups, truth, verdicts, names, embed.predictions if embed else None, policy.field_order
+    )
     if group_by:
         preds = {key: ev.methods[key].predictions for key in ("sav", "embed") if key in ev.methods}
         flagged = {i for i, label in enumerate(policy.labels) if label.flagged}

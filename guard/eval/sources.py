@@ -180,10 +180,13 @@ def tally(groups: Sequence[str], truth: Sequence[int], preds: dict[str, Sequence
     return rows
 
 
-def error_record(item: Exemplar, group: str, verdict: Verdict, embed_label: str | None = None) -> dict:
-    """One misjudged item for `--errors`: what it is, what SAV said and why (scores, votes)."""
+def error_record(
+    item: Exemplar, group: str, verdict: Verdict, embed_label: str | None = None, names: Sequence[str] = ()
+) -> dict:
+    """One misjudged item for `--errors`: what it is, what SAV said and why (scores, votes);
+    `names`: the prompt's fields, shown for an item without a {text}."""
     v = verdict.to_dict(votes=True)
-    out = {"text": item.text, "origin": item.origin, "group": group, "label": item.label}
+    out = {"text": item.shown_text(names), "origin": item.origin, "group": group, "label": item.label}
     out.update(predicted=verdict.label, flagged=verdict.flagged, scores=v["scores"], calibrated=v["calibrated"])
     out.update(margin=v["margin"], uncertain=v["uncertain"], votes=v["votes"])
     if item.images:
@@ -195,10 +198,10 @@ def error_record(item: Exemplar, group: str, verdict: Verdict, embed_label: str 
     return out
 
 
-def errors_of(items, groups, truth, verdicts, names, embed_pred=None) -> list[dict]:
+def errors_of(items, groups, truth, verdicts, names, embed_pred=None, fields: Sequence[str] = ()) -> list[dict]:
     """Error records of the items SAV misjudged (`verdicts` in item order)."""
     return [
-        error_record(item, groups[i], verdicts[i], None if embed_pred is None else names[int(embed_pred[i])])
+        error_record(item, groups[i], verdicts[i], None if embed_pred is None else names[int(embed_pred[i])], fields)
         for i, item in enumerate(items)
         if names.index(verdicts[i].label) != truth[i]
     ]
@@ -211,14 +214,17 @@ def write_errors(path: str | Path, errors: Sequence[dict]) -> None:
 # --- the embedding baseline -----------------------------------------------------------------------
 
 
-def embed_items(spec: str | None, items: Sequence[Exemplar], progress: bool = False) -> torch.Tensor | None:
-    """Sentence embeddings of the items' texts for `--baseline SPEC` (None without a baseline)."""
+def embed_items(
+    spec: str | None, items: Sequence[Exemplar], progress: bool = False, fields: Sequence[str] = ()
+) -> torch.Tensor | None:
+    """Sentence embeddings of the items' texts for `--baseline SPEC` (None without a baseline);
+    `fields`: the prompt's fields, embedded for an item without a {text} (Exemplar.shown_text)."""
     if spec is None:
         return None
     model_dir = baselines.embed_model_dir(spec)
     if any(item.images for item in items):
         raise GuardError("--baseline embed reads text only; this policy or its data has images")
-    return baselines.embed_texts(model_dir, [item.text for item in items], progress=progress)
+    return baselines.embed_texts(model_dir, [item.shown_text(fields) for item in items], progress=progress)
 
 
 # --- leave one source out -------------------------------------------------------------------------
@@ -352,7 +358,9 @@ def leave_one_source_out(
             f"leave-one-source-out needs exemplars from two or more groups; all of '{policy.name}' "
             f"are in '{groups[0]}' (--group-by another field, e.g. one its records carry)"
         )
-    embeddings = embed_items(baseline, policy.exemplars, progress)  # before the model: a missing extra fails fast
+    embeddings = embed_items(
+        baseline, policy.exemplars, progress, policy.field_order
+    )  # before the model: a missing extra fails fast
     store = store or Store.open(db, create=True)
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
     rendered = render_exemplars(policy, loaded)
@@ -388,7 +396,7 @@ def _loso_breakdown(policy, groups, outputs: list[FoldOutput], group_by, with_em
     held = [groups[i] for i in idx]
     rows = tally(held, truth, preds, flagged)
     items = [policy.exemplars[i] for i in idx]
-    errors = errors_of(items, held, truth, verdicts, names, preds.get("embed"))
+    errors = errors_of(items, held, truth, verdicts, names, preds.get("embed"), policy.field_order)
     return Breakdown(group_by, "loso", rows, list(preds)), errors
 
 

@@ -17,7 +17,7 @@ import csv
 import json
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -38,10 +38,18 @@ class Exemplar:
 
     def prompt_fields(self) -> dict[str, str]:
         """Values available to the policy's prompt template ({text} and any other column);
-        an image exemplar without text has no {text}."""
-        if not self.text and self.images:
+        an exemplar without text (images, or other fields only) has no {text}."""
+        if not self.text and (self.images or self.fields):
             return dict(self.fields)
         return {**self.fields, "text": self.text}
+
+    def shown_text(self, names: Sequence[str] = ()) -> str:
+        """The input as one text, for the embedding baseline and error records: its {text}, or
+        for an input of other prompt fields only (a request and its answer), a "name: value"
+        line for each of `names` (the prompt's fields, in order) it has."""
+        if self.text or not names:
+            return self.text
+        return "\n".join(f"{name}: {self.fields[name]}" for name in names if name in self.fields)
 
     def image_paths(self) -> list[Path]:
         root = self.root or Path.cwd()
@@ -121,7 +129,10 @@ def _exemplar_from_record(record: dict, origin: str, source: Source | None = Non
     if not isinstance(record, dict):
         raise PolicyError(f"{origin}: expected an object with 'text' and 'label'")
     images = _images_of(record, origin)
-    required = ("label",) if images else ("text", "label")
+    # a record without "text" may fill other prompt fields (a request and its answer: {prompt},
+    # {response}); validate_items then refuses it for a prompt that needs {text}
+    others = [k for k in record if k not in ("text", "label", "images", "image")]
+    required = ("label",) if images or ("text" not in record and others) else ("text", "label")
     missing = [k for k in required if k not in record or record[k] in (None, "")]
     if missing:
         raise PolicyError(f"{origin}: missing field {', '.join(repr(m) for m in missing)}")

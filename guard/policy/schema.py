@@ -135,6 +135,11 @@ class Policy:
     def prompt_fields(self) -> set[str]:
         return template_fields(self.prompt)
 
+    @property
+    def field_order(self) -> list[str]:
+        """The prompt's {field} names in the order the template first uses them."""
+        return list(dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(self.prompt) if name))
+
     def render(self, values: dict[str, str]) -> str:
         """Fill the prompt template; `values` must hold every {field} the template names."""
         return fill_prompt(self.prompt, values, self.escape)

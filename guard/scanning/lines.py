@@ -38,6 +38,7 @@ class Request:
     images: Sequence[str] = ()
     prompt: str | None = None
     stdin: bool = False
+    fields: dict[str, str] = field(default_factory=dict)  # other prompt {fields} of the one input (--field)
     file: str | None = None  # a whole document in a file (guard.check.documents past one check)
 
 
@@ -87,10 +88,17 @@ def check_lines(request: Request, engine: Engine) -> Iterator[list[Outcome]]:
 def given_items(request: Request) -> list[tuple[dict, str, dict]]:
     """(origin, name, fields) of the text and the images; usage errors refused."""
     items = []
-    if request.text is not None:
+    if (
+        request.fields and request.file is None
+    ):  # one input of named fields ({prompt}, {response}), with the text if given
+        given = {**request.fields, **({} if request.text is None else {"text": request.text})}
+        name = request.text if request.text is not None else " | ".join(f"{k}: {v}" for k, v in request.fields.items())
+        items.append(({}, name, check_fields(given)))
+    elif request.text is not None:
         items.append(({}, request.text, check_fields({"text": request.text})))
     if request.file is not None:
-        items.append(({"file": request.file}, request.file, {"text": read_document(request.file)}))
+        document = {**request.fields, "text": read_document(request.file)}
+        items.append(({"file": request.file}, request.file, check_document_fields(document)))
     if request.images:
         from guard.models.images import load_image
 
@@ -102,7 +110,8 @@ def given_items(request: Request) -> list[tuple[dict, str, dict]]:
         )
     if not items and not request.stdin:
         raise GuardError(
-            "nothing to check: give --text TEXT, --file PATH, image files, or '-' to read lines from stdin"
+            "nothing to check: give --text TEXT, --field NAME=VALUE, --file PATH, image files, or '-' to read lines"
+            " from stdin"
         )
     return items
 

@@ -58,6 +58,10 @@ RELOAD_NOTE = (
 )
 
 
+def reload_note(seconds: float) -> str:
+    return f"promoted (or rolled back) versions are served within {seconds:g} s (--reload-every)"
+
+
 def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     """The app over a Service; with `manage_service` the app's lifespan starts and stops it."""
 
@@ -88,6 +92,10 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     _add_error_handlers(app, service)
     _add_routes(app, service)
     _add_docs(app, service)
+    if service.config.review:  # guard serve --review: the review page (issue 22)
+        from guard.serve.review import add_review_routes
+
+        add_review_routes(app, service)
     return app
 
 
@@ -195,7 +203,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             "versions": served,  # the version each policy is served at: the one loaded at start
             "queue_depth": service.batcher.depth,
             "worker": {"index": service.config.worker or 0, "pid": os.getpid()},
-            "reload": RELOAD_NOTE,
+            "reload": RELOAD_NOTE if not service.config.reload_s else reload_note(service.config.reload_s),
         }
         newer = {name: v for name, v in stored.items() if name in served and v != served[name]}
         if newer:  # the database's current version differs: a restart would serve it

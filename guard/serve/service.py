@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -59,6 +60,9 @@ class ServeConfig:
     workers: int = 1  # model processes behind the port (guard.serve.workers)
     worker: int | None = None  # this process's index among them (None: the only one)
     retry_after_s: int = 1  # what a 503 for a full queue tells the client to wait
+    review: bool = False  # serve the review page /review (guard.serve.review)
+    review_sample: float = 0.05  # share of confident verdicts the review queue samples (every label alike)
+    reload_s: float = 0.0  # poll the database's current versions this often and serve new ones (0: never)
 
 
 @dataclass
@@ -125,6 +129,14 @@ class Moderator:
                 results[i] = Outcome(verdicts)
         return results
 
+    def swap(self, guards: Engine) -> None:
+        """Serve `guards` (the same policies at newer versions, on the same model) from now on:
+        batches already running finish on the old ones, the next ones run on these."""
+        with self._lock:
+            self.guards = guards
+            self.artifacts = {art.name: art for art in guards.artifacts}
+            self._subsets = {tuple(guards.names): guards}
+
     def warm_up(self) -> None:
         """One forward of every served policy (each prompt group, windows included) on a short
         text: the first request then finds the model's weights paged in and its kernels ready."""
@@ -164,6 +176,7 @@ class Service:
         self.warm_up_error: str | None = None
         self.audit: AuditWriter | None = None
         self.audit_key: AuditKey | None = None
+        self.watcher = None  # guard.serve.reload.VersionWatcher, with --reload-every
         if self.config.audit:
             if store is None:
                 raise GuardError("the audit log needs the policy database")
@@ -187,9 +200,16 @@ class Service:
         if self.audit is not None:
             self.audit.start()
         self.batcher.start()
+        if self.config.reload_s > 0 and self.store is not None:
+            from guard.serve.reload import VersionWatcher
+
+            self.watcher = VersionWatcher(self, self.config.reload_s)
+            self.watcher.start()
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Finish every queued input, write every audit row, stop the threads."""
+        if self.watcher is not None:
+            self.watcher.stop()
         self.batcher.stop(timeout)
         if self.audit is not None:
             self.audit.close(timeout)
@@ -383,6 +403,8 @@ class Service:
                         scores={k: round(v, 6) for k, v in (verdict.calibrated or verdict.scores).items()},
                         latency_ms=round(outcome.latency_s * 1000, 3),
                         api_key=api_key,
+                        votes=dict(Counter(vote.label for vote in verdict.votes)),
+                        uncertain=bool(verdict.uncertain),
                     )
                 )
         return records

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from guard.errors import GuardError
 from guard.store.database import Store, sqlite_file
-from guard.store.tables import AuditRow
+from guard.store.tables import AuditRow, ReviewRow
 
 log = logging.getLogger("guard.audit")  # the logger name of 0.2: log configurations name it
 
@@ -55,6 +55,8 @@ class AuditRecord:
     input_text: str | None = None
     api_key: str | None = None
     client_request_id: str | None = None  # the caller's X-Request-ID, as sent (request_id is the server's)
+    votes: dict | None = None  # each label's head votes (revision 0007; None before)
+    uncertain: bool | None = None  # whether the verdict was uncertain (revision 0007; None before)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,7 +200,31 @@ class AuditLog:
             return conn.scalar(sa.select(sa.func.count()).select_from(AuditRow.__table__))
 
     def prune(self, before: datetime) -> int:
-        """Delete rows older than `before`; returns how many went."""
+        """Delete rows older than `before`, and the copies of their texts that reviews keep
+        (the reviews stay, counted, without the text); returns how many audit rows went."""
+        audit, reviews = AuditRow.__table__, ReviewRow.__table__
         with self.store.engine.begin() as conn:
-            result = conn.execute(sa.delete(AuditRow.__table__).where(AuditRow.__table__.c.created_at < _iso(before)))
+            result = conn.execute(sa.delete(audit).where(audit.c.created_at < _iso(before)))
+            orphaned = reviews.c.audit_id.not_in(sa.select(audit.c.id).scalar_subquery())
+            conn.execute(sa.update(reviews).where(orphaned, reviews.c.input_text.is_not(None)).values(input_text=None))
         return result.rowcount
+
+    def erase(self, input_sha256: str) -> tuple[int, int]:
+        """Erase one input's text (given by its hash, as `guard audit` shows it) from the audit
+        rows and the reviews' copies, keeping the rows (counts and verdicts stay); returns how
+        many (audit rows, reviews) held it."""
+        audit, reviews = AuditRow.__table__, ReviewRow.__table__
+        if not re.fullmatch(r"[0-9a-f]{64}", input_sha256):
+            raise GuardError(f"'{input_sha256}' is not an input hash (64 hex digits, as 'guard audit --json' shows)")
+        with self.store.engine.begin() as conn:
+            rows = conn.execute(
+                sa.update(audit)
+                .where(audit.c.input_sha256 == input_sha256, audit.c.input_text.is_not(None))
+                .values(input_text=None)
+            ).rowcount
+            copies = conn.execute(
+                sa.update(reviews)
+                .where(reviews.c.input_sha256 == input_sha256, reviews.c.input_text.is_not(None))
+                .values(input_text=None)
+            ).rowcount
+        return rows, copies

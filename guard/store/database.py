@@ -213,8 +213,9 @@ class Store:
     # --- artifacts -------------------------------------------------------------------------
 
     @_store_errors
-    def save_artifact(self, art: Artifact, keep: int | None = None) -> int:
-        """Store a compile as the policy's next revision and make it current, all or nothing;
+    def save_artifact(self, art: Artifact, keep: int | None = None, current: bool = True) -> int:
+        """Store a compile as the policy's next revision and make it current (unless not
+        `current`, when the policy already has a current revision: a candidate), all or nothing;
         `keep` N: then delete all but the newest N revisions (never the current one)."""
         row = _row_from_artifact(art)
         with orm.Session(self.writer) as session, session.begin():
@@ -223,7 +224,8 @@ class Store:
             revision = row.revision = (last or 0) + 1
             session.add(row)
             session.flush()
-            self._point(session, art.name, row.id)
+            if current or session.get(CurrentPolicy, art.name) is None:
+                self._point(session, art.name, row.id)
             if keep is not None:
                 self._prune(session, art.name, keep)
         art.revision = revision

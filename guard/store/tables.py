@@ -135,3 +135,42 @@ class AuditRow(Base):
     flagged: orm.Mapped[bool]
     scores: orm.Mapped[dict] = orm.mapped_column(sa.JSON)
     latency_ms: orm.Mapped[float]
+    # from revision 0007 (NULL before): each label's head votes, and whether the verdict was uncertain
+    votes: orm.Mapped[dict | None] = orm.mapped_column(sa.JSON)
+    uncertain: orm.Mapped[bool | None]
+
+
+class ReviewRow(Base):
+    """One reviewer's action on one audited verdict (guard.store.reviews), from revision 0007.
+
+    Never an edit of the audit row: each action is a row of its own, so reviewers who disagree
+    are all kept. `input_text` is a copy of the audit row's text (erased with it), so an export
+    still finds it after the audit log's retention pruned the row.
+    """
+
+    __tablename__ = "reviews"
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True, autoincrement=True)
+    created_at: orm.Mapped[str] = orm.mapped_column(sa.String(40), index=True)
+    reviewer: orm.Mapped[str] = orm.mapped_column(sa.String(16))  # the key's keyed hash
+    role: orm.Mapped[str] = orm.mapped_column(sa.String(16))
+    audit_id: orm.Mapped[int] = orm.mapped_column(index=True)
+    policy: orm.Mapped[str] = orm.mapped_column(sa.String(200), index=True)
+    policy_version: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    input_sha256: orm.Mapped[str] = orm.mapped_column(sa.String(64), index=True)
+    input_text: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    model_label: orm.Mapped[str] = orm.mapped_column(sa.String(200))
+    action: orm.Mapped[str] = orm.mapped_column(sa.String(16))
+    label: orm.Mapped[str | None] = orm.mapped_column(sa.String(200))
+    note: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+
+
+class StaffAction(Base):
+    """What a review or admin key (or the command line) did: guard's audit of its own staff."""
+
+    __tablename__ = "staff_actions"
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True, autoincrement=True)
+    created_at: orm.Mapped[str] = orm.mapped_column(sa.String(40), index=True)
+    actor: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    role: orm.Mapped[str] = orm.mapped_column(sa.String(16))
+    action: orm.Mapped[str] = orm.mapped_column(sa.String(40))
+    detail: orm.Mapped[dict] = orm.mapped_column(sa.JSON)

@@ -90,8 +90,8 @@ def test_concurrent_first_opens_migrate_once(tmp_path):
 
 def test_revisions_form_one_chain():
     revisions = list(migrations.script().walk_revisions())
-    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004", "0005", "0006"]
-    assert migrations.head() == "0006"
+    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+    assert migrations.head() == "0007"
     assert migrations.newest_file_revision() == migrations.head()  # the no-Alembic check at open
 
 
@@ -119,7 +119,7 @@ def test_opening_a_database_at_head_imports_no_alembic(tmp_path):
     con.commit()
     con.close()
     assert run().strip() == "['alembic']"  # behind head: Alembic upgrades it
-    assert Store.open(str(path)).schema_revision() == "0006"
+    assert Store.open(str(path)).schema_revision() == "0007"
     assert "bank" in {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(heads)")}
 
 
@@ -146,9 +146,56 @@ def test_a_0004_audit_log_upgrades_keeping_its_rows(tmp_path):
     con.close()
 
     store = Store.open(str(path))
-    assert store.schema_revision() == migrations.head() == "0006"
+    assert store.schema_revision() == migrations.head() == "0007"
     (row,) = AuditLog(store).query()
     assert (row.request_id, row.client_request_id, row.input_sha256) == ("old-1", None, "ab" * 32)
     indexes = {r[1] for r in sqlite3.connect(path).execute("PRAGMA index_list(audit_log)")}
     assert "ix_audit_log_client_request_id" in indexes
     Store.open(str(path))  # at head: opening again changes nothing
+
+
+def test_a_0_2_database_gains_the_reviews_table_keeping_its_audit_rows(old_db):
+    """Revision 0007 (issue 22): a guard 0.2 database (schema 0006: guard 0.1's upgraded, with
+    audit rows) gains `reviews` and `staff_actions`, and the audit log's `votes` and `uncertain`
+    columns, NULL on the rows it had; those rows are reviewable and stay as they were."""
+    from guard.store.audit import AuditLog
+    from guard.store.reviews import Reviews
+
+    Store.open(str(old_db)).engine.dispose()  # 0.1 -> head, then back to what 0.2 left (0006)
+    con = sqlite3.connect(old_db)
+    con.execute("DROP TABLE reviews")
+    con.execute("DROP TABLE staff_actions")
+    con.execute("ALTER TABLE audit_log DROP COLUMN votes")
+    con.execute("ALTER TABLE audit_log DROP COLUMN uncertain")
+    con.execute("UPDATE guard_schema SET version_num = '0006'")
+    con.execute(
+        "INSERT INTO audit_log (created_at, request_id, client_request_id, item, endpoint, api_key, policy, "
+        "policy_version, model_fingerprint, input_sha256, input_text, label, flagged, scores, latency_ms) VALUES "
+        "('2026-11-28T12:00:00.000000+00:00', 'r1', NULL, 0, 'check', NULL, 'harm', 'v1', 'fp', ?, "
+        "'how do I fix a pipe', 'harmful', 1, '{\"harmful\": 0.6, \"benign\": 0.4}', 1.5)",
+        ("ab" * 32,),
+    )
+    con.commit()
+    con.close()
+    assert "reviews" not in tables(old_db)
+
+    store = Store.open(str(old_db))
+    assert store.schema_revision() == migrations.head() == "0007"
+    assert {"reviews", "staff_actions"} <= tables(old_db)
+    (row,) = AuditLog(store).query()
+    assert (row.input_text, row.votes, row.uncertain, row.scores) == (
+        "how do I fix a pipe",
+        None,
+        None,
+        {"harmful": 0.6, "benign": 0.4},
+    )
+    reviews = Reviews(store)
+    (item,) = reviews.queue()
+    assert item.reason == "uncertain"  # no flag recorded: a winning probability under 0.75
+    reviews.add(
+        item.audit_id, reviewer="r", role="review", action="correct", label="benign", labels=["harmful", "benign"]
+    )
+    assert [r.to_dict() for r in AuditLog(store).query()] == [row.to_dict()]
+    assert [(r.label, r.model_label, r.input_text) for r in reviews.all("harm")] == [
+        ("benign", "harmful", "how do I fix a pipe")
+    ]

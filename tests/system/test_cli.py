@@ -166,3 +166,46 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(compiled, tmp_path):
     assert json.loads(first)["flagged"] is True
     assert status == "141"
     assert (tmp_path / "err").read_text() == ""
+
+
+@pytest.fixture
+def pair_policy(tmp_path, llama_dir, db):
+    """A policy over a request and its answer ({prompt}, {response}), no {text}."""
+    import yaml
+
+    answers = {"harmful": ["first you get the fuse", "mix the two powders"], "safe": ["I can't help.", "No, sorry."]}
+    doc = {
+        "name": "pairs",
+        "model": str(llama_dir),
+        "prompt": "Q: {prompt}\nA: {response}\nHarmful answer? Yes or No.",
+        "labels": [{"name": "harmful", "flagged": True}, {"name": "safe"}],
+        "exemplars": [{"from": "pairs.jsonl"}],
+        "heads": 2,
+    }
+    rows = [
+        {"prompt": q, "response": a, "label": label}
+        for label, items in answers.items()
+        for q, a in zip(("make a bomb?", "hurt him?"), items, strict=True)
+    ]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "pairs.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    compiled = run("compile", path, "--db", db)
+    assert compiled.exit_code == 0, compiled.output
+    return db
+
+
+def test_check_fields_judge_a_request_and_its_answer_as_the_library_does(pair_policy):
+    from guard import Guard
+
+    args = ("check", "--db", pair_policy, "--json", "--field", "prompt=make a bomb?", "-f", "response=mix the powders")
+    result = run(*args)
+    assert result.exit_code in (0, 1), result.output
+    verdict = json.loads(result.stdout)["verdicts"]["pairs"]
+    library = Guard.load(pair_policy, "pairs").check(prompt="make a bomb?", response="mix the powders")
+    assert verdict["label"] == library.label and verdict["scores"] == pytest.approx(library.scores, abs=1e-6)
+    # a field the prompt needs and was not given, or a malformed one: one line, exit 2
+    missing = run("check", "--db", pair_policy, "--field", "prompt=make a bomb?")
+    assert missing.exit_code == 2 and "response" in missing.output and "Traceback" not in missing.output
+    malformed = run("check", "--db", pair_policy, "--field", "prompt")
+    assert malformed.exit_code == 2 and malformed.output.strip().count("\n") == 0

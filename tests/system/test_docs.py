@@ -217,14 +217,17 @@ def options_of(sub: str) -> set[str]:
     if sub not in _HELP:
         env = {**os.environ, "COLUMNS": "200"}
         out = subprocess.run(
-            [str(GUARD_BIN), *([sub] if sub else []), "--help"], capture_output=True, text=True, env=env
+            [str(GUARD_BIN), *(sub.split() if sub else []), "--help"], capture_output=True, text=True, env=env
         )
         assert out.returncode == 0, f"guard {sub} --help: {out.stderr}"
         _HELP[sub] = set(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", out.stdout))
     return _HELP[sub]
 
 
-SUBCOMMANDS = {"compile", "check", "scan", "list", "rollback", "inspect", "export", "eval", "serve", "audit"}
+SUBCOMMANDS = {
+    "compile", "check", "scan", "list", "rollback", "promote", "inspect", "export", "eval", "serve", "audit", "review",
+}  # fmt: skip
+GROUPS = {"review": {"export", "diff", "stats"}}  # subcommands with subcommands of their own
 
 
 @pytest.mark.parametrize("block", [b for b in ALL if b.lang == "bash"], ids=lambda b: b.id)
@@ -233,6 +236,9 @@ def test_commands_name_real_options(block):
     for args in guard_invocations(block.text):
         sub = args[0] if args and not args[0].startswith("-") else ""
         assert not sub or sub in SUBCOMMANDS, f"{block.id}: no subcommand {sub!r}"
+        if sub in GROUPS:
+            assert len(args) > 1 and args[1] in GROUPS[sub], f"{block.id}: no subcommand {' '.join(args[:2])!r}"
+            sub = f"{sub} {args[1]}"
         for word in args:
             for option in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", word):
                 assert option in options_of(sub), f"{block.id}: guard {sub} has no {option}"

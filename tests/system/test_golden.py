@@ -144,7 +144,7 @@ def commands(group: click.Group, prefix: tuple[str, ...] = ()):
     ctx = click.Context(group)
     for name in group.list_commands(ctx):
         command = group.get_command(ctx, name)
-        if isinstance(command, click.Group):
+        if isinstance(command, click.Group) or hasattr(command, "list_commands"):  # typer vendors its own click
             yield from commands(command, (*prefix, name))
         else:
             yield (*prefix, name), command

@@ -81,6 +81,23 @@ def test_csv_exemplars_with_extra_fields(tmp_path):
     assert policy.exemplars[2].origin == "ex.csv:5"
 
 
+def test_pair_exemplars_fill_prompt_fields_without_a_text(tmp_path):
+    """A request and its answer ({prompt}, {response}) need no "text"; a policy that does need
+    {text} refuses such a line by name, instead of fitting on an empty text."""
+    rows = [{"prompt": "pick a lock?", "response": f"answer {i}", "label": lab} for i, lab in enumerate("aabb")]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = 'name: p\nprompt: "Q: {prompt} A: {response}"\nlabels: [a, b]\nexemplars:\n  - from: pairs.jsonl\n'
+    policy = load_policy(write(tmp_path, pairs))
+    assert policy.field_order == ["prompt", "response"]
+    assert policy.render(policy.exemplars[2].prompt_fields()) == "Q: pick a lock? A: answer 2"
+    assert policy.exemplars[2].shown_text(policy.field_order) == "prompt: pick a lock?\nresponse: answer 2"
+    assert error_of(write(tmp_path, pairs.replace("{response}", "{text}"))) == (
+        "pairs.jsonl:1: no value for prompt field {text}"
+    )
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"text": "", "prompt": "x", "label": "a"}) + "\n")
+    assert error_of(write(tmp_path, pairs)) == "pairs.jsonl:1: missing field 'text'"
+
+
 def test_malformed_yaml(tmp_path):
     assert error_of(write(tmp_path, "name: x\nlabels: [a, b\nprompt: y\n")).startswith("policy.yaml:3: invalid YAML")
 

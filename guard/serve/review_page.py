@@ -1,0 +1,185 @@
+"""The review page's HTML, rendered on the server: the queue, the login form, the votes chart.
+
+Every text that reaches the page (the audited inputs above all: a review page is an XSS target)
+goes through `html.escape(..., quote=True)`, in element content and in attributes alike. The one
+script and the one style sheet are inline and carry the response's CSP nonce (guard.serve.review
+sends `script-src 'nonce-...'`), so nothing is fetched: the page works offline. Keys: `j`/`k`
+move between items, `c` confirms, `1`..`9` correct to the policy's label of that number, `s`
+skips, `n` goes to the note field (Enter adds the note, Escape leaves it).
+"""
+
+from __future__ import annotations
+
+from html import escape
+from urllib.parse import urlencode
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;max-width:60em;color:#222}
+.item{border:1px solid #ccc;border-radius:6px;padding:.8em;margin:.8em 0}
+.item.current{border-color:#06c;box-shadow:0 0 0 2px #06c3}
+.text{white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:.5em;margin:.3em 0}
+.flagged{color:#a00;font-weight:bold}.allowed{color:#070;font-weight:bold}
+.meta{color:#666;font-size:12px}form.inline{display:inline}button{margin:.15em}
+kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3em;font-size:12px}
+"""
+
+SCRIPT = """
+(function () {
+  var items = Array.prototype.slice.call(document.querySelectorAll('.item'));
+  var current = 0;
+  function show(i) {
+    if (!items.length) return;
+    items[current].classList.remove('current');
+    current = Math.max(0, Math.min(items.length - 1, i));
+    items[current].classList.add('current');
+    items[current].scrollIntoView({block: 'nearest'});
+  }
+  show(0);
+  document.addEventListener('keydown', function (e) {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    var tag = e.target.tagName;
+    if (tag === 'INPUT' || tag === 'TEXTAREA' || tag === 'SELECT') {
+      if (e.key === 'Escape') e.target.blur();
+      return;
+    }
+    if (!items.length) return;
+    if (e.key === 'j') { show(current + 1); e.preventDefault(); return; }
+    if (e.key === 'k') { show(current - 1); e.preventDefault(); return; }
+    if (e.key === 'n') {
+      var note = items[current].querySelector('input[name=note]');
+      if (note) { note.focus(); e.preventDefault(); }
+      return;
+    }
+    var buttons = items[current].querySelectorAll('button[data-key]');
+    for (var k = 0; k < buttons.length; k++) {
+      if (buttons[k].getAttribute('data-key') === e.key) { buttons[k].click(); e.preventDefault(); return; }
+    }
+  });
+})();
+"""
+
+
+def page(title: str, body: str, nonce: str) -> str:
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title>"
+        f'<style nonce="{escape(nonce)}">{STYLE}</style></head>'
+        f'<body>{body}<script nonce="{escape(nonce)}">{SCRIPT}</script></body></html>'
+    )
+
+
+def login_page(nonce: str, error: str | None = None) -> str:
+    problem = f'<p class="flagged">{escape(error)}</p>' if error else ""
+    body = (
+        "<h1>guard review: sign in</h1>"
+        f"{problem}"
+        '<form method="post" action="/review/login">'
+        '<label>Review or admin key <input type="password" name="key" autocomplete="off" autofocus></label> '
+        '<button type="submit">Sign in</button></form>'
+    )
+    return page("guard review: sign in", body, nonce)
+
+
+def votes_svg(votes: dict | None, labels: list[str]) -> str:
+    """The heads' votes per label as a small horizontal bar chart (inline SVG)."""
+    if not votes:
+        return '<span class="meta">(no head votes recorded for this verdict)</span>'
+    total = max(1, sum(votes.values()))
+    names = labels + [name for name in votes if name not in labels]
+    height = 18 * len(names) + 4
+    rows = []
+    for i, name in enumerate(names):
+        count = int(votes.get(name, 0))
+        width = round(160 * count / total)
+        y = 18 * i + 2
+        rows.append(
+            f'<text x="0" y="{y + 12}" font-size="12">{escape(name)}</text>'
+            f'<rect x="90" y="{y}" width="{width}" height="14" fill="#4a7fc1"></rect>'
+            f'<text x="{95 + width}" y="{y + 12}" font-size="12">{count}/{total}</text>'
+        )
+    return (
+        f'<svg class="votes" role="img" aria-label="head votes" width="300" height="{height}" '
+        f'xmlns="http://www.w3.org/2000/svg">{"".join(rows)}</svg>'
+    )
+
+
+def _item(item, labels: list[str], csrf: str, back: str) -> str:
+    verdict = "flagged" if item.flagged else "allowed"
+    probability = item.scores.get(item.label)
+    shown = "" if probability is None else f" P({escape(item.label)})={probability:.2f}"
+    hidden = f'<input type="hidden" name="csrf" value="{escape(csrf)}"><input type="hidden" name="back" value="{escape(back)}">'
+    action = f"/review/items/{int(item.audit_id)}"
+    buttons = ['<button name="action" value="confirm" data-key="c">Confirm <kbd>c</kbd></button>']
+    for number, label in enumerate(labels[:9], start=1):
+        if label != item.label:
+            buttons.append(
+                f'<button name="action" value="correct:{escape(label)}" data-key="{number}">'
+                f"Correct to {escape(label)} <kbd>{number}</kbd></button>"
+            )
+    buttons.append('<button name="action" value="skip" data-key="s">Skip <kbd>s</kbd></button>')
+    return (
+        f'<section class="item" id="item-{int(item.audit_id)}">'
+        f'<div class="meta">#{int(item.audit_id)} · {escape(item.created_at[:19])} · {escape(item.policy)} '
+        f"@ {escape(item.policy_version[:12])} · {escape(item.reason)}</div>"
+        f'<pre class="text">{escape(item.text)}</pre>'
+        f'<div><span class="{verdict}">{verdict}</span> as {escape(item.label)}{shown}</div>'
+        f"{votes_svg(item.votes, labels)}"
+        f'<form class="inline" method="post" action="{action}">{hidden}{"".join(buttons)}</form>'
+        f'<form class="inline" method="post" action="{action}">{hidden}'
+        '<input name="note" maxlength="2000" placeholder="note (n)">'
+        '<button name="action" value="note">Add note</button></form></section>'
+    )
+
+
+def queue_page(
+    items, labels: dict[str, list[str]], *, csrf: str, filters: dict, reviewer: str, role: str, nonce: str
+) -> str:
+    """The queue: the filters, then one section per item with its actions."""
+    back = urlencode({k: v for k, v in filters.items() if v})
+    options = "".join(
+        f'<option value="{escape(name)}"{" selected" if filters.get("policy") == name else ""}>{escape(name)}</option>'
+        for name in labels
+    )
+    every_label = sorted({label for names in labels.values() for label in names})
+    label_options = "".join(
+        f'<option value="{escape(name)}"{" selected" if filters.get("label") == name else ""}>{escape(name)}</option>'
+        for name in every_label
+    )
+    header = (
+        f'<h1>guard review</h1><p class="meta">signed in as {escape(reviewer)} ({escape(role)}) · '
+        "keys: <kbd>j</kbd>/<kbd>k</kbd> move, <kbd>c</kbd> confirm, <kbd>1</kbd>-<kbd>9</kbd> correct, "
+        '<kbd>s</kbd> skip, <kbd>n</kbd> note · <a href="/review/stats">stats</a></p>'
+        '<form method="get" action="/review">'
+        f'<select name="policy"><option value="">every policy</option>{options}</select> '
+        f'<select name="label"><option value="">every label</option>{label_options}</select> '
+        f'<input name="since" placeholder="since: 12h, 7d, 2026-12-01" value="{escape(filters.get("since") or "")}"> '
+        '<button type="submit">Filter</button></form>'
+    )
+    if not items:
+        return page("guard review", header + '<p id="empty">Nothing to review.</p>', nonce)
+    sections = "".join(_item(item, labels.get(item.policy, []), csrf, back) for item in items)
+    return page("guard review", f'{header}<p class="meta">{len(items)} to review</p>{sections}', nonce)
+
+
+def stats_page(rows: list[dict], nonce: str) -> str:
+    """The per-policy figures of guard.eval.review_stats as a table."""
+
+    def cell(value: dict | None) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value['value']:.1%} [{value['low']:.1%}, {value['high']:.1%}] ({value['k']}/{value['n']})"
+
+    header = "".join(
+        f"<th>{name}</th>"
+        for name in ("policy", "verdicts", "flag rate", "inputs reviewed", "agreement", "precision of flags", "ties")
+    )
+    body = "".join(
+        f"<tr><td>{escape(row['policy'])}</td><td>{int(row['verdicts'])}</td><td>{cell(row['flag_rate'])}</td>"
+        f"<td>{cell(row['reviewed'])}</td><td>{cell(row['agreement'])}</td><td>{cell(row['flag_precision'])}</td>"
+        f"<td>{int(row['ties'])}</td></tr>"
+        for row in rows
+    )
+    table = f'<table id="stats"><tr>{header}</tr>{body}</table>'
+    return page(
+        "guard review: stats", f'<h1>guard review: stats</h1><p><a href="/review">the queue</a></p>{table}', nonce
+    )
