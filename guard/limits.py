@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from guard.errors import InputError
@@ -29,6 +29,9 @@ class Limits:
     max_image_bytes: int = 50 * 1024 * 1024  # size of one image file
     max_image_pixels: int = 89_478_485  # Pillow's decompression-bomb threshold (9,459 x 9,459)
     max_line_bytes: int = 4 * 32_768  # bytes read of one stdin line before it is refused (UTF-8: <= 4 per char)
+    # characters of one document: a text over max_text_chars is checked window by window
+    # (guard.check.documents), each window within max_text_chars, the whole within this
+    max_document_chars: int = 4_000_000
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -39,7 +42,13 @@ class Limits:
             max_image_bytes=_env_int("GUARD_MAX_IMAGE_BYTES", base.max_image_bytes),
             max_image_pixels=_env_int("GUARD_MAX_IMAGE_PIXELS", base.max_image_pixels),
             max_line_bytes=4 * _env_int("GUARD_MAX_TEXT_CHARS", base.max_text_chars),
+            max_document_chars=_env_int("GUARD_MAX_DOCUMENT_CHARS", base.max_document_chars),
         )
+
+    @property
+    def max_document_bytes(self) -> int:
+        """Bytes read of one document (a file, a scan record) before it is refused (UTF-8: <= 4 per char)."""
+        return 4 * max(self.max_document_chars, self.max_text_chars)
 
 
 LIMITS = Limits.from_env()
@@ -81,6 +90,29 @@ def check_fields(fields: dict, limits: Limits = LIMITS) -> dict:
         raise InputError(
             f"input is too long: {total:,} characters in all (guard checks up to {limits.max_text_chars:,})"
         )
+    return fields
+
+
+def is_document(fields: dict, limits: Limits = LIMITS) -> bool:
+    """Whether an input's {text} is longer than one check reads: it is then a document, checked
+    window by window (guard.check.documents) within `max_document_chars`."""
+    text = fields.get("text")
+    return isinstance(text, str) and len(text) > limits.max_text_chars
+
+
+def check_document_fields(fields: dict, limits: Limits = LIMITS) -> dict:
+    """Validate one input whose {text} may be a document: the text up to `max_document_chars`
+    (refused above it), the other fields as `check_fields` checks them."""
+    if not is_document(fields, limits):
+        return check_fields(fields, limits)
+    text = fields["text"]
+    if len(text) > limits.max_document_chars:
+        raise InputError(
+            f"text is too long: {len(text):,} characters (guard checks documents of up to "
+            f"{limits.max_document_chars:,}, GUARD_MAX_DOCUMENT_CHARS)"
+        )
+    check_text(text, "text", replace(limits, max_text_chars=limits.max_document_chars))
+    check_fields({k: v for k, v in fields.items() if k != "text"}, limits)
     return fields
 
 

@@ -14,10 +14,12 @@ from guard.check.conversation import (
     prepare_conversation,
     with_context,
 )
+from guard.check.documents import WindowCache, check_document
 from guard.check.explain import explain as explain_verdict
 from guard.check.prepared import Group, Prepared, as_fields, prepare_input, prepare_windows
 from guard.check.windows import Setting, choose, extra_spans, window_spans
 from guard.errors import GuardError, ModelError
+from guard.limits import check_document_fields, is_document
 from guard.method import calibration, sav
 from guard.method.artifact import Artifact
 from guard.models import LoadedModel, load_model
@@ -316,9 +318,12 @@ class GuardSet:
         """One input ready for `check_prepared`: every prompt group's model input rendered and
         tokenised once (guard.check.prepared), and so is each window of {text} that a windowed
         policy checks (guard.check.windows); a conversation (`messages`) as each judged turn
-        (guard.check.conversation); or InputError saying why it cannot be checked."""
+        (guard.check.conversation); a document as itself, checked window by window later; or
+        InputError saying why it cannot be checked."""
         if is_conversation(fields):
             return prepare_conversation(self, fields)
+        if is_document(fields):  # checked window by window in check_prepared (guard.check.documents)
+            return Prepared(check_document_fields(fields), document=True)
         fields = with_context(self, fields)
         return prepare_input(self.loaded, self.groups, fields, position_limit=self.position_limit, windows=self.windows)
 
@@ -339,9 +344,11 @@ class GuardSet:
 
         Safe to call from many threads at once on one GuardSet: no state is shared between calls
         but the model, whose hooks read per-call state (see guard.models.capture)."""
-        if any(isinstance(p, PreparedConversation) for p in prepared):
+        if any(isinstance(p, PreparedConversation) for p in prepared):  # plain ones come back here
             options = {"batch_size": batch_size, "token_budget": token_budget, "explain": explain, "progress": progress}
             return check_mixed(self, prepared, CheckResult, **options)
+        if any(p.document for p in prepared):
+            return self._with_documents(prepared, batch_size, token_budget, explain, progress)
         rule = Batching(batch_size, token_budget)
         by_policy: dict[str, list[Verdict]] = {}
         for group_key, group in self.groups.items():
@@ -359,6 +366,20 @@ class GuardSet:
                     by_policy[policy.artifact.name] = self._windowed(policy, prepared, selected, list(windows), explain)
         # keep the caller's policy order in each result
         return [CheckResult((name, by_policy[name][i]) for name in self.names) for i in range(len(prepared))]
+
+    def _with_documents(self, prepared, batch_size, token_budget, explain, progress) -> list[CheckResult]:
+        """`check_prepared` when some inputs are documents: each of those window by window
+        (guard.check.documents), the others together as usual; results in input order."""
+        options = dict(batch_size=batch_size, token_budget=token_budget, explain=explain)
+        short = [p for p in prepared if not p.document]
+        results = iter(self.check_prepared(short, progress=progress, **options) if short else [])
+        seen = WindowCache()  # a window repeated in these documents is checked once
+        return [
+            CheckResult(check_document(self, p.fields, progress=progress, seen=seen, **options))
+            if p.document
+            else next(results)
+            for p in prepared
+        ]
 
     def _row(self, group: Group, fields: dict) -> Tokenized:
         """A prompt group's model input for an input prepared by another engine (another subset)."""
@@ -393,7 +414,8 @@ class GuardSet:
         for i, p in enumerate(prepared):
             text = str(p.fields.get("text") or "")
             spans = window_spans(text, *policy.artifact.window)
-            verdict = choose(text, spans, [whole[i], *(parts[(i, span)] for span in spans[1:])])
+            options = [whole[i], *(parts[(i, span)] for span in spans[1:])]
+            verdict = choose(text, spans, options, policy.artifact.aggregate, policy.artifact.flagged_labels)
             if explain:
                 verdict = replace(verdict, explanation=explain_verdict(policy.artifact, verdict))
             out.append(verdict)

@@ -41,6 +41,7 @@ class Prepared:
     fields: dict
     rows: dict[Group, Tokenized] = field(default_factory=dict)
     windows: dict[Group, dict[Span, Tokenized]] = field(default_factory=dict)
+    document: bool = False  # {text} is longer than one check: checked window by window (guard.check.documents)
 
     @property
     def tokens(self) -> int:

@@ -14,6 +14,10 @@ from guard.errors import GuardError
 
 Inputs = Annotated[list[str] | None, typer.Argument(help="Image files, or '-' to read one text per line from stdin")]
 Text = Annotated[str | None, typer.Option("--text", "-t", help="Text to check")]
+File = Annotated[
+    str | None,
+    typer.Option("--file", help="A text file to check whole (a document longer than one check: window by window)"),
+]
 Prompt = Annotated[
     str | None,
     typer.Option("--prompt", help="Text that goes with each image (fills the policy prompt's {text})"),
@@ -43,6 +47,7 @@ Policies = options.policies(
 def check_command(
     inputs: Inputs = None,
     text: Text = None,
+    file: File = None,
     field: Fields = None,
     prompt: Prompt = None,
     messages: Messages = None,
@@ -61,8 +66,15 @@ def check_command(
     from guard.scanning.lines import Engine, Request, check_lines
 
     images = [item for item in inputs or [] if item != "-"]
-    stdin = "-" in (inputs or [])
-    request = Request(text=text, images=images, prompt=prompt, stdin=stdin, fields=named(field), messages=messages)
+    request = Request(
+        text=text,
+        images=images,
+        prompt=prompt,
+        stdin="-" in (inputs or []),
+        fields=named(field),
+        messages=messages,
+        file=file,
+    )
     chosen = Engine(db, policy, engine, onnx_dir, device, dtype, batch_size, threads, explain, quiet_transformers, warn)
     flagged = errors = 0
     for outcomes in check_lines(request, chosen):

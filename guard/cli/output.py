@@ -78,7 +78,19 @@ def window_words(window: dict | None) -> str:
     if not window or not window["index"]:
         return ""
     text = window["text"] if len(window["text"]) <= 50 else window["text"][:47] + "..."
-    return f" window {window['index']}/{window['of'] - 1} {json.dumps(text, ensure_ascii=False)}"
+    if window.get("document"):  # a document's windows alone were checked (guard.check.documents)
+        where = f"{window['index']}/{window['of']} chars {window['start']}-{window['end']}"
+    else:
+        where = f"{window['index']}/{window['of'] - 1}"
+    return f" window {where} {json.dumps(text, ensure_ascii=False)}"
+
+
+def print_window(window: dict | None) -> None:
+    """`--explain`: the window that decided a verdict, its span and (up to 300 characters) its text."""
+    if not window or not window["index"]:
+        return
+    text = window["text"] if len(window["text"]) <= 300 else window["text"][:297] + "..."
+    typer.echo(f"  window {window['index']}, characters {window['start']:,}-{window['end']:,}: {text}")
 
 
 def turn_words(verdict) -> str:
@@ -115,6 +127,7 @@ def show_result(origin: dict, name: str, result, as_json: bool, explain: bool) -
     for verdict in result.values():
         print_verdict(name, verdict, show_policy=len(result) > 1)
         if explain:
+            print_window(verdict.window)
             print_explanation(verdict.explanation)
 
 

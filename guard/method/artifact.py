@@ -93,6 +93,11 @@ class Artifact:
         return ConversationSetting(method.get("judge", DEFAULT_JUDGE), method.get("context_turns", 0), answers)
 
     @property
+    def aggregate(self) -> str:
+        """How its windows' verdicts make one (guard.check.windows.Aggregate): any, mean or max."""
+        return self.method.get("aggregate", "any")
+
+    @property
     def escape(self) -> str:
         """How field values are escaped into the prompt (guard.policy.escape_value)."""
         return self.method.get("escape", "none")

@@ -274,7 +274,8 @@ def _parse_windows(doc: _Map, check: _Checker, fields: set[str]) -> dict:
     if aggregate not in AGGREGATES:
         check.fail(
             doc.key_lines["aggregate"],
-            f"'aggregate' must be one of: {', '.join(AGGREGATES)} (any: flagged when the whole text or any window is)",
+            f"'aggregate' must be one of: {', '.join(AGGREGATES)} (any: flagged when the whole text or any window is;"
+            " mean, max: of the windows' calibrated probabilities)",
         )
     if window is not None and "text" not in fields:
         check.fail(doc.key_lines["window"], "'window' splits {text}, and the prompt has no {text}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from guard.errors import GuardError, InputError
-from guard.limits import check_fields
+from guard.limits import LIMITS, check_document_fields, check_fields, read_regular_file
 from guard.onnx.choice import wants_onnx
 from guard.scanning.readers import Shard, read_text
 
@@ -40,6 +40,7 @@ class Request:
     stdin: bool = False
     fields: dict[str, str] = field(default_factory=dict)  # other prompt {fields} of the one input (--field)
     messages: str | None = None  # a conversation: a JSON file of messages, or "-" for stdin
+    file: str | None = None  # a whole document in a file (guard.check.documents past one check)
 
 
 @dataclass
@@ -88,12 +89,15 @@ def check_lines(request: Request, engine: Engine) -> Iterator[list[Outcome]]:
 def given_items(request: Request) -> list[tuple[dict, str, dict]]:
     """(origin, name, fields) of the text and the images; usage errors refused."""
     items = []
-    if request.fields:  # one input of named fields ({prompt}, {response}), with the text if given
+    if request.fields and request.file is None:  # one input of named fields ({prompt}, ...), with the text if given
         given = {**request.fields, **({} if request.text is None else {"text": request.text})}
         name = request.text if request.text is not None else " | ".join(f"{k}: {v}" for k, v in request.fields.items())
         items.append(({}, name, check_fields(given)))
     elif request.text is not None:
         items.append(({}, request.text, check_fields({"text": request.text})))
+    if request.file is not None:
+        document = {**request.fields, "text": read_document(request.file)}
+        items.append(({"file": request.file}, request.file, check_document_fields(document)))
     if request.images:
         from guard.models.images import load_image
 
@@ -111,9 +115,24 @@ def given_items(request: Request) -> list[tuple[dict, str, dict]]:
         items.append(({"messages": request.messages}, request.messages, read_conversation(request.messages)))
     if not items and not request.stdin:
         raise GuardError(
-            "nothing to check: give --text TEXT, --field NAME=VALUE, --messages FILE, image files, or '-' to read lines from stdin"
+            "nothing to check: give --text TEXT, --field NAME=VALUE, --messages FILE, --file PATH, image files, or '-'"
+            " to read lines from stdin"
         )
     return items
+
+
+def read_document(path: str) -> str:
+    """The text of a document file (UTF-8, a regular file), checked against guard.limits: one
+    check's length or, past it, a document's (`max_document_chars`); else InputError."""
+    raw = read_regular_file(path, LIMITS.max_document_bytes)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        return check_document_fields({"text": text})["text"]
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def refuse_leading_lines():
@@ -153,7 +172,7 @@ def torch_outcomes(items, request: Request, engine: Engine, rest) -> Iterator[li
     size, explain = engine.batch_size, engine.explain
     if items:
         results = guards.check_batch(
-            [f for _, _, f in items], batch_size=size, progress=len(items) > size, explain=explain
+            [f for _, _, f in items], batch_size=size, progress=len(items) > size or bool(request.file), explain=explain
         )
         yield [Outcome(origin, name, result) for (origin, name, _), result in zip(items, results)]
     if not request.stdin:

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from guard.errors import GuardError, need_extra
@@ -229,9 +229,15 @@ def _open_binary(path: str, start: int = 0):
     return stream
 
 
-def _lines(shard: Shard, stream) -> Iterator[tuple[int, str | None | TooLong]]:
+def _lines(shard: Shard, stream, limits: Limits = LIMITS) -> Iterator[tuple[int, str | None | TooLong]]:
     size = None if shard.end is None else shard.end - shard.start
-    return decoded_lines(stream, shard.first, size)
+    return decoded_lines(stream, shard.first, size, limits)
+
+
+def document_limits(limits: Limits = LIMITS) -> Limits:
+    """The limits of one JSONL line or CSV field: a whole document (guard.check.documents) may
+    arrive as one record, so a record may hold `max_document_chars` characters, not one check's."""
+    return replace(limits, max_line_bytes=limits.max_document_bytes)
 
 
 def read_text(shard: Shard, columns: Columns = Columns()) -> Iterator[ScanItem]:
@@ -255,7 +261,7 @@ def read_jsonl(shard: Shard, columns: Columns = Columns()) -> Iterator[ScanItem]
     base = Path(shard.path).parent
     stream = _open_binary(shard.path, shard.start)
     try:
-        for number, line in _lines(shard, stream):
+        for number, line in _lines(shard, stream, document_limits()):
             where = f"line {number}"
             if line is None:
                 yield unreadable(number, where, "not valid UTF-8", columns)
@@ -282,6 +288,7 @@ def read_csv(shard: Shard, columns: Columns = Columns()) -> Iterator[ScanItem]:
     try:
         # surrogateescape keeps undecodable bytes as lone surrogates, caught per row below
         text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+        csv.field_size_limit(max(csv.field_size_limit(), LIMITS.max_document_bytes))  # a document per field
         reader = csv.DictReader(text)
         for number, row in enumerate(reader, start=1):
             where = f"row {number}"

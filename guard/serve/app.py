@@ -42,6 +42,7 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ROUTES = {
     "/v1/moderations",
     "/v1/check",
+    "/v1/check/stream",
     "/v1/policies",
     "/v1/models",
     "/healthz",
@@ -164,6 +165,13 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             "policies": list(policies),
             "results": [o.verdicts.to_dict() for o in outcomes],
         }
+
+    @app.post("/v1/check/stream")
+    async def check_stream(request: Request):
+        """An answer checked as it is generated: NDJSON lines `{"text": chunk}` (guard.serve.stream)."""
+        from guard.serve.stream import check_stream as answer
+
+        return await answer(request, service, authorize(request, service))
 
     @app.get("/v1/policies")
     async def policies(request: Request):
