@@ -499,7 +499,8 @@ def test_library_refuses_bad_inputs_with_guard_errors(llama, tmp_path, db):
 
     compile_policy(write_policy(tmp_path, llama.source.reference, TEXTS), db, loaded=llama)
     guard = Guard.load(db, model=llama)
-    for bad in ("", "a" * (LIMITS.max_text_chars + 1), "nul\0"):
+    # past one check's length a text is a document, checked window by window: refused past a document's
+    for bad in ("", "a" * (LIMITS.max_document_chars + 1), "nul\0"):
         with pytest.raises(InputError):
             guard.check(bad)
     with pytest.raises(GuardError):
