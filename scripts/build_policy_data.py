@@ -285,15 +285,21 @@ def ex_humaneval(m):
     return [row(json.loads(x)["prompt"], "benign", "humaneval", "code") for x in lines]
 
 
-def ex_medquad(m):
-    paths = [p for p in m.ls("") if p.endswith(".xml") and "/" in p]
+def medquad_documents(m, per_collection: int, key: str) -> tuple[list[str], dict[str, bytes]]:
+    """A fixed-seed sample of `per_collection` MedQuAD documents from each NIH collection (its
+    top folder), in order, and their XML."""
     by_dir: dict[str, list[str]] = {}
-    for p in paths:
-        by_dir.setdefault(p.split("/")[0], []).append(p)
+    for p in m.ls(""):
+        if p.endswith(".xml") and "/" in p:
+            by_dir.setdefault(p.split("/")[0], []).append(p)
     chosen = []
     for d in sorted(by_dir):
-        chosen += sample(by_dir[d], 40, f"medquad:{d}")
-    blobs = m.read_many(chosen)
+        chosen += sample(by_dir[d], per_collection, f"{key}:{d}")
+    return chosen, m.read_many(chosen)
+
+
+def ex_medquad(m):
+    chosen, blobs = medquad_documents(m, 40, "medquad")
     rows = []
     for p in chosen:
         qs = [q.text for q in ET.fromstring(blobs[p]).iter("Question") if q.text]

@@ -179,14 +179,7 @@ def ex_pubmedqa_answers(m):
 
 
 def ex_medquad_answers(m):
-    paths = [p for p in m.ls("") if p.endswith(".xml") and "/" in p]
-    by_dir: dict[str, list[str]] = {}
-    for p in paths:
-        by_dir.setdefault(p.split("/")[0], []).append(p)
-    chosen = []
-    for d in sorted(by_dir):
-        chosen += shared.sample(by_dir[d], 30, f"medquad-answers:{d}")
-    blobs = m.read_many(chosen)
+    chosen, blobs = shared.medquad_documents(m, 30, "medquad-answers")
     rows = []
     for p in chosen:
         for qa in ET.fromstring(blobs[p]).iter("QAPair"):

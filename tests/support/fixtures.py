@@ -121,3 +121,18 @@ def copy_database(source, target) -> str:
     with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
         src.backup(dst)
     return str(target)
+
+
+def first_per_label(path: Path, per_label: int) -> list[dict]:
+    """The first `per_label` JSONL rows of each label of a data file, in file order: the sample the
+    real-model tests check of a never-fitted source."""
+    import json
+
+    taken: dict[str, int] = {}
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if taken.get(row["label"], 0) < per_label:
+            taken[row["label"]] = taken.get(row["label"], 0) + 1
+            rows.append(row)
+    return rows

@@ -11,13 +11,13 @@ The README's three example texts must get the verdicts the README shows, none of
 ordinary chat messages must be allowed (issue 20: guard 0.2 flagged "hello").
 """
 
-import json
 from pathlib import Path
 
 import pytest
 
 from guard.check.engine import Guard
 from guard.compiler import compile_policy
+from tests.support.fixtures import first_per_label
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL = ROOT / "policies/text-harm/eval"
@@ -68,21 +68,10 @@ def shipped(tmp_path_factory, default_activations):
     return report, Guard.load(db, device="cpu", model=None)
 
 
-def sample(path: Path) -> list[dict]:
-    taken: dict[str, int] = {}
-    rows = []
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if taken.get(row["label"], 0) < PER_SOURCE:
-            taken[row["label"]] = taken.get(row["label"], 0) + 1
-            rows.append(row)
-    return rows
-
-
 def test_default_policy_on_sources_it_never_saw(shipped, capsys):
     report, guard = shipped
     assert guard.artifact.deepest_layer <= 16  # max_layer: checks stop there
-    rows = [row for path in sorted(EVAL.glob("*.jsonl")) for row in sample(path)]
+    rows = [row for path in sorted(EVAL.glob("*.jsonl")) for row in first_per_label(path, PER_SOURCE)]
     verdicts = guard.check_batch([r["text"] for r in rows])
     harmful = [v.flagged for v, r in zip(verdicts, rows) if r["label"] == "harmful"]
     benign = [v.flagged for v, r in zip(verdicts, rows) if r["label"] == "benign"]
