@@ -358,9 +358,8 @@ def leave_one_source_out(
             f"leave-one-source-out needs exemplars from two or more groups; all of '{policy.name}' "
             f"are in '{groups[0]}' (--group-by another field, e.g. one its records carry)"
         )
-    embeddings = embed_items(
-        baseline, policy.exemplars, progress, policy.field_order
-    )  # before the model: a missing extra fails fast
+    # before the model: a missing extra fails fast
+    embeddings = embed_items(baseline, policy.exemplars, progress, policy.field_order)
     store = store or Store.open(db, create=True)
     loaded = loaded or load_model(policy.model, policy.base_dir, device=device, dtype=dtype)
     rendered = render_exemplars(policy, loaded)
