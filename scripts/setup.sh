@@ -23,3 +23,12 @@ PIN=(-c constraints.txt)
 rm -rf guard.egg-info
 # ray: guard scan --ray and its test (tests/system/test_scan_ray.py); embed: guard eval --baseline embed
 pip install "${PIN[@]}" -e ".[test,ray,embed]"
+# The review page's browser test (tests/system/test_review_browser.py) drives Debian's Chromium
+# through Selenium: install it where it is missing and this machine can (root with apt-get).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq chromium chromium-driver
+  else
+    echo "setup: chromium and chromedriver are missing; install them (Debian: apt-get install chromium chromium-driver) for the browser test" >&2
+  fi
+fi

@@ -1,5 +1,5 @@
 """The review loop end to end in real headless Chromium (Debian's `chromium` and `chromium-driver`,
-driven by Selenium; `.ci/run` installs them), on the real SmolLM2 default policy.
+driven by Selenium; scripts/setup.sh installs them), on the real SmolLM2 default policy.
 
 `guard serve --review` gets 50 requests: 30 ordinary advice questions the default policy flags,
 ten harmful requests, everyday texts and hostile ones. A reviewer signs in through the login form
@@ -103,7 +103,7 @@ def guard(*args: str, **run) -> subprocess.CompletedProcess:
 def browser():
     if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
         pytest.fail(
-            "the browser test needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver (.ci/run does)"
+            "the browser test needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver (scripts/setup.sh does, as root)"
         )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
