@@ -57,3 +57,13 @@ def test_the_shipped_policy_reads_them_as_request_answer_pairs():
     rendered = policy.render(policy.exemplars[0].prompt_fields())
     assert policy.exemplars[0].fields["response"][:50] in rendered.replace("&amp;", "&") or "&lt;" in rendered
     assert not any(e.text for e in policy.exemplars)
+
+
+def test_held_back_evaluation_sets_are_not_sources():
+    """No pair comes from the held-back evaluation (tests/unit/test_policy_data.py names it)."""
+    from tests.unit.test_policy_data import HELD_BACK
+
+    manifest = json.loads((DATA / "MANIFEST.json").read_text(encoding="utf-8"))
+    for source, entry in manifest.items():
+        where = f"{source} {entry['repository']} {entry['path']}".lower()
+        assert not any(name in where for name in HELD_BACK), source
