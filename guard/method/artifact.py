@@ -85,9 +85,10 @@ class Artifact:
         method = self.method
         return None if method.get("window") is None else (method["window"], method.get("stride", 1))
 
-    @property
+    @cached_property
     def conversation(self) -> ConversationSetting:
-        """Which turns of a conversation the policy judges, with how much context (guard.policy.conversation)."""
+        """Which turns of a conversation the policy judges, with how much context (guard.policy.conversation);
+        kept: every input a check prepares asks for it."""
         method = self.method
         answers = {"prompt", "response"} <= template_fields(self.prompt)
         return ConversationSetting(method.get("judge", DEFAULT_JUDGE), method.get("context_turns", 0), answers)
