@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -17,7 +17,7 @@ from guard.check.conversation import (
 from guard.check.documents import WindowCache, check_document
 from guard.check.explain import explain as explain_verdict
 from guard.check.prepared import Group, Prepared, as_fields, prepare_input, prepare_windows
-from guard.check.windows import Setting, choose, extra_spans, window_spans
+from guard.check.windows import Setting, choose, extra_spans, setting_spans
 from guard.errors import GuardError, ModelError
 from guard.limits import check_document_fields, is_document
 from guard.method import calibration, sav
@@ -307,6 +307,10 @@ class GuardSet:
     def text_tokens(self, text: str) -> int:
         return self.loaded.token_count(text)
 
+    def token_spans(self, text: str) -> Iterator[tuple[int, int]]:
+        """The character spans of the tokens of `text` alone, lazily (token windows)."""
+        return self.loaded.token_spans(text)
+
     def select(self, names: Sequence[str]) -> GuardSet:
         """These policies (a subset, in this order) on the same model."""
         if list(names) == self.names:
@@ -396,7 +400,7 @@ class GuardSet:
         out = {}
         for i, p in enumerate(prepared):
             found = p.windows.get(group, {})
-            spans = extra_spans(str(p.fields.get("text") or ""), settings)
+            spans = extra_spans(str(p.fields.get("text") or ""), settings, self.loaded.token_spans)
             if any(span not in found for span in spans):
                 found = prepare_windows(self.loaded, group, p.fields, settings, self.position_limit)
             out.update(((i, span), found[span]) for span in spans)
@@ -413,7 +417,7 @@ class GuardSet:
         out = []
         for i, p in enumerate(prepared):
             text = str(p.fields.get("text") or "")
-            spans = window_spans(text, *policy.artifact.window)
+            spans = setting_spans(text, policy.artifact.window, self.loaded.token_spans)
             options = [whole[i], *(parts[(i, span)] for span in spans[1:])]
             verdict = choose(text, spans, options, policy.artifact.aggregate, policy.artifact.flagged_labels)
             if explain:
@@ -501,6 +505,9 @@ class Guard:
 
     def text_tokens(self, text: str) -> int:
         return self._set.text_tokens(text)
+
+    def token_spans(self, text: str) -> Iterator[tuple[int, int]]:
+        return self._set.token_spans(text)
 
     def prepare(self, fields: dict) -> Prepared:
         return self._set.prepare(fields)

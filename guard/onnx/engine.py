@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from guard.method import calibration
 from guard.method.artifact import Artifact
 from guard.models.batching import TOKEN_BUDGET, Batching
 from guard.models.inputs import TextInputs, Tokenized
+from guard.models.offsets import iter_token_spans, tokenizer_offsets
 from guard.onnx.format import FORMAT, FORMAT_VERSION, MANIFEST, onnxruntime_module
 from guard.policy import Label
 
@@ -140,6 +141,10 @@ class OnnxGuard:
     def text_tokens(self, text: str) -> int:
         return self._inputs.token_count(text)
 
+    def token_spans(self, text: str) -> Iterator[tuple[int, int]]:
+        """The character spans of the tokens of `text` alone, lazily (token windows)."""
+        return self._inputs.token_spans(text)
+
     def prepare(self, fields: dict) -> Prepared:
         """One text input rendered and tokenised once, as the torch path does (guard.check.prepared)."""
         if fields.get("images"):
@@ -240,6 +245,15 @@ class _Locked:
     def token_count(self, text: str) -> int:
         with self.lock:
             return self.inputs.token_count(text)
+
+    def token_spans(self, text: str) -> Iterator[tuple[int, int]]:
+        offsets = tokenizer_offsets(self.inputs.tokenizer)
+
+        def locked(piece: str) -> list[tuple[int, int]]:
+            with self.lock:
+                return offsets(piece)
+
+        return iter_token_spans(text, locked)
 
     def pad(self, rows: Sequence[Tokenized]):
         return self.inputs.pad(rows)  # reads the pad id only

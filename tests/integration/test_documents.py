@@ -183,7 +183,7 @@ def test_the_stream_checks_its_newest_window_every_n_tokens(tiny):
 
 def test_document_windows_stay_inside_paragraphs():
     text = "One. Two. Three.\n\nFour. Five.\n  \n\nSix. Seven. Eight. Nine. Ten.\nEleven."
-    spans = list(document_spans(text, (2, 2)))
+    spans = list(document_spans(text, (2, 2, "sentences")))
     assert [text[a:b] for a, b in spans] == [
         "One. Two.",
         "Two. Three.",
@@ -192,7 +192,10 @@ def test_document_windows_stay_inside_paragraphs():
         "Eight. Nine.",
         "Ten.\nEleven.",
     ]
-    assert list(document_spans("", (4, 2))) == [] and list(document_spans("\n\n  \n", (4, 2))) == []
+    assert (
+        list(document_spans("", (4, 2, "sentences"))) == []
+        and list(document_spans("\n\n  \n", (4, 2, "sentences"))) == []
+    )
 
 
 @pytest.mark.parametrize("how", ["mean", "max"])
