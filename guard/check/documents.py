@@ -125,6 +125,23 @@ def check_document(
     return {name: verdicts[name] for name in engine.names}
 
 
+def check_with_documents(
+    engine, prepared, wrap, *, batch_size: int, token_budget: int | None, explain: bool, progress: bool
+) -> list:
+    """`engine.check_prepared` when some prepared inputs are documents: each document window by
+    window (`check_document`, its verdicts made a result by `wrap`, the engine's CheckResult),
+    the other inputs together as usual; results in input order. A window repeated in these
+    documents is checked once. Shared by the torch and ONNX engines, so both window alike."""
+    options = dict(batch_size=batch_size, token_budget=token_budget, explain=explain)
+    short = [p for p in prepared if not p.document]
+    results = iter(engine.check_prepared(short, progress=progress, **options) if short else [])
+    seen = WindowCache()
+    return [
+        wrap(check_document(engine, p.fields, progress=progress, seen=seen, **options)) if p.document else next(results)
+        for p in prepared
+    ]
+
+
 class WindowCache:
     """The verdicts of the last `size` distinct windows checked, by (policies, setting, text):
     bounded, so a document of any length keeps memory flat."""

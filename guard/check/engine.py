@@ -14,7 +14,7 @@ from guard.check.conversation import (
     prepare_conversation,
     with_context,
 )
-from guard.check.documents import WindowCache, check_document
+from guard.check.documents import check_with_documents
 from guard.check.explain import explain as explain_verdict
 from guard.check.prepared import Group, Prepared, as_fields, prepare_input, prepare_windows
 from guard.check.windows import Setting, choose, extra_spans, setting_spans
@@ -352,7 +352,8 @@ class GuardSet:
             options = {"batch_size": batch_size, "token_budget": token_budget, "explain": explain, "progress": progress}
             return check_mixed(self, prepared, CheckResult, **options)
         if any(p.document for p in prepared):
-            return self._with_documents(prepared, batch_size, token_budget, explain, progress)
+            options = {"batch_size": batch_size, "token_budget": token_budget, "explain": explain, "progress": progress}
+            return check_with_documents(self, prepared, CheckResult, **options)
         rule = Batching(batch_size, token_budget)
         by_policy: dict[str, list[Verdict]] = {}
         for group_key, group in self.groups.items():
@@ -370,20 +371,6 @@ class GuardSet:
                     by_policy[policy.artifact.name] = self._windowed(policy, prepared, selected, list(windows), explain)
         # keep the caller's policy order in each result
         return [CheckResult((name, by_policy[name][i]) for name in self.names) for i in range(len(prepared))]
-
-    def _with_documents(self, prepared, batch_size, token_budget, explain, progress) -> list[CheckResult]:
-        """`check_prepared` when some inputs are documents: each of those window by window
-        (guard.check.documents), the others together as usual; results in input order."""
-        options = dict(batch_size=batch_size, token_budget=token_budget, explain=explain)
-        short = [p for p in prepared if not p.document]
-        results = iter(self.check_prepared(short, progress=progress, **options) if short else [])
-        seen = WindowCache()  # a window repeated in these documents is checked once
-        return [
-            CheckResult(check_document(self, p.fields, progress=progress, seen=seen, **options))
-            if p.document
-            else next(results)
-            for p in prepared
-        ]
 
     def _row(self, group: Group, fields: dict) -> Tokenized:
         """A prompt group's model input for an input prepared by another engine (another subset)."""

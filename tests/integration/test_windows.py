@@ -193,15 +193,6 @@ def test_eval_windows_as_check_does(tmp_path, llama_dir, llama):
     assert ev.methods["sav"].predictions == [names.index(v.label) for v in verdicts]
 
 
-def test_onnx_export_refuses_windowed_policies(tmp_path, llama_dir, llama):
-    from guard.onnx.export import ExportError, export_onnx
-
-    db = str(tmp_path / "x.db")
-    compile_policy(windowed_policy(tmp_path, llama_dir, window=2, stride=2), db, loaded=llama)
-    with pytest.raises(ExportError, match="sentence windows"):
-        export_onnx(Guard.load(db, model=llama).artifact, tmp_path / "onnx", loaded=llama)
-
-
 def test_loso_windows_as_a_fold_fit_checks_them(tmp_path, llama_dir, llama):
     """Leave-one-source-out of a windowed policy: each held-out exemplar judged whole and by its
     windows, by the fold's own fit (compared with separate window checks of that fit)."""
