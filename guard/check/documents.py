@@ -57,10 +57,8 @@ def document_spans(text: str, setting: Setting, tokens: TokenSpans | None = None
     window, stride, unit = setting
     max_chars = max(1, min(MAX_SENTENCE_CHARS, LIMITS.max_text_chars // window))
     for start, end in iter_paragraph_spans(text):
-        paragraph = text[start:end]
-        units = unit_spans(paragraph, unit, tokens, max_chars)
-        for a, b in iter_window_spans(paragraph, window, stride, units=units):
-            yield (start + a, start + b)
+        units = unit_spans(text, unit, tokens, max_chars, start, end)  # read in place: a paragraph may be the document
+        yield from iter_window_spans(text, window, stride, units=units)
 
 
 def check_document(

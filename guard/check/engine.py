@@ -307,9 +307,9 @@ class GuardSet:
     def text_tokens(self, text: str) -> int:
         return self.loaded.token_count(text)
 
-    def token_spans(self, text: str) -> Iterator[tuple[int, int]]:
-        """The character spans of the tokens of `text` alone, lazily (token windows)."""
-        return self.loaded.token_spans(text)
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+        """The character spans of the tokens of `text[start:end]` alone, lazily (token windows)."""
+        return self.loaded.token_spans(text, start, end)
 
     def select(self, names: Sequence[str]) -> GuardSet:
         """These policies (a subset, in this order) on the same model."""
@@ -493,8 +493,8 @@ class Guard:
     def text_tokens(self, text: str) -> int:
         return self._set.text_tokens(text)
 
-    def token_spans(self, text: str) -> Iterator[tuple[int, int]]:
-        return self._set.token_spans(text)
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+        return self._set.token_spans(text, start, end)
 
     def prepare(self, fields: dict) -> Prepared:
         return self._set.prepare(fields)

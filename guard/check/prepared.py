@@ -31,8 +31,8 @@ class Renderer(Protocol):
 
     def tokenize(self, rendered: str | ModelInput) -> Tokenized: ...
 
-    def token_spans(self, text: str) -> Iterable[Span]:
-        """The character spans of the tokens of `text` alone (token windows, guard.models.offsets)."""
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterable[Span]:
+        """The character spans of the tokens of `text[start:end]` alone (token windows, guard.models.offsets)."""
         ...
 
 

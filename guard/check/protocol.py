@@ -54,8 +54,9 @@ class Engine(Protocol):
         """Tokens of a text alone, without the prompt or special tokens (the server's per-input limit)."""
         ...
 
-    def token_spans(self, text: str) -> Iterable[tuple[int, int]]:
-        """The character spans of the tokens of `text` alone, lazily (token windows, guard.models.offsets)."""
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterable[tuple[int, int]]:
+        """The character spans of the tokens of `text[start:end]` alone, in `text`'s offsets,
+        lazily (token windows, guard.models.offsets)."""
         ...
 
     def prepare(self, fields: dict) -> Prepared:

@@ -23,7 +23,7 @@ Span = tuple[int, int]  # (start, end) character offsets into the text
 SENTENCES, TOKENS = "sentences", "tokens"
 UNITS = (SENTENCES, TOKENS)  # what a window counts (policy key `window_unit`)
 Setting = tuple[int, int, str]  # (units per window, stride, unit): Artifact.window
-TokenSpans = Callable[[str], Iterable[Span]]  # a text's token spans (guard.models.offsets)
+TokenSpans = Callable[[str, int, int], Iterable[Span]]  # the token spans of text[start:end] (guard.models.offsets)
 
 # a sentence ends after . ! or ? (repeated, perhaps followed by closing quotes or brackets) before
 # white space, or at a line break
@@ -39,24 +39,30 @@ def sentence_spans(text: str) -> list[Span]:
     return list(iter_sentence_spans(text))
 
 
-def iter_sentence_spans(text: str, max_chars: int | None = None) -> Iterator[Span]:
+def iter_sentence_spans(
+    text: str, max_chars: int | None = None, start: int = 0, end: int | None = None
+) -> Iterator[Span]:
     """`sentence_spans`, one at a time (a document's sentences are never all held); with
     `max_chars`, a longer sentence (a text without end marks) is cut into pieces of at most that
-    many characters, at the last white space where there is one."""
-    start = 0
-    for match in _END.finditer(text):
+    many characters, at the last white space where there is one. `start`, `end`: the sentences
+    of `text[start:end]` (as if cut out, without the copy), in `text`'s offsets."""
+    end = len(text) if end is None else end
+    for match in _END.finditer(text, start, end):
         yield from _trimmed(text, start, match.end(), max_chars)
         start = match.end()
-    yield from _trimmed(text, start, len(text), max_chars)
+    yield from _trimmed(text, start, end, max_chars)
 
 
 def _trimmed(text: str, a: int, b: int, max_chars: int | None) -> Iterator[Span]:
-    piece = text[a:b]
-    stripped = piece.strip()
-    if not stripped:
+    """The span a..b of `text` less its white space at both ends (none if it is all white space),
+    cut into pieces of at most `max_chars`; read in place, never copied (a paragraph may be a
+    whole document)."""
+    while a < b and text[a].isspace():
+        a += 1
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    if a == b:
         return
-    a += len(piece) - len(piece.lstrip())
-    b = a + len(stripped)
     while max_chars is not None and b - a > max_chars:
         cut = text.rfind(" ", a + 1, a + max_chars + 1)
         cut = cut if cut > a else a + max_chars
@@ -67,16 +73,24 @@ def _trimmed(text: str, a: int, b: int, max_chars: int | None) -> Iterator[Span]
     yield (a, b)
 
 
-def unit_spans(text: str, unit: str, tokens: TokenSpans | None = None, max_chars: int | None = None) -> Iterator[Span]:
-    """The spans of the units a window counts, lazily: sentences (cut at `max_chars`,
-    `iter_sentence_spans`) or tokens (`tokens(text)`, the model's tokenizer)."""
+def unit_spans(
+    text: str,
+    unit: str,
+    tokens: TokenSpans | None = None,
+    max_chars: int | None = None,
+    start: int = 0,
+    end: int | None = None,
+) -> Iterator[Span]:
+    """The spans of the units a window counts in `text[start:end]` (read in place), lazily:
+    sentences (cut at `max_chars`, `iter_sentence_spans`) or tokens (`tokens(text, start, end)`,
+    the model's tokenizer)."""
     if unit == TOKENS:
         if tokens is None:
             raise ValueError("token windows need the model's tokenizer")
-        return iter(tokens(text))
+        return iter(tokens(text, start, len(text) if end is None else end))
     if unit != SENTENCES:
         raise ValueError(f"unknown window unit {unit!r}")
-    return iter_sentence_spans(text, max_chars)
+    return iter_sentence_spans(text, max_chars, start, end)
 
 
 def window_spans(text: str, window: int, stride: int, units: Sequence[Span] | None = None) -> list[Span]:

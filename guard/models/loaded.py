@@ -118,15 +118,15 @@ class LoadedModel:
         with self._lock:
             return self.inputs.token_count(rendered)
 
-    def token_spans(self, text: str) -> Iterator[Span]:
-        """The character spans of the tokens of `text` alone, lazily (guard.models.offsets)."""
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterator[Span]:
+        """The character spans of the tokens of `text[start:end]` alone, lazily (guard.models.offsets)."""
         offsets = tokenizer_offsets(self.tokenizer)
 
         def locked(piece: str) -> list[Span]:
             with self._lock:
                 return offsets(piece)
 
-        return iter_token_spans(text, locked)
+        return iter_token_spans(text, locked, start=start, end=end)
 
 
 def load_model(

@@ -17,25 +17,32 @@ Span = tuple[int, int]
 CHUNK_CHARS = 8_192  # characters tokenised at once: what memory holds of a document's tokens
 
 
-def iter_token_spans(text: str, offsets: Callable[[str], list[Span]], chunk: int = CHUNK_CHARS) -> Iterator[Span]:
-    """The token spans of `text`, lazily; `offsets(piece)` gives the (start, end) character
-    offsets of a piece's tokens (a tokenizer's offset mapping, no special tokens)."""
-    start = 0
-    while start < len(text):
-        end = _cut(text, start, chunk)
-        for a, b in offsets(text[start:end]):
+def iter_token_spans(
+    text: str,
+    offsets: Callable[[str], list[Span]],
+    chunk: int = CHUNK_CHARS,
+    start: int = 0,
+    end: int | None = None,
+) -> Iterator[Span]:
+    """The token spans of `text[start:end]` (in `text`'s offsets), lazily; `offsets(piece)` gives
+    the (start, end) character offsets of a piece's tokens (a tokenizer's offset mapping, no
+    special tokens)."""
+    end = len(text) if end is None else end
+    while start < end:
+        cut = _cut(text, start, chunk, end)
+        for a, b in offsets(text[start:cut]):
             a, b = _trim(text, start + a, start + b)
             if a < b:
                 yield (a, b)
-        start = end
+        start = cut
 
 
-def _cut(text: str, start: int, chunk: int) -> int:
+def _cut(text: str, start: int, chunk: int, stop: int) -> int:
     """Where the piece starting at `start` ends: before the last space that begins a word within
-    `chunk` characters (after its first half), else at `chunk` characters, or the text's end."""
+    `chunk` characters (after its first half), else at `chunk` characters, or at `stop`."""
     end = start + chunk
-    if end >= len(text):
-        return len(text)
+    if end >= stop:
+        return stop
     at = end
     while at > start + chunk // 2:
         at = text.rfind(" ", start + chunk // 2, at)

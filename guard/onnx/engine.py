@@ -146,9 +146,9 @@ class OnnxGuard:
     def text_tokens(self, text: str) -> int:
         return self._inputs.token_count(text)
 
-    def token_spans(self, text: str) -> Iterator[tuple[int, int]]:
-        """The character spans of the tokens of `text` alone, lazily (token windows)."""
-        return self._inputs.token_spans(text)
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+        """The character spans of the tokens of `text[start:end]` alone, lazily (token windows)."""
+        return self._inputs.token_spans(text, start, end)
 
     def prepare(self, fields: dict) -> Prepared:
         """One text input rendered and tokenised once, as the torch path does (guard.check.prepared)."""
@@ -294,14 +294,14 @@ class _Locked:
         with self.lock:
             return self.inputs.token_count(text)
 
-    def token_spans(self, text: str) -> Iterator[tuple[int, int]]:
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
         offsets = tokenizer_offsets(self.inputs.tokenizer)
 
         def locked(piece: str) -> list[tuple[int, int]]:
             with self.lock:
                 return offsets(piece)
 
-        return iter_token_spans(text, locked)
+        return iter_token_spans(text, locked, start=start, end=end)
 
     def pad(self, rows: Sequence[Tokenized]):
         return self.inputs.pad(rows)  # reads the pad id only

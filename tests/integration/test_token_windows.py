@@ -85,7 +85,7 @@ def test_token_windows_equal_naive_slices_and_cover_every_character(tokenizer, s
         text = random_text(rng, rng.randint(1, 80))
         window, stride = rng.randint(1, 12), 0
         stride = rng.randint(1, window)
-        spans = setting_spans(text, (window, stride, "tokens"), lambda t: iter_token_spans(t, offsets, 32))
+        spans = setting_spans(text, (window, stride, "tokens"), lambda t, a, b: iter_token_spans(t, offsets, 32, a, b))
         assert spans[0] == (0, len(text))
         assert spans[1:] == naive_token_windows(tokenizer, text, window, stride)
         covered = set()
