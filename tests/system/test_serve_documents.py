@@ -81,3 +81,15 @@ def test_limits_of_documents_and_of_moderations(served):
     assert empty.status_code == 400 and empty.json()["error"]["code"] == "empty_input"
     nul = post(url, "/v1/check", {"input": long_text(3_000) + "\0"})
     assert nul.status_code == 400 and "NUL" in nul.json()["error"]["message"]
+
+
+def test_a_document_limit_over_the_librarys_is_one_line_and_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from guard.cli.commands import app
+    from guard.limits import LIMITS as LIBRARY
+
+    too_many = str(LIBRARY.max_document_chars + 1)
+    result = CliRunner().invoke(app, ["serve", "--db", str(tmp_path / "none.db"), "--max-document-chars", too_many])
+    assert result.exit_code == 2, result.output
+    assert "GUARD_MAX_DOCUMENT_CHARS" in result.output and "Traceback" not in result.output
