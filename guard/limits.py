@@ -9,12 +9,15 @@ can be raised through the environment (`GUARD_MAX_TEXT_CHARS`, ...) where an ope
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from guard.errors import InputError
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # a lone surrogate: what UTF-8 (and tokenizers) cannot take
 
 
 def _env_int(name: str, default: int) -> int:
@@ -62,17 +65,17 @@ def check_text(text, what: str = "text", limits: Limits = LIMITS, allow_empty: b
         raise InputError(f"{what} must be a string, not {type(text).__name__}")
     if len(text) > limits.max_text_chars:
         raise InputError(f"{what} is too long: {len(text):,} characters (guard checks up to {limits.max_text_chars:,})")
-    if not allow_empty and not text.strip():
+    if not allow_empty and (not text or text.isspace()):  # not text.strip(): no copy of a document
         raise InputError(f"empty {what}: nothing to check")
     if "\0" in text:
         raise InputError(f"{what} contains a NUL character")
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
+    if not text.isascii():  # searched in place: encoding a document to find out would copy it
+        surrogate = _SURROGATE.search(text)
+        if surrogate:
             raise InputError(
-                f"{what} is not valid Unicode (a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start})"
-            ) from None
+                f"{what} is not valid Unicode (a lone surrogate U+{ord(surrogate.group()):04X} "
+                f"at character {surrogate.start()})"
+            )
     return text
 
 

@@ -22,12 +22,20 @@ from itertools import islice
 from tqdm.auto import tqdm
 
 from guard.check.explain import explain as explain_verdict
-from guard.check.windows import Aggregate, Setting, iter_paragraph_spans, iter_window_spans
+from guard.check.windows import (
+    SENTENCES,
+    Aggregate,
+    Setting,
+    TokenSpans,
+    iter_paragraph_spans,
+    iter_window_spans,
+    unit_spans,
+)
 from guard.errors import InputError
 from guard.limits import LIMITS, check_document_fields
 from guard.models.batching import TOKEN_BUDGET
 
-DOCUMENT_WINDOW: Setting = (4, 2)  # sentences per window and stride, for a policy without `window`
+DOCUMENT_WINDOW: Setting = (4, 2, SENTENCES)  # sentences per window and stride, for a policy without `window`
 CHUNK_WINDOWS = 64  # windows prepared and checked together: what memory holds of a document
 CACHE_WINDOWS = 1_024  # distinct windows whose verdicts a check keeps, to skip their repeats
 MAX_SENTENCE_CHARS = 1_000
@@ -39,17 +47,18 @@ def document_setting(artifact) -> Setting:
     return artifact.window or DOCUMENT_WINDOW
 
 
-def document_spans(text: str, setting: Setting) -> Iterator[tuple[int, int]]:
+def document_spans(text: str, setting: Setting, tokens: TokenSpans | None = None) -> Iterator[tuple[int, int]]:
     """The (start, end) spans of a document's windows for one setting, lazily: each paragraph's
-    sentence windows (guard.check.windows.iter_window_spans). A window never crosses a blank
+    sentence or token windows (guard.check.windows.iter_window_spans; `tokens`: the model's
+    token spans, guard.models.offsets, which token windows need). A window never crosses a blank
     line, so a harmful paragraph is read alone, not diluted by the prose around it (measured:
     a four-sentence bomb request between presidential speeches scored P(harmful) 0.07 and 0.10
     in windows that straddled it, and is flagged read alone)."""
-    window, stride = setting
+    window, stride, unit = setting
     max_chars = max(1, min(MAX_SENTENCE_CHARS, LIMITS.max_text_chars // window))
     for start, end in iter_paragraph_spans(text):
-        for a, b in iter_window_spans(text[start:end], window, stride, max_chars):
-            yield (start + a, start + b)
+        units = unit_spans(text, unit, tokens, max_chars, start, end)  # read in place: a paragraph may be the document
+        yield from iter_window_spans(text, window, stride, units=units)
 
 
 def check_document(
@@ -82,7 +91,7 @@ def check_document(
         part = engine.select(names)
         read = 0  # characters of the text this setting's windows reached
         folds = {art.name: Aggregate(getattr(art, "aggregate", "any"), art.flagged_labels) for art in part.artifacts}
-        for spans in _chunks(document_spans(text, setting), chunk):
+        for spans in _chunks(document_spans(text, setting, engine.token_spans), chunk):
             ready: dict = {}  # key -> Prepared, for the windows not seen before
             spans = [
                 piece
@@ -112,6 +121,23 @@ def check_document(
             verdicts[art.name] = verdict
     bar.close()
     return {name: verdicts[name] for name in engine.names}
+
+
+def check_with_documents(
+    engine, prepared, wrap, *, batch_size: int, token_budget: int | None, explain: bool, progress: bool
+) -> list:
+    """`engine.check_prepared` when some prepared inputs are documents: each document window by
+    window (`check_document`, its verdicts made a result by `wrap`, the engine's CheckResult),
+    the other inputs together as usual; results in input order. A window repeated in these
+    documents is checked once. Shared by the torch and ONNX engines, so both window alike."""
+    options = dict(batch_size=batch_size, token_budget=token_budget, explain=explain)
+    short = [p for p in prepared if not p.document]
+    results = iter(engine.check_prepared(short, progress=progress, **options) if short else [])
+    seen = WindowCache()
+    return [
+        wrap(check_document(engine, p.fields, progress=progress, seen=seen, **options)) if p.document else next(results)
+        for p in prepared
+    ]
 
 
 class WindowCache:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -14,10 +14,10 @@ from guard.check.conversation import (
     prepare_conversation,
     with_context,
 )
-from guard.check.documents import WindowCache, check_document
+from guard.check.documents import check_with_documents
 from guard.check.explain import explain as explain_verdict
 from guard.check.prepared import Group, Prepared, as_fields, prepare_input, prepare_windows
-from guard.check.windows import Setting, choose, extra_spans, window_spans
+from guard.check.windows import Setting, choose, extra_spans, setting_spans
 from guard.errors import GuardError, ModelError
 from guard.limits import check_document_fields, is_document
 from guard.method import calibration, sav
@@ -307,6 +307,10 @@ class GuardSet:
     def text_tokens(self, text: str) -> int:
         return self.loaded.token_count(text)
 
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+        """The character spans of the tokens of `text[start:end]` alone, lazily (token windows)."""
+        return self.loaded.token_spans(text, start, end)
+
     def select(self, names: Sequence[str]) -> GuardSet:
         """These policies (a subset, in this order) on the same model."""
         if list(names) == self.names:
@@ -348,7 +352,8 @@ class GuardSet:
             options = {"batch_size": batch_size, "token_budget": token_budget, "explain": explain, "progress": progress}
             return check_mixed(self, prepared, CheckResult, **options)
         if any(p.document for p in prepared):
-            return self._with_documents(prepared, batch_size, token_budget, explain, progress)
+            options = {"batch_size": batch_size, "token_budget": token_budget, "explain": explain, "progress": progress}
+            return check_with_documents(self, prepared, CheckResult, **options)
         rule = Batching(batch_size, token_budget)
         by_policy: dict[str, list[Verdict]] = {}
         for group_key, group in self.groups.items():
@@ -367,20 +372,6 @@ class GuardSet:
         # keep the caller's policy order in each result
         return [CheckResult((name, by_policy[name][i]) for name in self.names) for i in range(len(prepared))]
 
-    def _with_documents(self, prepared, batch_size, token_budget, explain, progress) -> list[CheckResult]:
-        """`check_prepared` when some inputs are documents: each of those window by window
-        (guard.check.documents), the others together as usual; results in input order."""
-        options = dict(batch_size=batch_size, token_budget=token_budget, explain=explain)
-        short = [p for p in prepared if not p.document]
-        results = iter(self.check_prepared(short, progress=progress, **options) if short else [])
-        seen = WindowCache()  # a window repeated in these documents is checked once
-        return [
-            CheckResult(check_document(self, p.fields, progress=progress, seen=seen, **options))
-            if p.document
-            else next(results)
-            for p in prepared
-        ]
-
     def _row(self, group: Group, fields: dict) -> Tokenized:
         """A prompt group's model input for an input prepared by another engine (another subset)."""
         fields = with_context(self, fields)
@@ -396,7 +387,7 @@ class GuardSet:
         out = {}
         for i, p in enumerate(prepared):
             found = p.windows.get(group, {})
-            spans = extra_spans(str(p.fields.get("text") or ""), settings)
+            spans = extra_spans(str(p.fields.get("text") or ""), settings, self.loaded.token_spans)
             if any(span not in found for span in spans):
                 found = prepare_windows(self.loaded, group, p.fields, settings, self.position_limit)
             out.update(((i, span), found[span]) for span in spans)
@@ -413,7 +404,7 @@ class GuardSet:
         out = []
         for i, p in enumerate(prepared):
             text = str(p.fields.get("text") or "")
-            spans = window_spans(text, *policy.artifact.window)
+            spans = setting_spans(text, policy.artifact.window, self.loaded.token_spans)
             options = [whole[i], *(parts[(i, span)] for span in spans[1:])]
             verdict = choose(text, spans, options, policy.artifact.aggregate, policy.artifact.flagged_labels)
             if explain:
@@ -501,6 +492,9 @@ class Guard:
 
     def text_tokens(self, text: str) -> int:
         return self._set.text_tokens(text)
+
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+        return self._set.token_spans(text, start, end)
 
     def prepare(self, fields: dict) -> Prepared:
         return self._set.prepare(fields)

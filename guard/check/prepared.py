@@ -31,6 +31,10 @@ class Renderer(Protocol):
 
     def tokenize(self, rendered: str | ModelInput) -> Tokenized: ...
 
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterable[Span]:
+        """The character spans of the tokens of `text[start:end]` alone (token windows, guard.models.offsets)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -98,7 +102,7 @@ def prepare_windows(
     text = str(fields.get("text") or "")
     return {
         (a, b): _tokenized(renderer, group, {**fields, "text": text[a:b]}, position_limit)
-        for a, b in extra_spans(text, settings)
+        for a, b in extra_spans(text, settings, renderer.token_spans)
     }
 
 

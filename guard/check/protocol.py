@@ -9,7 +9,7 @@ inputs are checked together (`check_prepared`), in forwards cut by a token budge
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from guard.models.batching import TOKEN_BUDGET
@@ -52,6 +52,11 @@ class Engine(Protocol):
 
     def text_tokens(self, text: str) -> int:
         """Tokens of a text alone, without the prompt or special tokens (the server's per-input limit)."""
+        ...
+
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterable[tuple[int, int]]:
+        """The character spans of the tokens of `text[start:end]` alone, in `text`'s offsets,
+        lazily (token windows, guard.models.offsets)."""
         ...
 
     def prepare(self, fields: dict) -> Prepared:

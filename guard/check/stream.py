@@ -2,7 +2,7 @@
 stop a harmful one mid-stream.
 
 `AnswerStream` takes the answer's chunks as they come (`feed`); every `every` tokens it checks
-the newest part of the growing text, the window of its last sentences (the policy's `window`,
+the newest part of the growing text, the window of its last sentences or tokens (the policy's `window`,
 or guard.check.documents.DOCUMENT_WINDOW: as a document's windows are), with the ordinary engine.
 Once a check flags, `flagged` is true, the result (naming the window, in the answer's character
 offsets) stays, and no more checks run: the caller stops the answer there. `close` checks what
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from guard.check.documents import MAX_SENTENCE_CHARS, document_setting
-from guard.check.windows import iter_sentence_spans
+from guard.check.windows import SENTENCES, TOKENS, iter_sentence_spans
 from guard.limits import LIMITS
 
 EVERY_TOKENS = 16  # tokens of answer between two checks
@@ -28,7 +28,11 @@ class AnswerStream:
         if every < 1:
             raise ValueError("every must be at least 1 token")
         self.engine, self.every, self.fields = engine, every, dict(fields or {})
-        self.sentences = max(document_setting(art)[0] for art in engine.artifacts)
+        settings = [document_setting(art) for art in engine.artifacts]
+        if all(unit == TOKENS for _, _, unit in settings):  # the last `size` tokens
+            self.unit, self.size = TOKENS, max(size for size, _, _ in settings)
+        else:  # the last `size` sentences
+            self.unit, self.size = SENTENCES, max(size for size, _, unit in settings if unit == SENTENCES)
         self.text = ""
         self.result = None  # the last check's {policy: Verdict}, or the flagging one
         self.checks = 0  # checks run so far
@@ -82,17 +86,24 @@ class AnswerStream:
         return self.result
 
     def tail(self, complete: bool = True) -> tuple[int, int]:
-        """The span of the window checked next: the last `sentences` complete sentences of the
+        """The span of the window checked next: the last `size` complete sentences of the
         answer (a sentence still being written reads unlike itself: "...were not aban"), or with
         `complete=False` (the answer has ended) the last sentences whatever they are; within one
         check's length. A run longer than MAX_SENTENCE_CHARS without an end mark is cut into
-        pieces (guard.check.windows.iter_sentence_spans), each complete but the last."""
+        pieces (guard.check.windows.iter_sentence_spans), each complete but the last. When every
+        policy counts its window in tokens: the last `size` tokens, the last one left out while
+        no white space follows it (a word still being written)."""
         start = max(0, len(self.text) - LIMITS.max_text_chars)
-        cap = max(1, min(MAX_SENTENCE_CHARS, LIMITS.max_text_chars // self.sentences))
-        spans = list(iter_sentence_spans(self.text[start:], cap))
-        if complete and spans and not _ended(self.text, start + spans[-1][1]):
-            spans.pop()
-        spans = spans[-self.sentences :]
+        if self.unit == TOKENS:
+            spans = list(self.engine.token_spans(self.text[start:]))
+            if complete and spans and not self.text[start + spans[-1][1] :][:1].isspace():
+                spans.pop()
+        else:
+            cap = max(1, min(MAX_SENTENCE_CHARS, LIMITS.max_text_chars // self.size))
+            spans = list(iter_sentence_spans(self.text[start:], cap))
+            if complete and spans and not _ended(self.text, start + spans[-1][1]):
+                spans.pop()
+        spans = spans[-self.size :]
         if not spans:
             return (len(self.text), len(self.text))
         return (start + spans[0][0], start + spans[-1][1])

@@ -1,10 +1,12 @@
-"""Windows of a long text (policy keys `window`, `stride`, `aggregate`; issues 20 and 23): a policy
-checks the whole text and each run of `window` consecutive sentences (every `stride` sentences), so
-a request buried between sentences of harmless chat is also read on its own.
+"""Windows of a long text (policy keys `window`, `window_unit`, `stride`, `aggregate`; issues 20
+and 23): a policy checks the whole text and each run of `window` consecutive units of it (every
+`stride` units), so a request buried in harmless chat is also read on its own. A unit is a
+sentence (the default) or a token of the model's tokenizer (`window_unit: tokens`; the caller
+passes the token spans, guard.models.offsets).
 
 Pure functions: sentence spans, window spans and the windows' texts, and the rule that turns the
 whole text's verdict and its windows' verdicts into one (`aggregate: any`). A text of at most
-`window` sentences has one window, itself, and is checked exactly as without the keys. The engine
+`window` units has one window, itself, and is checked exactly as without the keys. The engine
 (guard.check.engine) prepares each window as an input of its own (guard.check.prepared) and
 checks it in the same forwards as the rest; eval judges windows through `window_verdicts`.
 """
@@ -18,7 +20,10 @@ from dataclasses import replace
 from typing import Any
 
 Span = tuple[int, int]  # (start, end) character offsets into the text
-Setting = tuple[int, int]  # (sentences per window, stride): Artifact.window
+SENTENCES, TOKENS = "sentences", "tokens"
+UNITS = (SENTENCES, TOKENS)  # what a window counts (policy key `window_unit`)
+Setting = tuple[int, int, str]  # (units per window, stride, unit): Artifact.window
+TokenSpans = Callable[[str, int, int], Iterable[Span]]  # the token spans of text[start:end] (guard.models.offsets)
 
 # a sentence ends after . ! or ? (repeated, perhaps followed by closing quotes or brackets) before
 # white space, or at a line break
@@ -34,24 +39,30 @@ def sentence_spans(text: str) -> list[Span]:
     return list(iter_sentence_spans(text))
 
 
-def iter_sentence_spans(text: str, max_chars: int | None = None) -> Iterator[Span]:
+def iter_sentence_spans(
+    text: str, max_chars: int | None = None, start: int = 0, end: int | None = None
+) -> Iterator[Span]:
     """`sentence_spans`, one at a time (a document's sentences are never all held); with
     `max_chars`, a longer sentence (a text without end marks) is cut into pieces of at most that
-    many characters, at the last white space where there is one."""
-    start = 0
-    for match in _END.finditer(text):
+    many characters, at the last white space where there is one. `start`, `end`: the sentences
+    of `text[start:end]` (as if cut out, without the copy), in `text`'s offsets."""
+    end = len(text) if end is None else end
+    for match in _END.finditer(text, start, end):
         yield from _trimmed(text, start, match.end(), max_chars)
         start = match.end()
-    yield from _trimmed(text, start, len(text), max_chars)
+    yield from _trimmed(text, start, end, max_chars)
 
 
 def _trimmed(text: str, a: int, b: int, max_chars: int | None) -> Iterator[Span]:
-    piece = text[a:b]
-    stripped = piece.strip()
-    if not stripped:
+    """The span a..b of `text` less its white space at both ends (none if it is all white space),
+    cut into pieces of at most `max_chars`; read in place, never copied (a paragraph may be a
+    whole document)."""
+    while a < b and text[a].isspace():
+        a += 1
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    if a == b:
         return
-    a += len(piece) - len(piece.lstrip())
-    b = a + len(stripped)
     while max_chars is not None and b - a > max_chars:
         cut = text.rfind(" ", a + 1, a + max_chars + 1)
         cut = cut if cut > a else a + max_chars
@@ -62,13 +73,33 @@ def _trimmed(text: str, a: int, b: int, max_chars: int | None) -> Iterator[Span]
     yield (a, b)
 
 
-def window_spans(text: str, window: int, stride: int) -> list[Span]:
-    """The whole text's span first, then, when it has more than `window` sentences, the span of
-    every run of `window` consecutive sentences starting every `stride` sentences (the last run
-    ends at the last sentence). Duplicates are dropped."""
+def unit_spans(
+    text: str,
+    unit: str,
+    tokens: TokenSpans | None = None,
+    max_chars: int | None = None,
+    start: int = 0,
+    end: int | None = None,
+) -> Iterator[Span]:
+    """The spans of the units a window counts in `text[start:end]` (read in place), lazily:
+    sentences (cut at `max_chars`, `iter_sentence_spans`) or tokens (`tokens(text, start, end)`,
+    the model's tokenizer)."""
+    if unit == TOKENS:
+        if tokens is None:
+            raise ValueError("token windows need the model's tokenizer")
+        return iter(tokens(text, start, len(text) if end is None else end))
+    if unit != SENTENCES:
+        raise ValueError(f"unknown window unit {unit!r}")
+    return iter_sentence_spans(text, max_chars, start, end)
+
+
+def window_spans(text: str, window: int, stride: int, units: Sequence[Span] | None = None) -> list[Span]:
+    """The whole text's span first, then, when it has more than `window` units (`units`: their
+    spans; by default its sentences), the span of every run of `window` consecutive units
+    starting every `stride` units (the last run ends at the last unit). Duplicates are dropped."""
     if window < 1 or stride < 1:
         raise ValueError("window and stride must be at least 1")
-    sentences = sentence_spans(text)
+    sentences = sentence_spans(text) if units is None else list(units)
     spans = [(0, len(text))]
     if len(sentences) <= window:
         return spans
@@ -82,16 +113,20 @@ def window_spans(text: str, window: int, stride: int) -> list[Span]:
     return spans
 
 
-def iter_window_spans(text: str, window: int, stride: int, max_chars: int | None = None) -> Iterator[Span]:
+def iter_window_spans(
+    text: str, window: int, stride: int, max_chars: int | None = None, units: Iterable[Span] | None = None
+) -> Iterator[Span]:
     """A document's windows, one at a time and without the whole text: every run of `window`
-    consecutive sentences starting every `stride` sentences, the last run ending at the last
-    sentence (`window_spans` less its first span), or the one run of all the sentences when
-    there are no more than `window`. Sentences are cut at `max_chars` (`iter_sentence_spans`)."""
+    consecutive units starting every `stride` units, the last run ending at the last unit
+    (`window_spans` less its first span), or the one run of all the units when there are no
+    more than `window`. Units: `units` (spans, read lazily), by default the sentences, cut at
+    `max_chars` (`iter_sentence_spans`)."""
     if window < 1 or stride < 1:
         raise ValueError("window and stride must be at least 1")
     run: deque[Span] = deque(maxlen=window)
     count, last = 0, None
-    for count, span in enumerate(iter_sentence_spans(text, max_chars), start=1):
+    units = iter_sentence_spans(text, max_chars) if units is None else units
+    for count, span in enumerate(units, start=1):
         run.append(span)
         first = count - window  # the index of the run's first sentence
         if first >= 0 and first % stride == 0:
@@ -116,11 +151,18 @@ def window_texts(text: str, window: int, stride: int) -> list[str]:
     return [text[a:b] for a, b in window_spans(text, window, stride)]
 
 
-def extra_spans(text: str, settings: Iterable[Setting]) -> list[Span]:
+def setting_spans(text: str, setting: Setting, tokens: TokenSpans | None = None) -> list[Span]:
+    """`window_spans` of one policy's setting (`tokens`: the model's token spans, which token
+    windows need)."""
+    window, stride, unit = setting
+    return window_spans(text, window, stride, list(unit_spans(text, unit, tokens)))
+
+
+def extra_spans(text: str, settings: Iterable[Setting], tokens: TokenSpans | None = None) -> list[Span]:
     """The window spans (the whole text left out) that any of `settings` checks, each once, in order."""
     found: dict[Span, None] = {}
-    for window, stride in settings:
-        found.update(dict.fromkeys(window_spans(text, window, stride)[1:]))
+    for setting in settings:
+        found.update(dict.fromkeys(setting_spans(text, setting, tokens)[1:]))
     return sorted(found)
 
 
@@ -225,15 +267,16 @@ def window_verdicts(
     texts: Sequence[str | None],
     whole: list,
     judge: Callable[[list[tuple[int, str]]], list],
+    tokens: TokenSpans | None = None,
 ) -> list:
     """Verdicts of a windowed policy (`artifact.window`) for inputs whose {text} are `texts`:
     `whole` holds the whole texts' verdicts; `judge` gives the verdicts of (input index, window
     text) pairs (the same policy, that input's prompt with its {text} replaced). Each input's
-    verdict is `choose`'s. A policy without windows gets `whole` back unchanged."""
+    verdict is `choose`'s. A policy without windows gets `whole` back unchanged. `tokens`: the
+    model's token spans (token windows need them)."""
     if artifact.window is None:
         return whole
-    size, stride = artifact.window
-    spans = [window_spans(text or "", size, stride) for text in texts]
+    spans = [setting_spans(text or "", artifact.window, tokens) for text in texts]
     extra = [(i, j) for i, found in enumerate(spans) for j in range(1, len(found))]
     judged = judge([(i, (texts[i] or "")[slice(*spans[i][j])]) for i, j in extra]) if extra else []
     options = [[v] for v in whole]

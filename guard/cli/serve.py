@@ -8,6 +8,8 @@ import typer
 
 from guard.cli import options
 from guard.cli.root import command, fail, quiet_transformers
+from guard.limits import LIMITS as LIBRARY_LIMITS
+from guard.serve.limits import DOCUMENT_CHARS
 
 Policies = options.policies("Policy to serve; repeat for several [default: all, of one model]")
 Host = Annotated[str | None, typer.Option("--host", help="Address to bind [default: 127.0.0.1]")]
@@ -32,6 +34,16 @@ MaxQueue = Annotated[
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds a request may take; then 504")]
 MaxItems = Annotated[int, typer.Option("--max-items", min=1, help="Inputs in one request")]
 MaxChars = Annotated[int, typer.Option("--max-chars", min=1, help="Characters in one text")]
+MaxDocumentChars = Annotated[
+    int,
+    typer.Option(
+        "--max-document-chars",
+        min=1,
+        help="Characters in one document: /v1/check checks a text over --max-chars window by window, up to this "
+        "[default: GUARD_MAX_DOCUMENT_CHARS, at most 1,000,000]",
+        show_default=False,
+    ),
+]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", min=1, help="Tokens in one text")]
 MaxImageBytes = Annotated[int, typer.Option("--max-image-bytes", min=1, help="Bytes of one image")]
 MaxImagePixels = Annotated[int, typer.Option("--max-image-pixels", min=1, help="Pixels (width x height) of one image")]
@@ -125,6 +137,7 @@ LIMITS = {
     "max_body_bytes": "max_body_bytes",
     "max_items": "max_items",
     "max_chars": "max_chars",
+    "max_document_chars": "max_document_chars",
     "max_tokens": "max_tokens",
     "max_image_bytes": "max_image_bytes",
     "max_image_pixels": "max_image_pixels",
@@ -166,6 +179,7 @@ def serve_command(
     timeout: Timeout = 30.0,
     max_items: MaxItems = 64,
     max_chars: MaxChars = 20_000,
+    max_document_chars: MaxDocumentChars = DOCUMENT_CHARS,
     max_tokens: MaxTokens = 2048,
     max_image_bytes: MaxImageBytes = 5 * 2**20,
     max_image_pixels: MaxImagePixels = 4096 * 4096,
@@ -238,6 +252,11 @@ def serve_config(params: dict, keys):
     from guard.serve.limits import ServiceLimits
     from guard.serve.service import ServeConfig
 
+    if params["max_document_chars"] > LIBRARY_LIMITS.max_document_chars:
+        fail(
+            f"--max-document-chars {params['max_document_chars']:,} is over the library's limit "
+            f"({LIBRARY_LIMITS.max_document_chars:,}, GUARD_MAX_DOCUMENT_CHARS): raise that too"
+        )
     limits = ServiceLimits(**{field: params[option] for option, field in LIMITS.items()})
     settings = {field: params[option] for option, field in CONFIG.items()}
     return ServeConfig(limits=limits, keys=keys, **settings)

@@ -268,7 +268,7 @@ def windowed(policy, artifact, pairs, verdicts, loaded, store, batch_size: int =
         acts = features(loaded, rendered, store=store, batch_size=batch_size).z
         return judge.verdicts(sav.at_heads(acts, artifact.heads))
 
-    return window_verdicts(artifact, [item.text for item, _ in pairs], verdicts, run)
+    return window_verdicts(artifact, [item.text for item, _ in pairs], verdicts, run, loaded.token_spans)
 
 
 @dataclass

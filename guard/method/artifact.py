@@ -80,10 +80,13 @@ class Artifact:
         return Fit(len(self.labels), len(self.heads), prototypes=self.prototypes).bank(self.exemplar_vectors, labels)
 
     @property
-    def window(self) -> tuple[int, int] | None:
-        """(sentences per window, stride) when the policy checks windows of {text} (guard.check.windows)."""
+    def window(self) -> tuple[int, int, str] | None:
+        """(units per window, stride, unit: "sentences" or "tokens") when the policy checks windows
+        of {text} (guard.check.windows)."""
         method = self.method
-        return None if method.get("window") is None else (method["window"], method.get("stride", 1))
+        if method.get("window") is None:
+            return None
+        return (method["window"], method.get("stride", 1), method.get("window_unit", "sentences"))
 
     @cached_property
     def conversation(self) -> ConversationSetting:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from guard.models.capture import HeadTap
 from guard.models.images import GuardImage
 from guard.models.inputs import ImageInputs, ModelInput, TextInputs, Tokenized
 from guard.models.loading import ModelSource, fingerprint, gguf_as_directory, hub_snapshot, resolve
+from guard.models.offsets import Span, iter_token_spans, tokenizer_offsets
 from guard.models.processors import load_processor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -116,6 +117,16 @@ class LoadedModel:
     def token_count(self, rendered: str | ModelInput) -> int:
         with self._lock:
             return self.inputs.token_count(rendered)
+
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterator[Span]:
+        """The character spans of the tokens of `text[start:end]` alone, lazily (guard.models.offsets)."""
+        offsets = tokenizer_offsets(self.tokenizer)
+
+        def locked(piece: str) -> list[Span]:
+            with self._lock:
+                return offsets(piece)
+
+        return iter_token_spans(text, locked, start=start, end=end)
 
 
 def load_model(

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +32,18 @@ from guard.check.conversation import (
     prepare_conversation,
     with_context,
 )
+from guard.check.documents import check_with_documents
 from guard.check.engine import CheckResult, PolicyHeads, Verdict, check_inputs
-from guard.check.prepared import Prepared, prepare_input, render_prompt
+from guard.check.explain import explain as explain_verdict
+from guard.check.prepared import Prepared, prepare_input, prepare_windows, render_prompt
+from guard.check.windows import choose, extra_spans, setting_spans
 from guard.errors import GuardError, first_line
+from guard.limits import check_document_fields, is_document
 from guard.method import calibration
 from guard.method.artifact import Artifact
 from guard.models.batching import TOKEN_BUDGET, Batching
 from guard.models.inputs import TextInputs, Tokenized
+from guard.models.offsets import iter_token_spans, tokenizer_offsets
 from guard.onnx.format import FORMAT, FORMAT_VERSION, MANIFEST, onnxruntime_module
 from guard.policy import Label
 
@@ -140,13 +146,20 @@ class OnnxGuard:
     def text_tokens(self, text: str) -> int:
         return self._inputs.token_count(text)
 
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+        """The character spans of the tokens of `text[start:end]` alone, lazily (token windows)."""
+        return self._inputs.token_spans(text, start, end)
+
     def prepare(self, fields: dict) -> Prepared:
         """One text input rendered and tokenised once, as the torch path does (guard.check.prepared)."""
         if fields.get("images"):
             raise GuardError("the ONNX engine checks text only; check images with the torch engine")
         if is_conversation(fields):  # each judged turn, prepared by this method (guard.check.conversation)
             return prepare_conversation(self, fields)
-        return prepare_input(self._inputs, [self._group], with_context(self, fields))
+        if is_document(fields):  # checked window by window in check_prepared (guard.check.documents)
+            return Prepared(check_document_fields(fields), document=True)
+        windows = {self._group: [self.artifact.window]} if self.artifact.window else None
+        return prepare_input(self._inputs, [self._group], with_context(self, fields), windows=windows)
 
     def check_prepared(
         self,
@@ -163,20 +176,60 @@ class OnnxGuard:
                 f"{self.directory} was exported without its exemplars, which explanations need; "
                 "export the policy again with this guard"
             )
+        options = {"batch_size": batch_size, "token_budget": token_budget, "explain": explain, "progress": progress}
         if any(isinstance(p, PreparedConversation) for p in prepared):
-            options = {"batch_size": batch_size, "token_budget": token_budget, "explain": explain, "progress": progress}
             return check_mixed(self, prepared, CheckResult, **options)
+        if any(p.document for p in prepared):  # as the torch engine: guard.check.documents
+            return check_with_documents(self, prepared, CheckResult, **options)
         rows = [p.rows[self._group] for p in prepared]
+        windows = self._window_rows(prepared)  # {(input index, span): row}, for a windowed policy
+        verdicts = self._verdicts(
+            rows + list(windows.values()), batch_size, token_budget, explain and not self.artifact.window
+        )
+        if self.artifact.window is not None:
+            verdicts = self._windowed(prepared, verdicts, list(windows), explain)
+        return [CheckResult({self.name: verdict}) for verdict in verdicts[: len(prepared)]]
+
+    def _verdicts(self, rows: list[Tokenized], batch_size: int, token_budget: int | None, explain: bool) -> list:
+        """The policy's verdict of each model input, in forwards cut as guard.models.batching says."""
         rule = Batching(batch_size, token_budget)
         single = rule.token_budget is None and len(rows) <= batch_size
         groups = [list(range(len(rows)))] if single and rows else rule.plan([row.length for row in rows])
-        results: list[CheckResult | None] = [None] * len(rows)
+        results: list[Verdict | None] = [None] * len(rows)
         for group in groups:
             heads, sims = self.run_tokenized([rows[i] for i in group])
             verdicts = self._heads.verdicts_from_similarities(torch.from_numpy(sims), torch.from_numpy(heads), explain)
             for i, verdict in zip(group, verdicts):
-                results[i] = CheckResult({self.name: verdict})
-        return results  # type: ignore[return-value]
+                results[i] = verdict
+        return results
+
+    def _window_rows(self, prepared: Sequence[Prepared]) -> dict:
+        """A windowed policy's window model inputs by (input index, span), in input order, as the
+        torch engine's (guard.check.engine.GuardSet._window_rows)."""
+        if self.artifact.window is None:
+            return {}
+        out = {}
+        for i, p in enumerate(prepared):
+            found = p.windows.get(self._group, {})
+            spans = extra_spans(str(p.fields.get("text") or ""), [self.artifact.window], self.token_spans)
+            if any(span not in found for span in spans):
+                found = prepare_windows(self._inputs, self._group, p.fields, [self.artifact.window])
+            out.update(((i, span), found[span]) for span in spans)
+        return out
+
+    def _windowed(self, prepared: Sequence[Prepared], verdicts: list, keys: list, explain: bool) -> list:
+        """Each input's verdict from its whole text's (the first len(prepared) of `verdicts`) and its
+        windows' (at `keys`), as the torch engine chooses (guard.check.windows.choose)."""
+        n, art = len(prepared), self.artifact
+        parts = dict(zip(keys, verdicts[n:]))
+        out = []
+        for i, p in enumerate(prepared):
+            text = str(p.fields.get("text") or "")
+            spans = setting_spans(text, art.window, self.token_spans)
+            options = [verdicts[i], *(parts[(i, span)] for span in spans[1:])]
+            verdict = choose(text, spans, options, art.aggregate, art.flagged_labels)
+            out.append(replace(verdict, explanation=explain_verdict(art, verdict)) if explain else verdict)
+        return out
 
     # --- checking -------------------------------------------------------------------------------
 
@@ -240,6 +293,15 @@ class _Locked:
     def token_count(self, text: str) -> int:
         with self.lock:
             return self.inputs.token_count(text)
+
+    def token_spans(self, text: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+        offsets = tokenizer_offsets(self.inputs.tokenizer)
+
+        def locked(piece: str) -> list[tuple[int, int]]:
+            with self.lock:
+                return offsets(piece)
+
+        return iter_token_spans(text, locked, start=start, end=end)
 
     def pad(self, rows: Sequence[Tokenized]):
         return self.inputs.pad(rows)  # reads the pad id only

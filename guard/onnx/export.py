@@ -218,11 +218,6 @@ def export_onnx(
     weights = weights_of(quantize)
     target = Path(directory)
     _check_target(target)
-    if artifact.window is not None:  # the ONNX engine checks one model input per input
-        raise ExportError(
-            f"policy '{artifact.name}' checks sentence windows ('window:'), which the ONNX export does not; "
-            "export a policy without 'window'"
-        )
     known = ARCHITECTURES.get(str(artifact.model_info.get("model_type")))
     if known is not None and known.multimodal:  # refused before loading (possibly 7B of) weights
         raise ExportError(_VLM_REFUSAL.format(name=artifact.name, model_type=artifact.model_info.get("model_type")))

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from guard.errors import InputError, PolicyError
-from guard.limits import read_regular_file
+from guard.limits import LIMITS, read_regular_file
 from guard.policy.conversation import JUDGES, MAX_TURNS, NO_CONTEXT, exemplar_fields
 from guard.policy.conversation import Setting as ConversationSetting
 from guard.policy.exemplars import Exemplar, read_exemplar_file, readers
@@ -33,6 +33,7 @@ from guard.policy.schema import (
     SCORINGS,
     TARGET_METRICS,
     VOTES,
+    WINDOW_UNITS,
     Label,
     Policy,
     template_fields,
@@ -58,6 +59,7 @@ _TOP_KEYS = {
     "classifier",
     "window",
     "stride",
+    "window_unit",
     "aggregate",
     "judge",
     "context_turns",
@@ -259,17 +261,33 @@ def _parse_settings(doc: _Map, check: _Checker, labels: list[Label]) -> dict:
 
 
 def _parse_windows(doc: _Map, check: _Checker, fields: set[str]) -> dict:
-    """The sentence-window keys (window, stride, aggregate; guard.check.windows), checked, as
+    """The window keys (window, window_unit, stride, aggregate; guard.check.windows), checked, as
     Policy's keyword arguments."""
+    unit = doc.get("window_unit", "sentences")
+    if unit not in WINDOW_UNITS:
+        check.fail(
+            doc.key_lines["window_unit"],
+            f"'window_unit' must be one of: {', '.join(WINDOW_UNITS)} (what 'window' and 'stride' count)",
+        )
     window = doc.get("window")
     if window is not None and not _whole(window, 1):
-        check.fail(doc.key_lines["window"], "'window' must be a whole number >= 1 (sentences per window)")
-    for key in ("stride", "aggregate"):
+        check.fail(doc.key_lines["window"], f"'window' must be a whole number >= 1 ({unit} per window)")
+    if unit == "tokens" and window is not None and window > LIMITS.max_text_tokens:
+        check.fail(
+            doc.key_lines["window"],
+            f"'window' must be at most {LIMITS.max_text_tokens:,} tokens (GUARD_MAX_TEXT_TOKENS: one check's tokens)",
+        )
+    for key in ("stride", "aggregate", "window_unit"):
         if key in doc and window is None:
-            check.fail(doc.key_lines[key], f"'{key}' needs 'window' (the sentences per window)")
+            check.fail(doc.key_lines[key], f"'{key}' needs 'window' (the {unit} per window)")
     stride = doc.get("stride", 1)
     if not _whole(stride, 1):
-        check.fail(doc.key_lines["stride"], "'stride' must be a whole number >= 1 (sentences between window starts)")
+        check.fail(doc.key_lines["stride"], f"'stride' must be a whole number >= 1 ({unit} between window starts)")
+    if unit == "tokens" and window is not None and stride > window:
+        check.fail(
+            doc.key_lines["stride"],
+            f"'stride' must be at most 'window' ({window}): tokens between windows would go unchecked",
+        )
     aggregate = doc.get("aggregate", "any")
     if aggregate not in AGGREGATES:
         check.fail(
@@ -279,7 +297,7 @@ def _parse_windows(doc: _Map, check: _Checker, fields: set[str]) -> dict:
         )
     if window is not None and "text" not in fields:
         check.fail(doc.key_lines["window"], "'window' splits {text}, and the prompt has no {text}")
-    return {"window": window, "stride": stride, "aggregate": aggregate}
+    return {"window": window, "stride": stride, "window_unit": unit, "aggregate": aggregate}
 
 
 def _parse_conversation(doc: _Map, check: _Checker, fields: set[str]) -> dict:

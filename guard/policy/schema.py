@@ -23,6 +23,7 @@ SCORINGS: tuple[str, ...] = get_args(Scoring)
 VOTES = ("count", "margin")  # the rules of guard.method.sav.label_values
 CLASSIFIERS = ("centroid", "probe")  # guard.method.sav.BANKS
 AGGREGATES = ("any", "mean", "max")  # guard.check.windows.Aggregate
+WINDOW_UNITS = ("sentences", "tokens")  # guard.check.windows.UNITS
 ESCAPES = ("none", "xml")
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_HEADS = 20
@@ -102,8 +103,9 @@ class Policy:
     prototypes: int = 1  # per label and head: 1 = the centroid (the paper), more = k-means prototypes
     vote: str = "count"  # count: majority of heads (the paper); margin: mean similarity margin
     classifier: str = "centroid"  # what the heads compare with: centroids/prototypes, or "probe" (guard.method.sav)
-    window: int | None = None  # also check runs of this many sentences of {text} (guard.check.windows)
-    stride: int = 1  # a window starts every `stride` sentences
+    window: int | None = None  # also check runs of this many sentences (or tokens) of {text} (guard.check.windows)
+    stride: int = 1  # a window starts every `stride` units
+    window_unit: str = "sentences"  # what `window` and `stride` count: sentences or tokens
     aggregate: str = "any"  # windows' verdicts -> one: flagged when the whole text or any window is
     judge: str = "last_user"  # which turns of a conversation get a verdict (guard.policy.conversation)
     context_turns: int = 0  # how many turns before the judged one fill {context}
@@ -163,6 +165,8 @@ class Policy:
             method["classifier"] = self.classifier
         if self.window is not None:
             method.update(window=self.window, stride=self.stride, aggregate=self.aggregate)
+            if self.window_unit != "sentences":  # absent for sentences: policies before token windows
+                method["window_unit"] = self.window_unit
         if self.judge != "last_user":
             method["judge"] = self.judge
         if self.context_turns:

@@ -144,9 +144,10 @@ def _add_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/check")
     async def check(request: Request):
-        """guard's verdicts: `{"input": ... or "messages": [...], "policies": [...] (optional), "explain": false}`."""
+        """guard's verdicts: `{"input": ... or "messages": [...], "policies": [...] (optional), "explain": false}`;
+        a text over max_chars is a document, checked window by window (up to max_document_chars)."""
         api_key = authorize(request, service)
-        body = await read_json(request, service)
+        body = await read_json(request, service, limits.document_body_bytes)
         requested = body.get("policies", body.get("policy"))
         if requested is not None and not (
             isinstance(requested, str) or (isinstance(requested, list) and all(isinstance(p, str) for p in requested))
@@ -154,7 +155,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             raise bad_request("policies must be a policy name or a list of names", "policies")
         explain = _explain(body)
         policies = service.resolve_policies(requested, "policies")
-        items = _conversation(body, limits) if "messages" in body else await _items(body, limits)
+        items = _conversation(body, limits) if "messages" in body else await _items(body, limits, documents=True)
         outcomes = await service.check(
             items, policies, explain=explain, deadline=request.state.started + limits.timeout_s
         )
@@ -286,12 +287,15 @@ def _conversation(body: dict, limits) -> list[RequestItem]:
     return parse_conversation(body["messages"], limits)
 
 
-async def _items(body: dict, limits) -> list[RequestItem]:
+async def _items(body: dict, limits, documents: bool = False) -> list[RequestItem]:
+    """The request's inputs (`documents`: a text over max_chars is a document, /v1/check's)."""
     if "input" not in body:
         raise bad_request("the request needs an 'input'", "input", code="missing_input")
     value = body["input"]
     if isinstance(value, list) and any(isinstance(v, dict) for v in value):
         return await run_in_threadpool(parse_input, value, limits)  # decoding images: off the event loop
+    if documents:  # a document's library checks (a scan of up to a million characters): off the event loop
+        return await run_in_threadpool(parse_input, value, limits, documents)
     return parse_input(value, limits)
 
 
@@ -311,9 +315,9 @@ def authorize(request: Request, service: Service) -> str | None:
     return key_id
 
 
-async def read_json(request: Request, service: Service) -> dict:
-    """The body as a JSON object, read no further than the body size limit and no longer than
-    the body timeout (counted from the request's arrival)."""
+async def read_json(request: Request, service: Service, most: int | None = None) -> dict:
+    """The body as a JSON object, read no further than the body size limit (`most` bytes; by
+    default max_body_bytes) and no longer than the body timeout (counted from the request's arrival)."""
     limits = service.config.limits
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if not JSON_TYPE.fullmatch(content_type):
@@ -324,11 +328,11 @@ async def read_json(request: Request, service: Service) -> dict:
         )
     length = request.headers.get("content-length")
     if length and length.isdigit():
-        check_body_size(int(length), limits)
+        check_body_size(int(length), limits, most)
     timeout = service.config.body_timeout_s
     try:
         body = await asyncio.wait_for(
-            _read_body(request, limits), timeout=max(0.0, request.state.started + timeout - time.monotonic())
+            _read_body(request, limits, most), timeout=max(0.0, request.state.started + timeout - time.monotonic())
         )
     except asyncio.TimeoutError:
         raise ApiError(
@@ -340,11 +344,11 @@ async def read_json(request: Request, service: Service) -> dict:
     return parse_json(body)
 
 
-async def _read_body(request: Request, limits) -> bytes:
+async def _read_body(request: Request, limits, most: int | None) -> bytes:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        check_body_size(len(body), limits)
+        check_body_size(len(body), limits, most)
     return bytes(body)
 
 

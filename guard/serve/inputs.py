@@ -3,7 +3,9 @@
 Accepted: a string; a list of strings (one input each); or a list of content parts
 `{"type": "text", "text": ...}` / `{"type": "image_url", "image_url": {"url": "data:..."}}`, which
 together make ONE input (texts joined by newlines, images in order), as in OpenAI's API.
-`/v1/check` also takes `messages`, one conversation (guard.policy.conversation).
+`/v1/check` also takes `messages`, one conversation (guard.policy.conversation), and a text over
+`max_chars` as a document (up to `max_document_chars`), checked window by window
+(guard.check.documents); `/v1/moderations` refuses it (413 `max_chars`).
 
 Images come only as base64 `data:` URLs. The server never fetches a URL and never opens a path a
 request names: anything else is refused before any work is done.
@@ -19,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 
 from guard.errors import InputError
-from guard.limits import check_fields
+from guard.limits import check_document_fields, check_fields
 from guard.models.images import GuardImage, ImageError, decode_image
 from guard.policy.conversation import parse_messages
 from guard.serve.limits import LimitError, ServiceLimits, bad_request, check_item_count, check_text
@@ -35,6 +37,7 @@ class RequestItem:
     text: str | None
     images: list[GuardImage] = field(default_factory=list)
     messages: list[dict] | None = None  # a conversation (`/v1/check`'s `messages`), validated
+    document: bool = False  # a text over max_chars (`/v1/check`): checked window by window
 
     def fields(self) -> dict:
         """What `GuardSet.check_batch` takes for this input."""
@@ -59,17 +62,18 @@ class RequestItem:
         return self.text
 
 
-def parse_input(value, limits: ServiceLimits) -> list[RequestItem]:
+def parse_input(value, limits: ServiceLimits, documents: bool = False) -> list[RequestItem]:
     """The inputs of one request, in order; raises ApiError (400/413) naming what is wrong.
+    `documents`: a text over max_chars is a document (up to max_document_chars), not a 413.
 
     Each input passes the library's own input checks here (NUL characters, lone surrogates, ...),
     before it joins a batch: a bad input is this request's 400, and never fails a shared batch
     that would then have to be run again one input at a time."""
     if isinstance(value, str):
-        items = [_text_item(value, "input", limits)]
+        items = [_text_item(value, "input", limits, documents)]
     elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         check_item_count(len(value), limits)
-        items = [_text_item(v, f"input[{i}]", limits) for i, v in enumerate(value)]
+        items = [_text_item(v, f"input[{i}]", limits, documents) for i, v in enumerate(value)]
     elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         items = [_parts_item(value, limits)]
     elif isinstance(value, list) and not value:
@@ -94,17 +98,25 @@ def parse_conversation(value, limits: ServiceLimits) -> list[RequestItem]:
     return [RequestItem("messages", None, messages=[{"role": t.role, "content": t.text} for t in turns])]
 
 
-def _text_item(text: str, param: str, limits: ServiceLimits) -> RequestItem:
-    check_text(text, limits, param)
+def _text_item(text: str, param: str, limits: ServiceLimits, documents: bool = False) -> RequestItem:
+    document = documents and len(text) > limits.max_chars
+    if document and len(text) > limits.max_document_chars:
+        raise LimitError(
+            "max_document_chars",
+            f"{param} has {len(text):,} characters; the limit is {limits.max_document_chars:,} (a document)",
+            param=param,
+        )
+    if not document:
+        check_text(text, limits, param)
     if not text.strip():
         raise bad_request(f"{param} is empty: nothing to check", param, code="empty_input")
-    return _checked(RequestItem(param, text))
+    return _checked(RequestItem(param, text, document=document))
 
 
 def _checked(item: RequestItem) -> RequestItem:
     """The item, if the library would take it; else a 400 naming it."""
     try:
-        check_fields(item.fields())
+        check_document_fields(item.fields()) if item.document else check_fields(item.fields())
     except InputError as exc:
         raise bad_request(f"{item.param}: {exc}", item.param, code="invalid_text") from None
     return item

@@ -10,19 +10,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from guard.limits import LIMITS
+
 MiB = 1024 * 1024
+# /v1/check's default for one document: the library's GUARD_MAX_DOCUMENT_CHARS, at most a million
+# characters (about 4,000 windows: minutes of CPU, so a request needs a long --timeout anyway)
+DOCUMENT_CHARS = min(1_000_000, LIMITS.max_document_chars)
+JSON_BYTES_PER_CHAR = 6  # a character escaped in JSON ("\u00e9"); raw UTF-8 takes at most 4
 
 
 @dataclass(frozen=True)
 class ServiceLimits:
     max_body_bytes: int = 8 * MiB  # the whole request body, base64 images included
     max_items: int = 64  # inputs in one request
-    max_chars: int = 20_000  # characters of text in one input
+    max_chars: int = 20_000  # characters of text in one input (/v1/check: longer ones are documents)
+    max_document_chars: int = DOCUMENT_CHARS  # characters of one document (/v1/check, window by window)
     max_tokens: int = 2048  # tokens of text in one input (the policy prompt around it not counted)
     max_image_bytes: int = 5 * MiB  # one image, decoded from base64
     max_image_pixels: int = 4096 * 4096  # one image, width x height
     max_images: int = 8  # images in one input
     timeout_s: float = 30.0  # from arrival to verdicts; then 504
+
+    @property
+    def document_body_bytes(self) -> int:
+        """The body limit of /v1/check, which takes documents: room for one at its longest, escaped."""
+        return self.max_body_bytes + JSON_BYTES_PER_CHAR * self.max_document_chars
 
 
 class ApiError(Exception):
@@ -86,9 +98,8 @@ def check_item_count(count: int, limits: ServiceLimits) -> None:
         raise bad_request("input is empty: nothing to check", "input")
 
 
-def check_body_size(size: int, limits: ServiceLimits) -> None:
-    if size > limits.max_body_bytes:
-        raise LimitError(
-            "max_body_bytes",
-            f"the request body has more than {limits.max_body_bytes:,} bytes (the limit)",
-        )
+def check_body_size(size: int, limits: ServiceLimits, most: int | None = None) -> None:
+    """Refuse a body over `most` bytes (default: max_body_bytes; /v1/check's is larger, for documents)."""
+    most = limits.max_body_bytes if most is None else most
+    if size > most:
+        raise LimitError("max_body_bytes", f"the request body has more than {most:,} bytes (the limit)")

@@ -20,6 +20,7 @@ from guard.check.engine import CheckResult
 from guard.check.prepared import Prepared
 from guard.check.protocol import Engine
 from guard.errors import GuardError, first_line
+from guard.limits import check_document_fields
 from guard.models.batching import TOKEN_BUDGET
 from guard.serve.audit import AuditFailed, AuditWriter
 from guard.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
@@ -100,6 +101,8 @@ class Moderator:
         """The work with its input prepared once for its policies (rendered, limit-checked,
         tokenised), or the error that refuses it: this server's token limit on the text (a
         LimitError, its 413) or the library's InputError."""
+        if work.prepared is None and work.item.document:  # window by window, each within one check
+            work.prepared = Prepared(check_document_fields(work.item.fields()), document=True)
         if work.prepared is None:
             if work.item.text:
                 check_tokens(self.guards.text_tokens(work.item.text), self.limits, work.item.param)

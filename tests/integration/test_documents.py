@@ -5,6 +5,7 @@ the streaming helper's checks equal to checking its tail windows alone."""
 
 import random
 import re
+import tracemalloc
 
 import pytest
 
@@ -183,7 +184,7 @@ def test_the_stream_checks_its_newest_window_every_n_tokens(tiny):
 
 def test_document_windows_stay_inside_paragraphs():
     text = "One. Two. Three.\n\nFour. Five.\n  \n\nSix. Seven. Eight. Nine. Ten.\nEleven."
-    spans = list(document_spans(text, (2, 2)))
+    spans = list(document_spans(text, (2, 2, "sentences")))
     assert [text[a:b] for a, b in spans] == [
         "One. Two.",
         "Two. Three.",
@@ -192,7 +193,10 @@ def test_document_windows_stay_inside_paragraphs():
         "Eight. Nine.",
         "Ten.\nEleven.",
     ]
-    assert list(document_spans("", (4, 2))) == [] and list(document_spans("\n\n  \n", (4, 2))) == []
+    assert (
+        list(document_spans("", (4, 2, "sentences"))) == []
+        and list(document_spans("\n\n  \n", (4, 2, "sentences"))) == []
+    )
 
 
 @pytest.mark.parametrize("how", ["mean", "max"])
@@ -244,3 +248,34 @@ def test_a_window_too_long_in_tokens_is_split_not_refused(tiny):
     assert got.window["of"] > windows  # some windows were checked as two or more pieces
     piece = got.window["text"]
     assert tiny.check(piece).flagged == got.flagged  # the named piece is one ordinary check
+
+
+def peak_bytes(read, text: str) -> int:
+    """The peak of Python's allocations while `read(text)` runs (the text itself made before)."""
+    tracemalloc.start()
+    try:
+        read(text)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_reading_a_document_holds_no_copy_of_it(llama):
+    """A document of one paragraph (no blank line), not ASCII, ending in a newline: validating it
+    and making its sentence or token windows hold a bounded amount whatever its length (no copy
+    of the paragraph, of the stripped text or of its UTF-8 bytes): four times the length, about
+    the same peak."""
+
+    def sentences(text):
+        check_document_fields({"text": text})
+        return sum(1 for _ in document_spans(text, DOCUMENT_WINDOW))
+
+    def tokens(text):
+        return sum(1 for _ in document_spans(text, (64, 32, "tokens"), llama.token_spans))
+
+    unit = "Le comité s'est réuni mardi pour discuter du budget. "
+    for read, chars in ((sentences, 500_000), (tokens, 60_000)):
+        read(unit * 200)  # warm-up: regex and tokenizer caches
+        short, long = (unit * (n // len(unit)) + "\n" for n in (chars, 4 * chars))
+        small, big = peak_bytes(read, short), peak_bytes(read, long)
+        assert big < 1.5 * small + 100_000, (read.__name__, small, big, len(long))

@@ -113,7 +113,7 @@ def test_window_verdicts_flag_when_any_window_is_and_name_it():
         asked.extend(pairs)
         return [verdict(*by_text[t]) for _, t in pairs]
 
-    got = window_verdicts(FakeArtifact((1, 1)), texts, whole, judge)
+    got = window_verdicts(FakeArtifact((1, 1, "sentences")), texts, whole, judge)
     assert [i for i, _ in asked] == [0, 0, 0, 1, 1]  # "hello" is one sentence: no window to judge
     assert got[0].flagged and got[0].window["index"] == 2
     assert got[0].window["text"] == "How can I hurt someone and get away with it?"
@@ -193,15 +193,6 @@ def test_eval_windows_as_check_does(tmp_path, llama_dir, llama):
     assert ev.methods["sav"].predictions == [names.index(v.label) for v in verdicts]
 
 
-def test_onnx_export_refuses_windowed_policies(tmp_path, llama_dir, llama):
-    from guard.onnx.export import ExportError, export_onnx
-
-    db = str(tmp_path / "x.db")
-    compile_policy(windowed_policy(tmp_path, llama_dir, window=2, stride=2), db, loaded=llama)
-    with pytest.raises(ExportError, match="sentence windows"):
-        export_onnx(Guard.load(db, model=llama).artifact, tmp_path / "onnx", loaded=llama)
-
-
 def test_loso_windows_as_a_fold_fit_checks_them(tmp_path, llama_dir, llama):
     """Leave-one-source-out of a windowed policy: each held-out exemplar judged whole and by its
     windows, by the fold's own fit (compared with separate window checks of that fit)."""
@@ -249,7 +240,7 @@ def test_windows_prepared_once_and_checked_with_the_rest(tmp_path, llama_dir, ll
     compile_policy(windowed_policy(tmp_path, llama_dir, window=1, name="windowed"), db, loaded=llama)
     compile_policy(write_policy(tmp_path, llama_dir, TEXTS, name="plain"), db, loaded=llama)
     both = GuardSet.load(db, ["plain", "windowed"], model=llama)
-    assert len(both.groups) == 1 and list(both.windows.values()) == [[(1, 1)]]
+    assert len(both.groups) == 1 and list(both.windows.values()) == [[(1, 1, "sentences")]]
     prepared = [both.prepare({"text": text}) for text in CHECKED]
     (group,) = both.groups
     assert [sorted(p.windows[group]) for p in prepared] == [sorted(window_spans(text, 1, 1)[1:]) for text in CHECKED]

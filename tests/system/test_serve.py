@@ -33,6 +33,7 @@ TEXTS_TO_CHECK = [
 ]
 LIMIT_ARGS = [
     "--max-chars", "300",
+    "--max-document-chars", "1000",
     "--max-tokens", "60",
     "--max-items", "6",
     "--max-image-bytes", "4000",
@@ -328,20 +329,25 @@ def image_input(url: str) -> list[dict]:
     return [{"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": url}}]
 
 
+BOTH = ("/v1/moderations", "/v1/check")
+
+
 @pytest.mark.parametrize(
-    ("body", "code", "param"),
+    ("body", "code", "param", "routes"),
     [
-        ({"input": "x" * 301}, "max_chars", "input"),
-        ({"input": ["fine", "y" * 301]}, "max_chars", "input[1]"),
-        ({"input": "a b c d " * 36}, "max_tokens", "input"),  # 288 characters (under max_chars), over 60 tokens
-        ({"input": ["a"] * 7}, "max_items", "input"),
-        ({"input": image_input(data_url(png(60, 60, noise=True)))}, "max_image_bytes", "input[1].image_url"),
-        ({"input": image_input(data_url(png(200, 100)))}, "max_image_pixels", "input[1].image_url"),
-        ({"input": "z" * 70_000}, "max_body_bytes", None),
+        # over --max-chars: /v1/check's is a document (tests/system/test_serve_documents.py)
+        ({"input": "x" * 301}, "max_chars", "input", ["/v1/moderations"]),
+        ({"input": ["fine", "y" * 301]}, "max_chars", "input[1]", ["/v1/moderations"]),
+        ({"input": ["fine", "y" * 1_001]}, "max_document_chars", "input[1]", ["/v1/check"]),
+        ({"input": "a b c d " * 36}, "max_tokens", "input", BOTH),  # 288 characters (under max_chars), over 60 tokens
+        ({"input": ["a"] * 7}, "max_items", "input", BOTH),
+        ({"input": image_input(data_url(png(60, 60, noise=True)))}, "max_image_bytes", "input[1].image_url", BOTH),
+        ({"input": image_input(data_url(png(200, 100)))}, "max_image_pixels", "input[1].image_url", BOTH),
+        ({"input": "z" * 70_000}, "max_body_bytes", None, BOTH),  # /v1/check's: 60,000 + 6 x 1,000
     ],
 )
-def test_each_limit_is_a_413_naming_it(client, body, code, param):
-    for route in ("/v1/moderations", "/v1/check"):
+def test_each_limit_is_a_413_naming_it(client, body, code, param, routes):
+    for route in routes:
         error = error_of(client.post(route, json=body), 413, code)
         assert error["param"] == param
         assert error["type"] == "invalid_request_error"
