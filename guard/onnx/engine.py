@@ -44,7 +44,7 @@ from guard.method.artifact import Artifact
 from guard.models.batching import TOKEN_BUDGET, Batching
 from guard.models.inputs import TextInputs, Tokenized
 from guard.models.offsets import iter_token_spans, tokenizer_offsets
-from guard.onnx.format import FORMAT, FORMAT_VERSION, MANIFEST, onnxruntime_module
+from guard.onnx.format import FORMAT, MANIFEST, READABLE_VERSIONS, WINDOWED_FORMAT_VERSION, onnxruntime_module
 from guard.policy import Label
 
 
@@ -77,10 +77,10 @@ class OnnxGuard:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise GuardError(f"{path}: not a readable export manifest ({exc})") from None
-        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        if manifest.get("format") != FORMAT or manifest.get("format_version") not in READABLE_VERSIONS:
             raise GuardError(
                 f"{path}: export format {manifest.get('format')} v{manifest.get('format_version')} is not "
-                f"{FORMAT} v{FORMAT_VERSION}; export the policy again with this guard"
+                f"{FORMAT} v1-v{WINDOWED_FORMAT_VERSION}; export the policy again with this guard"
             )
         ort = onnxruntime_module()
         options = ort.SessionOptions()

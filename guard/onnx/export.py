@@ -55,6 +55,7 @@ from guard.onnx.format import (
     MANIFEST,
     MODEL_FILE,
     TOKENIZER_DIR,
+    WINDOWED_FORMAT_VERSION,
     onnxruntime_module,
     weights_of,
 )
@@ -170,7 +171,7 @@ class ExportReport:
 def manifest(artifact: Artifact, loaded: LoadedModel, weights: str = "float32") -> dict:
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if artifact.window is None else WINDOWED_FORMAT_VERSION,
         "policy": artifact.name,
         "version": artifact.version,
         "description": artifact.description,

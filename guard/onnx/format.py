@@ -8,6 +8,10 @@ from guard.errors import GuardError, need_extra
 
 FORMAT = "guard-onnx"
 FORMAT_VERSION = 1
+# an export of a windowed policy (its manifest's method has `window`) says version 2, so that a guard
+# older than ONNX windows refuses it instead of checking whole texts; this guard reads both
+WINDOWED_FORMAT_VERSION = 2
+READABLE_VERSIONS = (FORMAT_VERSION, WINDOWED_FORMAT_VERSION)
 MANIFEST = "guard-onnx.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_DIR = "tokenizer"

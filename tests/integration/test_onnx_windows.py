@@ -2,12 +2,15 @@
 windowed policies (sentence and token windows) and long documents get the same windows, the same
 verdicts and named spans, and each window's similarities within 1e-4 of torch's."""
 
+import json
+
 import pytest
 import yaml
 
 from guard.check.documents import document_setting, document_spans
 from guard.check.engine import Guard
 from guard.compiler import compile_policy
+from guard.errors import GuardError
 from guard.limits import LIMITS
 from guard.store.database import Store
 from tests.integration.test_documents import long_text
@@ -91,3 +94,18 @@ def test_a_document_is_checked_as_torch_checks_it(engines):
     for g, e in zip(onnx.check_batch(texts, batch_size=8), torch_guard.check_batch(texts, batch_size=8)):
         assert (g.label, g.flagged) == (e.label, e.flagged)
         assert similarities(g) == pytest.approx(similarities(e), abs=TOLERANCE)
+
+
+def test_a_windowed_export_says_version_2_and_an_unknown_version_is_refused(engines):
+    """A guard older than ONNX windows reads only version 1, so it refuses a windowed export
+    instead of checking whole texts; this guard reads both and refuses a version it does not know."""
+    torch_guard, onnx = engines
+    manifest_path = onnx.directory / "guard-onnx.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["format_version"] == (1 if torch_guard.artifact.window is None else 2)
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 3}))
+    try:
+        with pytest.raises(GuardError, match="v3 is not guard-onnx v1-v2"):
+            OnnxGuard.load(onnx.directory)
+    finally:
+        manifest_path.write_text(json.dumps(manifest))
