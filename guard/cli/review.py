@@ -29,7 +29,15 @@ HoldOut = Annotated[
 
 @review_app.command("export")
 @friendly
-def export_command(name: Name, db: options.Db = None, hold_out: HoldOut = 0.2):
+def export_command(
+    name: Name,
+    db: options.Db = None,
+    hold_out: HoldOut = 0.2,
+    weight: Annotated[
+        float,
+        typer.Option("--weight", min=0.01, max=1000, help="How many times the fit counts each reviewed item"),
+    ] = 10.0,
+):
     """Reviewed items of a policy as exemplar JSON lines on stdout, for a policy's `from:`; the
     latest admin decision wins, else the reviewers' majority; ties are reported on stderr."""
     from guard.store.database import Store
@@ -38,7 +46,7 @@ def export_command(name: Name, db: options.Db = None, hold_out: HoldOut = 0.2):
     store = Store.open(db)
     store.versions(name)  # an unknown policy: one line, exit 2
     reviews = Reviews(store)
-    done = export(decide(reviews.all(name)), hold_out)
+    done = export(decide(reviews.all(name)), hold_out, weight)
     for line in done.lines:
         echo_json(line)
     for tie in done.ties:
