@@ -5,7 +5,8 @@ goes through `html.escape(..., quote=True)`, in element content and in attribute
 script and the one style sheet are inline and carry the response's CSP nonce (guard.serve.review
 sends `script-src 'nonce-...'`), so nothing is fetched: the page works offline. Keys: `j`/`k`
 move between items, `c` confirms, `1`..`9` correct to the policy's label of that number, `s`
-skips, `n` goes to the note field (Enter adds the note, Escape leaves it).
+skips, `n` goes to the note field (Enter adds the note, Escape leaves it). Exemplar texts (the
+nearest exemplars) are escaped the same way: a policy's data is not trusted HTML either.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;max-width:60em;color:#222}
 .text{white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:.5em;margin:.3em 0}
 .flagged{color:#a00;font-weight:bold}.allowed{color:#070;font-weight:bold}
 .meta{color:#666;font-size:12px}form.inline{display:inline}button{margin:.15em}
+.nearest{margin:.3em 0;padding-left:1.2em;font-size:13px}.nearest li{word-break:break-word}
 kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3em;font-size:12px}
 """
 
@@ -103,6 +105,30 @@ def votes_svg(votes: dict | None, labels: list[str]) -> str:
     )
 
 
+SHOWN_NEIGHBOURS = 5  # distinct nearest exemplars an item shows
+
+
+def nearest_list(nearest: list | None) -> str:
+    """The exemplars closest to the input at the top heads (guard.check.explain, stored with the
+    audit row), each once with its best similarity and the heads it is near at, closest first."""
+    if not nearest:
+        return ""
+    found: dict[int, dict] = {}
+    for head in nearest:
+        for ex in head.get("exemplars", []):
+            seen = found.setdefault(int(ex["index"]), {**ex, "similarity": float(ex["similarity"]), "heads": []})
+            seen["similarity"] = max(seen["similarity"], float(ex["similarity"]))
+            seen["heads"].append(int(head["rank"]))
+    closest = sorted(found.values(), key=lambda ex: (-ex["similarity"], int(ex["index"])))[:SHOWN_NEIGHBOURS]
+    rows = "".join(
+        f'<li><span class="meta">{escape(str(ex["label"]))} · {ex["similarity"]:.2f} · '
+        f"head{'s' if len(ex['heads']) > 1 else ''} {', '.join(str(h) for h in ex['heads'])}</span> "
+        f"{escape(str(ex['text']))}</li>"
+        for ex in closest
+    )
+    return f'<div class="meta">nearest exemplars</div><ul class="nearest">{rows}</ul>'
+
+
 def _item(item, labels: list[str], csrf: str, back: str) -> str:
     verdict = "flagged" if item.flagged else "allowed"
     probability = item.scores.get(item.label)
@@ -123,7 +149,7 @@ def _item(item, labels: list[str], csrf: str, back: str) -> str:
         f"@ {escape(item.policy_version[:12])} · {escape(item.reason)}</div>"
         f'<pre class="text">{escape(item.text)}</pre>'
         f'<div><span class="{verdict}">{verdict}</span> as {escape(item.label)}{shown}</div>'
-        f"{votes_svg(item.votes, labels)}"
+        f"{votes_svg(item.votes, labels)}{nearest_list(item.nearest)}"
         f'<form class="inline" method="post" action="{action}">{hidden}{"".join(buttons)}</form>'
         f'<form class="inline" method="post" action="{action}">{hidden}'
         '<input name="note" maxlength="2000" placeholder="note (n)">'

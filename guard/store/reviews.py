@@ -49,6 +49,7 @@ class QueueItem:
     votes: dict | None
     uncertain: bool
     reason: str  # "uncertain" or "sample" (a random share of confident verdicts)
+    nearest: list | None = None  # per top head, the closest exemplars (None: not recorded)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -234,6 +235,7 @@ class Reviews:
                     votes=row.votes,
                     uncertain=uncertain,
                     reason="uncertain" if uncertain else "sample",
+                    nearest=row.nearest,
                 )
                 (doubtful if uncertain else sample).append(item)
         return (doubtful + sample)[:limit]

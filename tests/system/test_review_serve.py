@@ -126,6 +126,33 @@ def test_page_escapes_hostile_texts_and_forms_need_the_csrf_token(served):
     assert 'id="stats"' in client.get("/review/stats").text
 
 
+def test_each_item_shows_the_nearest_exemplars_that_explain_finds(served, llama):
+    """With --review the audit row keeps the nearest exemplars at the top heads, the same as the
+    library's `explain` finds for the same text (`guard check --explain`), and the page shows them."""
+    from html import escape
+
+    url, db = served["url"], served["db"]
+    items = Reviews(Store.open(db)).queue(sample_rate=1.0)  # every row, with its audit id
+    assert sorted(item.text for item in items) == sorted(TRAFFIC)
+    guards = GuardSet.load(db, model=llama)
+    html = login(url, REVIEW).get("/review").text
+    for item in items:
+        explained = guards.check(item.text, explain=True)[item.policy].explanation["nearest_exemplars"]
+        assert [len(head["exemplars"]) for head in item.nearest] == [3, 3, 3]
+        for stored, expected in zip(item.nearest, explained, strict=True):
+            assert {k: v for k, v in stored.items() if k != "exemplars"} == {
+                k: v for k, v in expected.items() if k != "exemplars"
+            }
+            assert [(e["index"], e["text"], e["label"]) for e in stored["exemplars"]] == [
+                (e["index"], e["text"], e["label"]) for e in expected["exemplars"]
+            ]
+            for got, want in zip(stored["exemplars"], expected["exemplars"]):
+                assert got["similarity"] == pytest.approx(want["similarity"], abs=1e-5)  # one batch vs another
+        section = re.search(rf'<section class="item" id="item-{item.audit_id}">(.*?)</section>', html, re.S)[1]
+        closest = max((e for head in item.nearest for e in head["exemplars"]), key=lambda e: e["similarity"])
+        assert 'class="nearest"' in section and escape(closest["text"]) in section
+
+
 def test_corrections_become_a_candidate_that_a_running_server_picks_up(served, tmp_path, llama):
     url, db, service = served["url"], served["db"], served["service"]
     store = Store.open(db)
