@@ -3,7 +3,7 @@ measured against the current one, then served."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -117,13 +117,30 @@ def promote_command(
 
 @review_app.command("stats")
 @friendly
-def stats_command(db: options.Db = None, as_json: options.Json = False):
-    """Per policy: verdicts, flag rate, share of inputs reviewed, the reviewers' agreement with the
-    model and the precision of its flags (95% intervals), ties."""
-    from guard.eval.review_stats import stats
+def stats_command(
+    db: options.Db = None,
+    as_json: options.Json = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="One CSV line per policy and time bucket")] = False,
+    bucket: Annotated[
+        Literal["hour", "day", "week"], typer.Option("--bucket", help="The time bucket of the flag rate and drift")
+    ] = "day",
+    review_sample: Annotated[
+        float,
+        typer.Option("--review-sample", min=0, max=1, help="The share of confident verdicts the queue sampled"),
+    ] = 0.05,
+):
+    """Per policy: verdicts, flag rate (per time bucket too), share of inputs reviewed, the reviewers'
+    agreement with the model, the precision of its flags, the false-positive rate of its confident
+    verdicts on the queue's random sample (95% intervals), ties, and label drift."""
+    from guard.eval.review_stats import stats, to_csv
     from guard.store.database import Store
 
-    rows = stats(Store.open(db))
+    if as_json and as_csv:
+        raise typer.BadParameter("give --json or --csv, not both")
+    rows = stats(Store.open(db), bucket=bucket, sample_rate=review_sample)
+    if as_csv:
+        typer.echo(to_csv(rows), nl=False)
+        return
     if as_json:
         for row in rows:
             echo_json(row)
@@ -134,3 +151,10 @@ def stats_command(db: options.Db = None, as_json: options.Json = False):
             f"reviewed {_share(row['reviewed'])} of {row['inputs']} inputs; agreement {_share(row['agreement'])}; "
             f"precision of flags {_share(row['flag_precision'])}; {row['ties']} ties"
         )
+        typer.echo(f"  random sample of confident verdicts: FPR {_share(row['sample_fpr'])}")
+        for b in row["buckets"]:
+            labels = ", ".join(f"{name} {n}" for name, n in b["labels"].items())
+            typer.echo(
+                f"  {b['start']}: {b['verdicts']} verdicts, flagged {_share(b['flag_rate'])}; {labels}; "
+                f"drift {b['drift_total']:.1%}"
+            )

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from guard.errors import GuardError
-from guard.eval.review_stats import stats
+from guard.eval.review_stats import BUCKETS, stats, to_csv
 from guard.serve.keys import allows
 from guard.serve.limits import ApiError, bad_request
 from guard.serve.review_page import login_page, queue_page, stats_page
@@ -174,16 +174,28 @@ def add_review_routes(app: FastAPI, service) -> None:
         )
         return review.to_dict()
 
+    def figures(request: Request) -> tuple[str, list[dict]]:
+        bucket = request.query_params.get("bucket") or "day"
+        if bucket not in BUCKETS:
+            raise bad_request(f"bucket must be one of {', '.join(BUCKETS)}", "bucket")
+        return bucket, stats(service.store, bucket=bucket, sample_rate=service.config.review_sample)
+
     @app.get("/review/stats", include_in_schema=False)
     async def stats_html(request: Request):
         who(request, page=True)
-        rows = await run_in_threadpool(stats, service.store)
-        return _html(lambda nonce: stats_page(rows, nonce))
+        bucket, rows = await run_in_threadpool(figures, request)
+        return _html(lambda nonce: stats_page(rows, nonce, bucket))
 
     @app.get("/review/api/stats")
     async def stats_json(request: Request):
         who(request)
-        return {"policies": await run_in_threadpool(stats, service.store)}
+        return {"policies": (await run_in_threadpool(figures, request))[1]}
+
+    @app.get("/review/api/stats.csv")
+    async def stats_csv(request: Request):
+        who(request)
+        text = to_csv((await run_in_threadpool(figures, request))[1])
+        return Response(text, media_type="text/csv; charset=utf-8", headers={"Content-Disposition": "inline"})
 
     @app.post("/review/api/promote")
     async def promote(request: Request):

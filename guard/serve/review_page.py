@@ -187,25 +187,98 @@ def queue_page(
     return page("guard review", f'{header}<p class="meta">{len(items)} to review</p>{sections}', nonce)
 
 
-def stats_page(rows: list[dict], nonce: str) -> str:
-    """The per-policy figures of guard.eval.review_stats as a table."""
+CHART_BUCKETS = 30  # the newest buckets a flag-rate chart draws
 
-    def cell(value: dict | None) -> str:
-        if value is None:
-            return "n/a"
-        return f"{value['value']:.1%} [{value['low']:.1%}, {value['high']:.1%}] ({value['k']}/{value['n']})"
 
+def flag_rate_svg(buckets: list[dict]) -> str:
+    """The flag rate per time bucket as bars with their 95% Wilson intervals as whiskers (inline SVG:
+    no script, nothing fetched)."""
+    shown = buckets[-CHART_BUCKETS:]
+    if not shown:
+        return ""
+    bar, gap, top, height = 16, 6, 10, 120
+    width = 40 + len(shown) * (bar + gap)
+
+    def y(value: float) -> float:
+        return round(top + height * (1 - value), 1)
+
+    parts = [
+        f'<line x1="36" y1="{y(0)}" x2="{width}" y2="{y(0)}" stroke="#999"></line>',
+        f'<text x="0" y="{y(1) + 4}" font-size="11">100%</text><text x="12" y="{y(0) + 4}" font-size="11">0%</text>',
+    ]
+    for i, b in enumerate(shown):
+        rate = b["flag_rate"]
+        x = 40 + i * (bar + gap)
+        middle = x + bar / 2
+        parts.append(
+            f'<rect x="{x}" y="{y(rate["value"])}" width="{bar}" height="{round(height * rate["value"], 1)}" '
+            f'fill="#c14a4a"><title>{escape(b["start"])}: {rate["value"]:.1%} ({rate["k"]}/{rate["n"]})</title></rect>'
+            f'<line x1="{middle}" y1="{y(rate["low"])}" x2="{middle}" y2="{y(rate["high"])}" stroke="#222"></line>'
+        )
+    parts.append(f'<text x="40" y="{y(0) + 16}" font-size="11">{escape(shown[0]["start"])}</text>')
+    if len(shown) > 1:
+        parts.append(
+            f'<text x="{width}" y="{y(0) + 16}" font-size="11" text-anchor="end">{escape(shown[-1]["start"])}</text>'
+        )
+    return (
+        f'<svg class="flag-rate" role="img" aria-label="flag rate per time bucket" '
+        f'width="{width + 4}" height="{top + height + 22}" xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>'
+    )
+
+
+def _cell(value: dict | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value['value']:.1%} [{value['low']:.1%}, {value['high']:.1%}] ({value['k']}/{value['n']})"
+
+
+def _bucket_table(row: dict) -> str:
+    names = sorted({name for b in row["buckets"] for name in b["labels"]})
+    head = "".join(f"<th>{escape(n)}</th>" for n in names)
+    lines = "".join(
+        f"<tr><td>{escape(b['start'])}</td><td>{int(b['verdicts'])}</td><td>{_cell(b['flag_rate'])}</td>"
+        + "".join(f"<td>{int(b['labels'].get(n, 0))} ({b['drift'].get(n, 0):+.1%})</td>" for n in names)
+        + f"<td>{b['drift_total']:.1%}</td></tr>"
+        for b in row["buckets"]
+    )
+    return (
+        f'<table class="buckets"><tr><th>{escape(row["bucket"])}</th><th>verdicts</th><th>flag rate</th>{head}'
+        f"<th>drift</th></tr>{lines}</table>"
+    )
+
+
+def stats_page(rows: list[dict], nonce: str, bucket: str = "day") -> str:
+    """The per-policy figures of guard.eval.review_stats: a table, then per policy its flag rate per
+    time bucket as a chart and a table of label counts with their drift from the first bucket."""
     header = "".join(
         f"<th>{name}</th>"
-        for name in ("policy", "verdicts", "flag rate", "inputs reviewed", "agreement", "precision of flags", "ties")
+        for name in (
+            "policy",
+            "verdicts",
+            "flag rate",
+            "inputs reviewed",
+            "agreement",
+            "precision of flags",
+            "FPR of confident verdicts (random sample)",
+            "ties",
+        )
     )
     body = "".join(
-        f"<tr><td>{escape(row['policy'])}</td><td>{int(row['verdicts'])}</td><td>{cell(row['flag_rate'])}</td>"
-        f"<td>{cell(row['reviewed'])}</td><td>{cell(row['agreement'])}</td><td>{cell(row['flag_precision'])}</td>"
-        f"<td>{int(row['ties'])}</td></tr>"
+        f"<tr><td>{escape(row['policy'])}</td><td>{int(row['verdicts'])}</td><td>{_cell(row['flag_rate'])}</td>"
+        f"<td>{_cell(row['reviewed'])}</td><td>{_cell(row['agreement'])}</td><td>{_cell(row['flag_precision'])}</td>"
+        f"<td>{_cell(row['sample_fpr'])}</td><td>{int(row['ties'])}</td></tr>"
         for row in rows
     )
     table = f'<table id="stats"><tr>{header}</tr>{body}</table>'
-    return page(
-        "guard review: stats", f'<h1>guard review: stats</h1><p><a href="/review">the queue</a></p>{table}', nonce
+    links = (
+        f'<p><a href="/review">the queue</a> · per <a href="/review/stats?bucket=hour">hour</a>, '
+        '<a href="/review/stats?bucket=day">day</a>, <a href="/review/stats?bucket=week">week</a> · '
+        f'export <a href="/review/api/stats?bucket={escape(bucket)}">JSON</a>, '
+        f'<a href="/review/api/stats.csv?bucket={escape(bucket)}">CSV</a></p>'
     )
+    charts = "".join(
+        f'<section class="policy-stats"><h2>{escape(row["policy"])}: flag rate per {escape(row["bucket"])}</h2>'
+        f"{flag_rate_svg(row['buckets'])}{_bucket_table(row)}</section>"
+        for row in rows
+    )
+    return page("guard review: stats", f"<h1>guard review: stats</h1>{links}{table}{charts}", nonce)
