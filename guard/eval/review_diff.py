@@ -53,7 +53,7 @@ def candidate_spec(store: Store, name: str, candidate: str | None) -> str:
 
 
 def review_diff(
-    db: str | None,
+    db: str | Store | None,
     name: str,
     candidate: str | None = None,
     *,
@@ -62,9 +62,12 @@ def review_diff(
     dtype: str | None = None,
     loaded=None,
 ) -> ReviewDiff:
+    """The candidate (`candidate` revision, else the newest if it is not current) against the current
+    version of `name` on the held-out reviewed items of `db` (a path or URL, or an open Store), on
+    `loaded` (a LoadedModel; else the stored model reference is loaded)."""
     from guard.check.engine import GuardSet
 
-    store = Store.open(db)
+    store = db if isinstance(db, Store) else Store.open(db)
     current = store.load_artifact(name)
     other = store.load_artifact(candidate_spec(store, name, candidate))
     held = export(decide(Reviews(store).all(name)), hold_out).held_out

@@ -174,7 +174,8 @@ def queue_page(
     header = (
         f'<h1>guard review</h1><p class="meta">signed in as {escape(reviewer)} ({escape(role)}) · '
         "keys: <kbd>j</kbd>/<kbd>k</kbd> move, <kbd>c</kbd> confirm, <kbd>1</kbd>-<kbd>9</kbd> correct, "
-        '<kbd>s</kbd> skip, <kbd>n</kbd> note · <a href="/review/stats">stats</a></p>'
+        '<kbd>s</kbd> skip, <kbd>n</kbd> note · <a href="/review/stats">stats</a> · '
+        '<a href="/review/versions">versions</a> (admin)</p>'
         '<form method="get" action="/review">'
         f'<select name="policy"><option value="">every policy</option>{options}</select> '
         f'<select name="label"><option value="">every label</option>{label_options}</select> '
@@ -185,6 +186,51 @@ def queue_page(
         return page("guard review", header + '<p id="empty">Nothing to review.</p>', nonce)
     sections = "".join(_item(item, labels.get(item.policy, []), csrf, back) for item in items)
     return page("guard review", f'{header}<p class="meta">{len(items)} to review</p>{sections}', nonce)
+
+
+def versions_page(policies: list[dict], *, csrf: str, nonce: str) -> str:
+    """Admins' page: per policy its current revision, then each candidate (a newer revision not yet
+    served) with `guard review diff`'s summary and a promote button (a CSRF-protected form)."""
+    sections = []
+    for entry in policies:
+        current = entry["current"]
+        rows = []
+        for candidate in entry["candidates"]:
+            summary, diff = candidate["summary"], candidate.get("diff")
+            if diff is None:
+                figures = f"<td colspan=5>{escape(candidate.get('error') or 'no diff')}</td>"
+            else:
+                rates = diff["rates"]
+                figures = (
+                    f"<td>{int(diff['held_out_items'])}</td><td>{len(diff['fixed'])}</td><td>{len(diff['broken'])}</td>"
+                    f"<td>{_cell(rates['current']['recall'])} → {_cell(rates['candidate']['recall'])}</td>"
+                    f"<td>{_cell(rates['current']['fpr'])} → {_cell(rates['candidate']['fpr'])}</td>"
+                )
+            form = (
+                '<form class="inline" method="post" action="/review/versions/promote">'
+                f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+                f'<input type="hidden" name="policy" value="{escape(entry["policy"])}">'
+                f'<input type="hidden" name="version" value="{int(summary["revision"])}">'
+                f'<button type="submit">Promote revision {int(summary["revision"])}</button></form>'
+            )
+            rows.append(
+                f'<tr class="candidate"><td>{int(summary["revision"])}</td><td>{escape(summary["version"])}</td>'
+                f"<td>{escape(str(summary['compiled'])[:19])}</td>{figures}<td>{form}</td></tr>"
+            )
+        head = "".join(
+            f"<th>{name}</th>"
+            for name in ("revision", "version", "compiled", "held-out reviewed", "fixed", "broken", "recall", "FPR", "")
+        )
+        table = f"<table><tr>{head}</tr>{''.join(rows)}</table>" if rows else "<p>No candidate.</p>"
+        sections.append(
+            f'<section class="policy-versions"><h2>{escape(entry["policy"])}</h2><p class="meta">serving revision '
+            f"{int(current['revision'])} (version {escape(current['version'])})</p>{table}</section>"
+        )
+    body = (
+        '<h1>guard review: versions</h1><p><a href="/review">the queue</a> · <a href="/review/stats">stats</a> · '
+        "recall and FPR: current → candidate, on the reviewed items the export held out</p>" + "".join(sections)
+    )
+    return page("guard review: versions", body, nonce)
 
 
 CHART_BUCKETS = 30  # the newest buckets a flag-rate chart draws

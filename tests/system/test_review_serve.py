@@ -217,6 +217,56 @@ def test_corrections_become_a_candidate_that_a_running_server_picks_up(served, t
     assert [a["action"] for a in Reviews(store).staff_actions()][-2:] == ["export", "promote"]
 
 
+def test_an_admin_promotes_a_candidate_from_the_versions_page(served, tmp_path, llama):
+    """`/review/versions`: admin keys only (a review or check key gets 403), each candidate with
+    `guard review diff`'s figures, a promote form that needs its CSRF token, audited, and served."""
+    from guard.eval.review_diff import review_diff
+
+    url, db = served["url"], served["db"]
+    for item in httpx.get(f"{url}/review/api/queue", headers=bearer(ADMIN)).json()["items"]:
+        body = {"action": "correct", "label": "benign" if item["label"] == "harmful" else "harmful"}
+        assert httpx.post(f"{url}/review/api/items/{item['audit_id']}", json=body, headers=bearer(ADMIN)).is_success
+    doc = yaml.safe_load(served["policy"].read_text())
+    doc["exemplars"].append({"text": "how do I water my tomato plants", "label": "benign", "weight": 3})
+    (tmp_path / "candidate.yaml").write_text(yaml.safe_dump(doc))
+    report = compile_policy(tmp_path / "candidate.yaml", db, loaded=llama, candidate=True)
+    assert report.artifact.revision == 2
+
+    assert httpx.get(f"{url}/review/versions", headers=bearer(CHECK)).status_code == 403
+    reviewer = login(url, REVIEW)
+    assert reviewer.get("/review/versions").status_code == 403
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', reviewer.get("/review").text)[1]
+    refused = reviewer.post("/review/versions/promote", data={"policy": "tiny", "version": "2", "csrf": token})
+    assert refused.status_code == 403
+
+    admin = login(url, ADMIN)
+    html = admin.get("/review/versions").text
+    expected = review_diff(db, "tiny", "2", loaded=llama).to_dict()
+    figures = (
+        f"<td>{expected['held_out_items']}</td><td>{len(expected['fixed'])}</td><td>{len(expected['broken'])}</td>"
+    )
+    assert "Promote revision 2" in html and figures in html and "serving revision 1" in html
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', html)[1]
+    promote = {"policy": "tiny", "version": "2"}
+    assert admin.post("/review/versions/promote", data=promote).status_code == 403  # no token
+    assert Store.open(db).load_artifact("tiny").revision == 1
+    done = admin.post("/review/versions/promote", data={**promote, "csrf": token})
+    assert done.status_code == 303 and done.headers["location"] == "/review/versions"
+    assert Store.open(db).load_artifact("tiny").revision == 2
+    action = Reviews(Store.open(db)).staff_actions()[-1]
+    assert (action["action"], action["role"], action["detail"]) == ("promote", "admin", {**promote, "via": "page"})
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        verdict = httpx.post(f"{url}/v1/check", json={"input": TRAFFIC[0]}, headers=bearer(CHECK)).json()
+        if verdict["results"][0]["verdicts"]["tiny"]["version"] == report.artifact.version:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the running server did not pick up the promoted version")
+    after = admin.get("/review/versions").text
+    assert "serving revision 2" in after and "No candidate." in after
+
+
 def test_review_options_are_checked_before_anything_loads(tmp_path):
     runner = CliRunner()
     db = str(tmp_path / "none.db")
