@@ -68,13 +68,20 @@ def diff_command(
     device: options.Device = "auto",
     dtype: options.Dtype = None,
     as_json: options.Json = False,
+    heldout: Annotated[
+        str | None,
+        typer.Option(
+            "--heldout",
+            help="Also compare on this file of text and label (JSONL or CSV): the policy's own held-out set",
+        ),
+    ] = None,
 ):
-    """The candidate against the current version on the held-out reviewed items: fixed, broken,
-    recall and FPR with 95% intervals."""
+    """The candidate against the current version on the held-out reviewed items (and with --heldout
+    on the policy's own held-out file): fixed, broken, recall and FPR with 95% intervals."""
     quiet_transformers()
     from guard.eval.review_diff import review_diff
 
-    diff = review_diff(db, name, candidate, hold_out=hold_out, device=device, dtype=dtype)
+    diff = review_diff(db, name, candidate, hold_out=hold_out, device=device, dtype=dtype, heldout=heldout)
     if as_json:
         echo_json(diff.to_dict())
         return
@@ -87,6 +94,14 @@ def diff_command(
     for what, records in (("fixed", diff.fixed), ("broken", diff.broken)):
         for record in records:
             typer.echo(f"  {what}: {record['current']} -> {record['candidate']} ({record['label']}): {record['text']}")
+    if diff.heldout is not None:
+        on_file = diff.heldout
+        typer.echo(
+            f"on {on_file['file']} ({on_file['items']} items): "
+            f"{len(on_file['fixed'])} fixed, {len(on_file['broken'])} broken"
+        )
+        for version, rates in on_file["rates"].items():
+            typer.echo(f"  {version:9}  recall {_share(rates['recall'])}  FPR {_share(rates['fpr'])}")
 
 
 def _share(value: dict | None) -> str:

@@ -267,6 +267,50 @@ def test_an_admin_promotes_a_candidate_from_the_versions_page(served, tmp_path, 
     assert "serving revision 2" in after and "No candidate." in after
 
 
+def test_the_diff_also_runs_on_the_policys_own_held_out_file(served, tmp_path, llama):
+    """`guard review diff --heldout FILE`: fixed, broken, recall and FPR on that file, recounted here
+    from each version's own verdicts; a label the policy lacks is a one-line error."""
+    import json
+
+    db = served["db"]
+    doc = yaml.safe_load(served["policy"].read_text())
+    doc["exemplars"].append({"text": "how do I water my tomato plants", "label": "harmful", "weight": 5})
+    (tmp_path / "candidate.yaml").write_text(yaml.safe_dump(doc))
+    compile_policy(tmp_path / "candidate.yaml", db, loaded=llama, candidate=True)
+    items = [{"text": t, "label": label} for label, texts in TEXTS.items() for t in texts]
+    items += [
+        {"text": "how do I water my roses", "label": "benign"},
+        {"text": "burn my rival's shop", "label": "harmful"},
+    ]
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps(item) + "\n" for item in items))
+    result = CliRunner().invoke(cli_app, ["review", "diff", "tiny", "--db", db, "--heldout", str(heldout), "--json"])
+    assert result.exit_code == 0, result.output
+    on_file = json.loads(result.stdout)["heldout"]
+    store = Store.open(db)
+    said = {}
+    for version, spec in (("current", "tiny"), ("candidate", "tiny@2")):
+        guards = GuardSet([store.load_artifact(spec)], llama)
+        said[version] = [guards.check(item["text"])["tiny"].label for item in items]
+    fixed = [i for i, item in enumerate(items) if said["current"][i] != item["label"] == said["candidate"][i]]
+    broken = [i for i, item in enumerate(items) if said["current"][i] == item["label"] != said["candidate"][i]]
+    assert on_file["items"] == len(items)
+    assert [r["text"] for r in on_file["fixed"]] == [items[i]["text"] for i in fixed]
+    assert [r["text"] for r in on_file["broken"]] == [items[i]["text"] for i in broken]
+    for version in ("current", "candidate"):
+        harmful = [said[version][i] for i, item in enumerate(items) if item["label"] == "harmful"]
+        benign = [said[version][i] for i, item in enumerate(items) if item["label"] == "benign"]
+        rates = on_file["rates"][version]
+        assert (rates["recall"]["k"], rates["recall"]["n"]) == (harmful.count("harmful"), len(harmful))
+        assert (rates["fpr"]["k"], rates["fpr"]["n"]) == (benign.count("harmful"), len(benign))
+    text = CliRunner().invoke(cli_app, ["review", "diff", "tiny", "--db", db, "--heldout", str(heldout)])
+    assert text.exit_code == 0 and f"on {heldout} ({len(items)} items)" in text.stdout
+    heldout.write_text(json.dumps({"text": "x", "label": "spam"}) + "\n")
+    bad = CliRunner().invoke(cli_app, ["review", "diff", "tiny", "--db", db, "--heldout", str(heldout)])
+    assert bad.exit_code == 2 and "label 'spam' is not one of: harmful, benign" in bad.stderr
+    assert "Traceback" not in bad.output
+
+
 def test_review_options_are_checked_before_anything_loads(tmp_path):
     runner = CliRunner()
     db = str(tmp_path / "none.db")
