@@ -243,7 +243,7 @@ def flag_rate_svg(buckets: list[dict]) -> str:
     if not shown:
         return ""
     bar, gap, top, height = 16, 6, 10, 120
-    width = 40 + len(shown) * (bar + gap)
+    width = max(160, 40 + len(shown) * (bar + gap))  # room for the first and last bucket names
 
     def y(value: float) -> float:
         return round(top + height * (1 - value), 1)
