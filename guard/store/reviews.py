@@ -30,7 +30,7 @@ HOLD_OUT = 0.2  # share of reviewed items kept out of an export, to measure a ca
 # How many times the fit counts a reviewed item (its exemplar line's `weight`): ten corrections
 # among a policy's ~1,100 exemplars must move the classifier where a moderator expects. Weights
 # from 5 up let the candidate allow all of ten corrected advice questions (1 allowed 6 to 7);
-# 10 leaves room, and costs no recall on never-fitted harmful sets (BENCHMARKS.md, "The review loop").
+# 10 leaves room, and lost no recall on never-fitted harmful sets (BENCHMARKS.md, "The review loop").
 REVIEW_WEIGHT = 10.0
 
 
