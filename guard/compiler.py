@@ -53,19 +53,21 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
     centroids (and prototypes), calibration and metrics."""
     names = policy.label_names
     labels = torch.tensor([names.index(ex.label) for ex in policy.exemplars])
+    weights = exemplar_weights(policy)
     fit = Fit.of(policy)
-    scores = fit.score_heads(acts, labels)
+    scores = fit.score_heads(acts, labels, weights)
     heads = fit.select(scores)
     selected = sav.at_heads(acts, heads)  # [N, k, D]
     # stored where the centroids go (the runtime reads it as a bank); prototypes are stored
     # beside them, so a load does not recompute them (Artifact.bank)
-    cents, _ = fit.with_heads_only().bank(selected, labels)
-    prototype_bank = fit.bank(selected, labels)[0] if fit.prototypes > 1 and fit.classifier == "centroid" else None
+    cents, _ = fit.with_heads_only().bank(selected, labels, weights)
+    prototype = fit.prototypes > 1 and fit.classifier == "centroid"
+    prototype_bank = fit.bank(selected, labels, weights)[0] if prototype else None
     # Calibrated scores and thresholds come from cross-fitted votes with head selection redone each
     # time (guard.method.calibration); a policy with too few exemplars for that has no calibration.
     cal = None
     if calibration.can_calibrate(labels, len(names), policy.scoring):
-        cal = calibration.calibrate(fit, acts, labels, policy.targets, policy.uncertain_margin)
+        cal = calibration.calibrate(fit, acts, labels, policy.targets, policy.uncertain_margin, weights=weights)
     metrics = {
         "exemplars": len(labels),
         "exemplars_per_label": {n: int((labels == i).sum()) for i, n in enumerate(names)},
@@ -73,6 +75,8 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
         "selected_head_accuracy_mean": float(torch.stack([scores.accuracy[h] for h in heads]).mean()),
         "method": policy.method,
     }
+    if weights is not None:
+        metrics["weighted_exemplars"] = int((weights != 1).sum())
     art = Artifact(
         name=policy.name,
         version=policy.version,
@@ -101,6 +105,13 @@ def fit(policy: Policy, acts: torch.Tensor, loaded: LoadedModel) -> Artifact:
     return art
 
 
+def exemplar_weights(policy: Policy) -> torch.Tensor | None:
+    """Each exemplar's weight `[N]` (how many times the fit counts it), or None when all are 1."""
+    if all(ex.weight == 1 for ex in policy.exemplars):
+        return None
+    return torch.tensor([ex.weight for ex in policy.exemplars], dtype=torch.float64)
+
+
 def _accuracies(fit: Fit, art: Artifact, selected: torch.Tensor, labels: torch.Tensor, cal) -> dict:
     """In-sample and cross-fitted accuracies of the compiled classifier, and the calibration's metrics."""
     metrics = {}
@@ -108,7 +119,7 @@ def _accuracies(fit: Fit, art: Artifact, selected: torch.Tensor, labels: torch.T
     bank, bank_labels = art.bank
     in_sample = sav.classify(sav.bank_similarities(selected, bank, bank_labels, num_labels), fit.vote)[0]
     metrics["train_accuracy"] = float((in_sample == labels).float().mean())
-    if cal is not None and not fit.exact_leave_one_out:
+    if cal is not None and cal.method == calibration.CROSS_FIT_METHOD:
         metrics["loo_accuracy"] = cal.metrics["loo_vote_accuracy"]  # cross-fitted: the honest one
     elif int(torch.bincount(labels, minlength=num_labels).min()) >= 2:
         # the compile-time estimate of 0.1: heads kept, each item out of its own centroid (optimistic);

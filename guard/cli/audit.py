@@ -1,4 +1,5 @@
-"""`guard audit`: list, export or prune the audit log that `guard serve --audit` writes."""
+"""`guard audit`: list, export or prune the audit log that `guard serve --audit` writes;
+`guard audit erase --sha256 H` erases one input's text (`guard audit --erase-sha256 H` still works)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import typer
 
 from guard.cli import options
 from guard.cli.output import echo_json, print_table
-from guard.cli.root import command
+from guard.cli.root import app, friendly
+
+audit_app = typer.Typer(
+    help="List or export the audit log that 'guard serve --audit' writes; --prune-days prunes it; "
+    "'guard audit erase' erases a text.",
+    rich_markup_mode=None,
+)
+app.add_typer(audit_app, name="audit")
 
 Since = Annotated[
     str | None, typer.Option("--since", help="Only rows from then on: 30m, 12h, 7d, 2w or an ISO date/time")
@@ -21,9 +29,15 @@ JsonRows = options.as_json("Export as JSON lines, one row each")
 Erase = Annotated[
     list[str] | None,
     typer.Option(
-        "--erase-sha256",
-        help="Erase the text of the input with this hash (from 'guard audit --json') from the audit log and "
-        "the reviews' copies, keeping the rows; repeatable",
+        "--erase-sha256", help="The same as 'guard audit erase --sha256' (kept for scripts written before it)"
+    ),
+]
+Hashes = Annotated[
+    list[str],
+    typer.Option(
+        "--sha256",
+        help="The input's hash (from 'guard audit --json'): its text is erased from the audit log and the "
+        "reviews' copies, keeping the rows; repeatable",
     ),
 ]
 PruneDays = Annotated[
@@ -31,8 +45,10 @@ PruneDays = Annotated[
 ]
 
 
-@command("audit")
+@audit_app.callback(invoke_without_command=True)
+@friendly
 def audit_command(
+    ctx: typer.Context,
     db: options.Db = None,
     since: Since = None,
     policy: Annotated[str | None, typer.Option("--policy", "-p", help="Only this policy's rows")] = None,
@@ -42,17 +58,17 @@ def audit_command(
     prune_days: PruneDays = None,
     erase_sha256: Erase = None,
 ):
-    """List or export the audit log that 'guard serve --audit' writes; --prune-days prunes it, --erase-sha256 erases a text."""
+    """List or export the audit log that 'guard serve --audit' writes; --prune-days prunes it; 'guard audit erase' erases a text."""
     from datetime import datetime, timedelta, timezone
 
     from guard.store.audit import AuditLog, parse_since
     from guard.store.database import Store
 
+    if ctx.invoked_subcommand is not None:
+        return
     log = AuditLog(Store.open(db))
     if erase_sha256:
-        for digest in erase_sha256:
-            rows, copies = log.erase(digest.strip().lower())
-            typer.echo(f"erased the text of {digest[:16]}... from {rows} audit rows and {copies} reviews")
+        erase(log, erase_sha256)
         return
     if prune_days is not None:
         before = datetime.now(timezone.utc) - timedelta(days=prune_days)
@@ -65,6 +81,23 @@ def audit_command(
             echo_json(row.to_dict())
     else:
         print_rows(rows)
+
+
+@audit_app.command("erase")
+@friendly
+def erase_command(sha256: Hashes, db: options.Db = None):
+    """Erase an input's text (by its hash) from the audit log and the reviews' copies; the rows stay,
+    so counts and verdicts do not change."""
+    from guard.store.audit import AuditLog
+    from guard.store.database import Store
+
+    erase(AuditLog(Store.open(db)), sha256)
+
+
+def erase(log, digests: list[str]) -> None:
+    for digest in digests:
+        rows, copies = log.erase(digest.strip().lower())
+        typer.echo(f"erased the text of {digest[:16]}... from {rows} audit rows and {copies} reviews")
 
 
 def print_rows(rows) -> None:

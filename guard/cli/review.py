@@ -3,7 +3,7 @@ measured against the current one, then served."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -29,7 +29,15 @@ HoldOut = Annotated[
 
 @review_app.command("export")
 @friendly
-def export_command(name: Name, db: options.Db = None, hold_out: HoldOut = 0.2):
+def export_command(
+    name: Name,
+    db: options.Db = None,
+    hold_out: HoldOut = 0.2,
+    weight: Annotated[
+        float,
+        typer.Option("--weight", min=0.01, max=1000, help="How many times the fit counts each reviewed item"),
+    ] = 10.0,
+):
     """Reviewed items of a policy as exemplar JSON lines on stdout, for a policy's `from:`; the
     latest admin decision wins, else the reviewers' majority; ties are reported on stderr."""
     from guard.store.database import Store
@@ -38,7 +46,7 @@ def export_command(name: Name, db: options.Db = None, hold_out: HoldOut = 0.2):
     store = Store.open(db)
     store.versions(name)  # an unknown policy: one line, exit 2
     reviews = Reviews(store)
-    done = export(decide(reviews.all(name)), hold_out)
+    done = export(decide(reviews.all(name)), hold_out, weight)
     for line in done.lines:
         echo_json(line)
     for tie in done.ties:
@@ -60,13 +68,20 @@ def diff_command(
     device: options.Device = "auto",
     dtype: options.Dtype = None,
     as_json: options.Json = False,
+    heldout: Annotated[
+        str | None,
+        typer.Option(
+            "--heldout",
+            help="Also compare on this file of text and label (JSONL or CSV): the policy's own held-out set",
+        ),
+    ] = None,
 ):
-    """The candidate against the current version on the held-out reviewed items: fixed, broken,
-    recall and FPR with 95% intervals."""
+    """The candidate against the current version on the held-out reviewed items (and with --heldout
+    on the policy's own held-out file): fixed, broken, recall and FPR with 95% intervals."""
     quiet_transformers()
     from guard.eval.review_diff import review_diff
 
-    diff = review_diff(db, name, candidate, hold_out=hold_out, device=device, dtype=dtype)
+    diff = review_diff(db, name, candidate, hold_out=hold_out, device=device, dtype=dtype, heldout=heldout)
     if as_json:
         echo_json(diff.to_dict())
         return
@@ -79,6 +94,14 @@ def diff_command(
     for what, records in (("fixed", diff.fixed), ("broken", diff.broken)):
         for record in records:
             typer.echo(f"  {what}: {record['current']} -> {record['candidate']} ({record['label']}): {record['text']}")
+    if diff.heldout is not None:
+        on_file = diff.heldout
+        typer.echo(
+            f"on {on_file['file']} ({on_file['items']} items): "
+            f"{len(on_file['fixed'])} fixed, {len(on_file['broken'])} broken"
+        )
+        for version, rates in on_file["rates"].items():
+            typer.echo(f"  {version:9}  recall {_share(rates['recall'])}  FPR {_share(rates['fpr'])}")
 
 
 def _share(value: dict | None) -> str:
@@ -109,13 +132,30 @@ def promote_command(
 
 @review_app.command("stats")
 @friendly
-def stats_command(db: options.Db = None, as_json: options.Json = False):
-    """Per policy: verdicts, flag rate, share of inputs reviewed, the reviewers' agreement with the
-    model and the precision of its flags (95% intervals), ties."""
-    from guard.eval.review_stats import stats
+def stats_command(
+    db: options.Db = None,
+    as_json: options.Json = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="One CSV line per policy and time bucket")] = False,
+    bucket: Annotated[
+        Literal["hour", "day", "week"], typer.Option("--bucket", help="The time bucket of the flag rate and drift")
+    ] = "day",
+    review_sample: Annotated[
+        float,
+        typer.Option("--review-sample", min=0, max=1, help="The share of confident verdicts the queue sampled"),
+    ] = 0.05,
+):
+    """Per policy: verdicts, flag rate (per time bucket too), share of inputs reviewed, the reviewers'
+    agreement with the model, the precision of its flags, the false-positive rate of its confident
+    verdicts on the queue's random sample (95% intervals), ties, and label drift."""
+    from guard.eval.review_stats import stats, to_csv
     from guard.store.database import Store
 
-    rows = stats(Store.open(db))
+    if as_json and as_csv:
+        raise typer.BadParameter("give --json or --csv, not both")
+    rows = stats(Store.open(db), bucket=bucket, sample_rate=review_sample)
+    if as_csv:
+        typer.echo(to_csv(rows), nl=False)
+        return
     if as_json:
         for row in rows:
             echo_json(row)
@@ -126,3 +166,10 @@ def stats_command(db: options.Db = None, as_json: options.Json = False):
             f"reviewed {_share(row['reviewed'])} of {row['inputs']} inputs; agreement {_share(row['agreement'])}; "
             f"precision of flags {_share(row['flag_precision'])}; {row['ties']} ties"
         )
+        typer.echo(f"  random sample of confident verdicts: FPR {_share(row['sample_fpr'])}")
+        for b in row["buckets"]:
+            labels = ", ".join(f"{name} {n}" for name, n in b["labels"].items())
+            typer.echo(
+                f"  {b['start']}: {b['verdicts']} verdicts, flagged {_share(b['flag_rate'])}; {labels}; "
+                f"drift {b['drift_total']:.1%}"
+            )

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from guard.check.engine import PolicyHeads
-from guard.compiler import fit
+from guard.compiler import exemplar_weights, fit
 from guard.errors import GuardError, PolicyError
 from guard.eval import baselines, metrics
 from guard.eval.attacks import attacks_for
@@ -445,10 +445,12 @@ def is_variant(policy: Policy) -> bool:
     return (policy.scoring, policy.prototypes, policy.vote, policy.max_layer) != ("in_sample", 1, "count", None)
 
 
-def fit_and_predict(policy: Policy, ex_acts, y, test_acts, heads: list[tuple[int, int]] | None = None) -> list[int]:
-    """Fit the policy's classifier on `ex_acts` (heads chosen as compile does, or `heads`) and
-    predict `test_acts` with its vote: what the sweeps re-fit."""
-    return Fit.of(policy)(ex_acts, y, heads).predict(test_acts).tolist()
+def fit_and_predict(
+    policy: Policy, ex_acts, y, test_acts, heads: list[tuple[int, int]] | None = None, weights=None
+) -> list[int]:
+    """Fit the policy's classifier on `ex_acts` (heads chosen as compile does, or `heads`; the
+    exemplars' `weights`) and predict `test_acts` with its vote: what the sweeps re-fit."""
+    return Fit.of(policy)(ex_acts, y, heads, weights).predict(test_acts).tolist()
 
 
 RELIABILITY_BINS = 5
@@ -502,6 +504,7 @@ def _shots_sweep(ev, policy, feats: Features, y, truth, shots, repeats, seed, wi
     n_ex = len(y)
     ex_acts, test_acts = feats.z[:n_ex], feats.z[n_ex:]
     num_labels = len(policy.labels)
+    weights = exemplar_weights(policy)
     members = [(y == c).nonzero().flatten() for c in range(num_labels)]
     fewest = min(len(m) for m in members)
     need = 2 if policy.scoring == "loo" else 1
@@ -519,7 +522,12 @@ def _shots_sweep(ev, policy, feats: Features, y, truth, shots, repeats, seed, wi
             idx = torch.cat([m[torch.randperm(len(m), generator=generator)[:n]] for m in members])
             sub_y = y[idx]
             found.setdefault("sav_vote", []).append(
-                metrics.accuracy(truth, fit_and_predict(policy, ex_acts[idx], sub_y, test_acts))
+                metrics.accuracy(
+                    truth,
+                    fit_and_predict(
+                        policy, ex_acts[idx], sub_y, test_acts, weights=None if weights is None else weights[idx]
+                    ),
+                )
             )
             if with_baselines:
                 probe = baselines.linear_probe(ex_acts[idx], sub_y, test_acts)
@@ -531,13 +539,14 @@ def _shots_sweep(ev, policy, feats: Features, y, truth, shots, repeats, seed, wi
 
 def _heads_sweep(ev, policy, ex_acts, y, test_acts, truth, heads) -> None:
     num_labels = len(policy.labels)
-    ranking = sav.rank_heads(sav.score_heads(ex_acts, y, num_labels, policy.scoring), policy.max_layer)
+    weights = exemplar_weights(policy)
+    ranking = sav.rank_heads(sav.score_heads(ex_acts, y, num_labels, policy.scoring, weights), policy.max_layer)
     for k in heads:
         if k > len(ranking):
             where = "" if policy.max_layer is None else f" up to layer {policy.max_layer}"
             ev.notes.append(f"heads {k}: skipped, the model has {len(ranking)} heads{where}")
             continue
-        pred = fit_and_predict(policy, ex_acts, y, test_acts, ranking[:k])
+        pred = fit_and_predict(policy, ex_acts, y, test_acts, ranking[:k], weights)
         ev.sweeps.append(SweepPoint("heads", k, "sav_vote", [metrics.accuracy(truth, pred)]))
 
 

@@ -137,11 +137,16 @@ def folds_of(labels: torch.Tensor, num_labels: int, folds: int = CROSS_FIT_FOLDS
 
 
 def cross_fitted_values(
-    fit: Fit, acts: torch.Tensor, labels: torch.Tensor, folds: int = CROSS_FIT_FOLDS
+    fit: Fit,
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    folds: int = CROSS_FIT_FOLDS,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Label values `[N, C]` (guard.method.sav.label_values) and winners `[N]` of each exemplar from
     `fit` on the other folds: heads scored and selected, bank (centroids, prototypes or probe)
-    fitted, without the fold. For the settings that the exact leave-one-out shortcut does not cover."""
+    fitted, without the fold (with the other folds' `weights`). For the settings, and the
+    weighted exemplars, that the exact leave-one-out shortcut does not cover."""
     fold = folds_of(labels, fit.num_labels, folds)
     values = torch.zeros((len(labels), fit.num_labels), dtype=torch.float64)
     winners = torch.zeros(len(labels), dtype=torch.long)
@@ -149,7 +154,8 @@ def cross_fitted_values(
         test = fold == f
         if not bool(test.any()):
             continue
-        win, _, _, val = fit(acts[~test], labels[~test]).classify(acts[test])
+        kept = None if weights is None else weights[~test]
+        win, _, _, val = fit(acts[~test], labels[~test], weights=kept).classify(acts[test])
         values[test], winners[test] = val.double(), win
     return values, winners
 
@@ -338,20 +344,25 @@ def calibrate(
     targets: dict[int, tuple[str, float]] | None = None,
     uncertain_margin: float = 0.0,
     chunk: int = 8,
+    weights: torch.Tensor | None = None,
 ) -> Calibration:
     """Cross-fitted votes of `fit` -> per-label Platt maps -> thresholds for `targets` {label: (metric, value)}.
 
     The paper's classifier (centroids, vote count) gets exact leave-one-out votes; prototypes, the
-    probe or the margin vote get 10-fold cross-fitted label values (`cross_fitted_values`)."""
+    probe, the margin vote or weighted exemplars get 10-fold cross-fitted label values
+    (`cross_fitted_values`). Weights shape the fits only: the Platt maps and thresholds count each
+    exemplar once, since an item counted k times is still one observation of how the scores
+    behave, and k copies would make the calibration claim more evidence than it has."""
     num_labels = fit.num_labels
-    if fit.exact_leave_one_out:
+    weights = None if sav.is_unweighted(weights) else weights
+    if fit.exact_leave_one_out and weights is None:
         method = METHOD
         counts, winners = leave_one_out_votes(acts, labels, num_labels, fit.k, fit.scoring, chunk, fit.max_layer)
         k_eff = counts.sum(dim=1, keepdim=True).clamp(min=1)
         shares = (counts.double() / k_eff).tolist()
     else:
         method = CROSS_FIT_METHOD
-        values, winners = cross_fitted_values(fit, acts, labels)
+        values, winners = cross_fitted_values(fit, acts, labels, weights=weights)
         shares = values.tolist()
     truth = labels.tolist()
     platt = [fit_platt([row[c] for row in shares], [t == c for t in truth]) for c in range(num_labels)]

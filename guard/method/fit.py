@@ -2,6 +2,7 @@
 
 Compile, calibration's cross-fit, eval's sweeps and leave-one-source-out, and the studies in
 benchmarks/ all fit through `Fit`, so a setting added to policies changes every one of them at once.
+Exemplar weights (a source's `weight:`, reviewed corrections) reach head scoring and the bank alike.
 """
 
 from __future__ import annotations
@@ -78,22 +79,30 @@ class Fit:
         recomputed from the stored exemplar vectors when the artifact loads)."""
         return replace(self, prototypes=1)
 
-    def score_heads(self, acts: torch.Tensor, labels: torch.Tensor) -> sav.HeadScores:
-        return sav.score_heads(acts, labels, self.num_labels, self.scoring)
+    def score_heads(
+        self, acts: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> sav.HeadScores:
+        return sav.score_heads(acts, labels, self.num_labels, self.scoring, weights)
 
     def select(self, scores: sav.HeadScores) -> list[tuple[int, int]]:
         return sav.select_heads(scores, self.k, self.max_layer)
 
-    def bank(self, selected: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def bank(
+        self, selected: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(bank [M, k, D], bank_labels [M])` from exemplar vectors at the selected heads `[N, k, D]`."""
-        return sav.fit_bank(selected, labels, self.num_labels, self.prototypes, self.classifier)
+        return sav.fit_bank(selected, labels, self.num_labels, self.prototypes, self.classifier, weights)
 
     def __call__(
-        self, acts: torch.Tensor, labels: torch.Tensor, heads: list[tuple[int, int]] | None = None
+        self,
+        acts: torch.Tensor,
+        labels: torch.Tensor,
+        heads: list[tuple[int, int]] | None = None,
+        weights: torch.Tensor | None = None,
     ) -> Classifier:
-        """The classifier fitted on activations `[N, L, H, D]` with labels `[N]` (heads chosen as
-        `select` does, or the given ones)."""
+        """The classifier fitted on activations `[N, L, H, D]` with labels `[N]` and optional
+        exemplar weights `[N]` (heads chosen as `select` does, or the given ones)."""
         if heads is None:
-            heads = self.select(self.score_heads(acts, labels))
-        bank, bank_labels = self.bank(sav.at_heads(acts, heads), labels)
+            heads = self.select(self.score_heads(acts, labels, weights))
+        bank, bank_labels = self.bank(sav.at_heads(acts, heads), labels, weights)
         return Classifier(heads, bank, bank_labels, self.num_labels, self.vote)

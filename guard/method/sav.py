@@ -1,8 +1,9 @@
 """Sparse Attention Vectors: the method's math on plain tensors.
 
 Shapes: activations `[N, L, H, D]` (exemplars, layers, heads, head size); labels `[N]` integer
-indices into the policy's label list; centroids `[C, L, H, D]`. Nothing here knows models,
-files or policies.
+indices into the policy's label list; centroids `[C, L, H, D]`; optional exemplar weights `[N]`
+(an exemplar of weight w counts as w copies of itself in every fit: head scores, centroids,
+prototypes and the probe; None is weight 1 for all). Nothing here knows models, files or policies.
 
 Decisions that the paper leaves open, fixed here so results are reproducible:
 - similarity ties between centroids go to the lower label index;
@@ -21,12 +22,27 @@ import torch
 EPS = 1e-8
 
 
-def centroids(acts: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """Per-label mean of the raw vectors: `[C, L, H, D]`."""
+def weights_or_ones(weights: torch.Tensor | None, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The exemplar weights `[N]` in `dtype`, or ones when there are none."""
+    if weights is None:
+        return torch.ones(len(labels), dtype=dtype, device=labels.device)
+    return weights.to(dtype=dtype, device=labels.device)
+
+
+def is_unweighted(weights: torch.Tensor | None) -> bool:
+    return weights is None or bool((weights == 1).all())
+
+
+def centroids(
+    acts: torch.Tensor, labels: torch.Tensor, num_labels: int, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-label (weighted) mean of the raw vectors: `[C, L, H, D]`."""
+    w = weights_or_ones(weights, labels, acts.dtype)
+    shape = (-1, *([1] * (acts.dim() - 1)))
     sums = torch.zeros((num_labels, *acts.shape[1:]), dtype=acts.dtype, device=acts.device)
-    sums.index_add_(0, labels, acts)
-    counts = torch.bincount(labels, minlength=num_labels).to(acts.dtype)
-    return sums / counts.clamp(min=1).view(-1, *([1] * (acts.dim() - 1)))
+    sums.index_add_(0, labels, acts if weights is None else acts * w.view(shape))
+    totals = torch.zeros(num_labels, dtype=acts.dtype, device=acts.device).index_add_(0, labels, w)
+    return sums / totals.clamp(min=EPS if weights is not None else 1).view(shape)
 
 
 def cosine(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -35,25 +51,28 @@ def cosine(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return num / (x.norm(dim=-1) * c.norm(dim=-1)).clamp(min=EPS)
 
 
-def exemplar_similarities(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, scoring: str) -> torch.Tensor:
+def exemplar_similarities(
+    acts: torch.Tensor, labels: torch.Tensor, num_labels: int, scoring: str, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Cosine of each exemplar to each label centroid at each head: `[N, C, L, H]`.
 
     `in_sample`: centroids include the exemplar itself (the paper). `loo`: the exemplar's own
-    label centroid is recomputed without it, so a head is scored on items it did not see.
+    label centroid is recomputed without it (all its weight), so a head is scored on items it did not see.
     """
-    cents = centroids(acts, labels, num_labels)  # [C, L, H, D]
+    cents = centroids(acts, labels, num_labels, weights)  # [C, L, H, D]
     sims = cosine(acts[:, None], cents[None])  # [N, C, L, H]
     if scoring == "in_sample":
         return sims
     if scoring != "loo":
         raise ValueError(f"unknown scoring {scoring!r}")
-    counts = torch.bincount(labels, minlength=num_labels).to(acts.dtype)
-    n_own = counts[labels]  # [N]
-    if bool((n_own < 2).any()):
+    if bool((torch.bincount(labels, minlength=num_labels)[labels] < 2).any()):
         raise ValueError("leave-one-out scoring needs at least 2 exemplars per label")
+    w = weights_or_ones(weights, labels, acts.dtype)
+    totals = torch.zeros(num_labels, dtype=acts.dtype, device=acts.device).index_add_(0, labels, w)
+    w_own = totals[labels]  # [N]
     own = cents[labels]  # [N, L, H, D]
     shape = (-1, *([1] * (acts.dim() - 1)))
-    loo_own = (own * n_own.view(shape) - acts) / (n_own - 1).view(shape)
+    loo_own = (own * w_own.view(shape) - acts * w.view(shape)) / (w_own - w).view(shape)
     sims = sims.clone()
     sims[torch.arange(len(labels)), labels] = cosine(acts, loo_own)
     return sims
@@ -65,15 +84,25 @@ class HeadScores:
     margin: torch.Tensor  # [L, H] mean (true-label similarity - best other similarity)
 
 
-def score_heads(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, scoring: str = "loo") -> HeadScores:
-    sims = exemplar_similarities(acts, labels, num_labels, scoring)  # [N, C, L, H]
+def score_heads(
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    num_labels: int,
+    scoring: str = "loo",
+    weights: torch.Tensor | None = None,
+) -> HeadScores:
+    """Each head's (weighted) share of exemplars nearest their own label's centroid, and mean margin."""
+    sims = exemplar_similarities(acts, labels, num_labels, scoring, weights)  # [N, C, L, H]
     pred = sims.argmax(dim=1)  # first maximum -> lower label index wins ties
     correct = (pred == labels.view(-1, 1, 1)).to(acts.dtype)
     true_sim = sims.gather(1, labels.view(-1, 1, 1, 1).expand(-1, 1, *sims.shape[2:])).squeeze(1)
     others = sims.clone()
     others.scatter_(1, labels.view(-1, 1, 1, 1).expand(-1, 1, *sims.shape[2:]), float("-inf"))
     margin = true_sim - others.max(dim=1).values
-    return HeadScores(accuracy=correct.mean(0), margin=margin.mean(0))
+    if weights is None:
+        return HeadScores(accuracy=correct.mean(0), margin=margin.mean(0))
+    share = (weights_or_ones(weights, labels, acts.dtype) / weights.sum()).view(-1, 1, 1)
+    return HeadScores(accuracy=(correct * share).sum(0), margin=(margin * share).sum(0))
 
 
 def rank_heads(scores: HeadScores, max_layer: int | None = None) -> list[tuple[int, int]]:
@@ -148,8 +177,15 @@ def bank_similarities(x: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Te
     return out
 
 
-def prototypes(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, per_label: int, iterations: int = 20):
-    """Up to `per_label` prototypes per label at each head, by spherical k-means on the unit
+def prototypes(
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    num_labels: int,
+    per_label: int,
+    iterations: int = 20,
+    weights: torch.Tensor | None = None,
+):
+    """Up to `per_label` prototypes per label at each head, by (weighted) spherical k-means on the unit
     vectors of that label's exemplars: `(bank [M, K, D], bank_labels [M])`, M = labels x per_label
     (a label with fewer exemplars repeats its last ones; repeats change no similarity).
 
@@ -157,12 +193,15 @@ def prototypes(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, per_la
     direction, then Lloyd iterations (assign by cosine, re-average, re-normalise).
     """
     unit = acts / acts.norm(dim=-1, keepdim=True).clamp(min=EPS)  # [N, K, D]
+    w = weights_or_ones(weights, labels, acts.dtype)
     banks = []
     for c in range(num_labels):
         members = unit[labels == c].transpose(0, 1)  # [K, n, D]
+        mass = w[labels == c].view(1, -1, 1)  # [1, n, 1]
         k_heads, n, _ = members.shape
         p = min(per_label, n)
-        mean = members.mean(dim=1, keepdim=True)  # [K, 1, D]
+        # the (weighted) mean: only its direction counts
+        mean = members.mean(dim=1, keepdim=True) if weights is None else (members * mass).sum(dim=1, keepdim=True)
         first = (members * mean).sum(-1).argmax(dim=1)  # [K]
         chosen = [first]
         for _ in range(1, p):  # farthest point: the member least similar to its nearest centre
@@ -173,7 +212,7 @@ def prototypes(acts: torch.Tensor, labels: torch.Tensor, num_labels: int, per_la
         for _ in range(iterations):
             assign = torch.einsum("knd,kpd->knp", members, centres).argmax(dim=2)  # [K, n]
             onehot = torch.nn.functional.one_hot(assign, p).to(members.dtype)  # [K, n, p]
-            sums = torch.einsum("knp,knd->kpd", onehot, members)
+            sums = torch.einsum("knp,knd->kpd", onehot, members * mass)
             empty = onehot.sum(dim=1) == 0  # [K, p]: keep an empty cluster's centre
             sums = torch.where(empty[..., None], centres, sums)
             centres = sums / sums.norm(dim=-1, keepdim=True).clamp(min=EPS)
@@ -217,17 +256,24 @@ vote_fn = vote  # `classify` takes a `vote` argument that shadows the function
 BANKS = ("centroid", "probe")
 
 
-def fit_bank(selected: torch.Tensor, labels: torch.Tensor, num_labels: int, per_label: int = 1, bank: str = "centroid"):
+def fit_bank(
+    selected: torch.Tensor,
+    labels: torch.Tensor,
+    num_labels: int,
+    per_label: int = 1,
+    bank: str = "centroid",
+    weights: torch.Tensor | None = None,
+):
     """What each selected head compares an input with, `(bank [M, K, D], bank_labels [M])`: the
     label centroids (raw means, the paper) for one prototype per label, else `prototypes`; or
-    (`bank="probe"`, two labels) the unit vectors of `probe_bank`."""
+    (`bank="probe"`, two labels) the unit vectors of `probe_bank`; all weighted by `weights`."""
     if bank == "probe":
-        return probe_bank(selected, labels), torch.arange(2)
+        return probe_bank(selected, labels, weights=weights), torch.arange(2)
     if bank != "centroid":
         raise ValueError(f"unknown bank {bank!r}")
     if per_label == 1:
-        return centroids(selected, labels, num_labels), torch.arange(num_labels)
-    return prototypes(selected, labels, num_labels, per_label)
+        return centroids(selected, labels, num_labels, weights), torch.arange(num_labels)
+    return prototypes(selected, labels, num_labels, per_label, weights=weights)
 
 
 # --- the probe: a logistic regression over the selected heads, voting head by head ---------------
@@ -257,13 +303,20 @@ def logistic_fit(
     weight_decay: float = PROBE_WEIGHT_DECAY,
     steps: int = PROBE_STEPS,
     intercept: bool = True,
+    sample_weight: torch.Tensor | None = None,
 ):
     """Class-balanced L2 logistic regression, x `[N, F]`, positive `[N]` bool -> (w `[F]`, b)
-    (b = 0 without `intercept`). Deterministic: float64, zero start, full-batch L-BFGS."""
+    (b = 0 without `intercept`). `sample_weight` `[N]` counts an item that many times, within its
+    class's half of the loss. Deterministic: float64, zero start, full-batch L-BFGS."""
     x = x.double()
     y = positive.double()
-    share = y.mean().clamp(1e-6, 1 - 1e-6)
-    weight = torch.where(positive, 0.5 / share, 0.5 / (1 - share))
+    if sample_weight is None:
+        share = y.mean().clamp(1e-6, 1 - 1e-6)
+        weight = torch.where(positive, 0.5 / share, 0.5 / (1 - share))
+    else:  # each class still carries half the loss, spread by weight; the mean is over the total weight
+        s = sample_weight.double()
+        share = ((s * y).sum() / s.sum()).clamp(1e-6, 1 - 1e-6)
+        weight = s * torch.where(positive, 0.5 / share, 0.5 / (1 - share)) * (len(s) / s.sum())
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=intercept)
     opt = torch.optim.LBFGS(
@@ -282,7 +335,12 @@ def logistic_fit(
     return w.detach(), float(b.detach())
 
 
-def probe_bank(selected: torch.Tensor, labels: torch.Tensor, weight_decay: float = PROBE_WEIGHT_DECAY):
+def probe_bank(
+    selected: torch.Tensor,
+    labels: torch.Tensor,
+    weight_decay: float = PROBE_WEIGHT_DECAY,
+    weights: torch.Tensor | None = None,
+):
     """Two labels: the logistic regression of label 0 against label 1 on the selected heads' unit
     vectors `[N, K, D]`, as a bank `[2, K, D]` of unit vectors (u_k for label 0, v_k for label 1)
     with u_k - v_k = w_k / s (s scales the largest |w_k| to 1.9). Each pair is centred on the head's
@@ -294,10 +352,10 @@ def probe_bank(selected: torch.Tensor, labels: torch.Tensor, weight_decay: float
     head's vote is the sign of its own term, the intercept's share included."""
     x = unit(selected.double())  # [N, K, D]
     n, k, d = x.shape
-    w, _ = logistic_fit(x.reshape(n, k * d), labels == 0, weight_decay, intercept=False)
+    w, _ = logistic_fit(x.reshape(n, k * d), labels == 0, weight_decay, intercept=False, sample_weight=weights)
     w = w.view(k, d)
     w = w / (w.norm(dim=-1).max().clamp(min=EPS) / 1.9)
-    mean = unit(x.mean(0))  # [K, D]
+    mean = unit(x.mean(0) if weights is None else (x * weights.to(x.dtype).view(-1, 1, 1)).sum(0))  # [K, D]
     along = unit(w)
     p = unit(mean - (mean * along).sum(-1, keepdim=True) * along)  # orthogonal to w_k
     p = p * (1 - (w * w).sum(-1, keepdim=True) / 4).clamp(min=0).sqrt()

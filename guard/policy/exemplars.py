@@ -8,6 +8,8 @@ relative to the data root (never absolute; a leading "/" is read as the data roo
 image file, an item without an instruction, an unknown claim label) and say so in
 `Source.skipped`; a hand-written file (JSONL, CSV, inline) with a missing image is an error
 instead. `shots` / `seed` sample that many exemplars per label from any source, reproducibly.
+An exemplar's `weight` (a record's `weight` field, or its source's `weight:`, which wins) is how
+many times the fit counts it: `guard review export` gives reviewed corrections one.
 Readers know nothing about models.
 """
 
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from guard.errors import PolicyError
@@ -35,6 +38,7 @@ class Exemplar:
     images: tuple[str, ...] = ()  # paths relative to `root`, as written in the data
     fields: dict[str, str] = field(default_factory=dict)
     root: Path | None = field(default=None, compare=False, repr=False)  # where `images` start
+    weight: float = 1.0  # how many times the fit counts it (guard.method.sav)
 
     def prompt_fields(self) -> dict[str, str]:
         """Values available to the policy's prompt template ({text} and any other column);
@@ -125,13 +129,30 @@ def _images_of(record: dict, origin: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in values)
 
 
+MAX_WEIGHT = 1000.0
+
+
+def parse_weight(value, where: str) -> float:
+    """A positive exemplar weight (a number, or its text in a CSV cell), at most MAX_WEIGHT."""
+    try:
+        weight = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
+    except ValueError:
+        weight = math.nan
+    if not 0 < weight <= MAX_WEIGHT:  # also refuses NaN
+        raise PolicyError(f"{where}: 'weight' must be a number above 0 and at most {MAX_WEIGHT:g}, not {value!r}")
+    return weight
+
+
+RESERVED = ("text", "label", "images", "image", "messages", "weight")  # record keys that are not prompt fields
+
+
 def _exemplar_from_record(record: dict, origin: str, source: Source | None = None) -> Exemplar:
     if not isinstance(record, dict):
         raise PolicyError(f"{origin}: expected an object with 'text' and 'label'")
     images = _images_of(record, origin)
     # a record without "text" may fill other prompt fields (a request and its answer: {prompt},
     # {response}); validate_items then refuses it for a prompt that needs {text}
-    others = [k for k in record if k not in ("text", "label", "images", "image")]
+    others = [k for k in record if k not in RESERVED]
     required = ("label",) if images or ("text" not in record and others) else ("text", "label")
     missing = [k for k in required if k not in record or record[k] in (None, "")]
     if missing:
@@ -143,11 +164,13 @@ def _exemplar_from_record(record: dict, origin: str, source: Source | None = Non
             raise PolicyError(f"{origin}: image path '{image}' must be relative to the data root, without '..'")
         if root is not None and not (root / image).is_file():
             raise PolicyError(f"{origin}: image '{image}' not found in {root}")
-    fields = {str(k): str(v) for k, v in record.items() if k not in ("text", "label", "images", "image", "messages")}
+    fields = {str(k): str(v) for k, v in record.items() if k not in RESERVED}
     if "messages" in record:  # a conversation, kept as JSON: the policy renders it (guard.policy.conversation)
         fields["messages"] = json.dumps(record["messages"], ensure_ascii=False)
     text = "" if record.get("text") is None else str(record["text"])
-    return Exemplar(text=text, label=str(record["label"]), origin=origin, images=images, fields=fields, root=root)
+    weight = 1.0 if record.get("weight") in (None, "") else parse_weight(record["weight"], origin)
+    label = str(record["label"])
+    return Exemplar(text=text, label=label, origin=origin, images=images, fields=fields, root=root, weight=weight)
 
 
 def read_jsonl(path: Path, display: str, source: Source | None = None) -> list[Exemplar]:
@@ -586,12 +609,14 @@ def read_exemplar_file(
     task: str | None = None,
     shots: int | None = None,
     seed: int = 0,
+    weight: float | None = None,
     notes: list[str] | None = None,
 ) -> list[Exemplar]:
     """Read one exemplar source; `where` ("policy.yaml:12") locates the reference for errors.
 
     `root` is the data root (image paths start there, or at `images`); `shots` samples that many
-    per label with `seed`. Lines about skipped items and sampling are appended to `notes`.
+    per label with `seed`; `weight` replaces every exemplar's own. Lines about skipped items and
+    sampling are appended to `notes`.
     """
     known = readers()
     fmt = fmt or guess_format(path)
@@ -621,4 +646,6 @@ def read_exemplar_file(
             counts = Counter(ex.label for ex in exemplars)
             drawn = ", ".join(f"{counts[label]} of {n} '{label}'" for label, n in sorted(before.items()))
             notes.append(f"{display}: sampled {drawn} (shots {shots}, seed {seed})")
+    if weight is not None:
+        exemplars = [replace(ex, weight=weight) for ex in exemplars]
     return exemplars

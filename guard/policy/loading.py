@@ -21,7 +21,7 @@ from guard.errors import InputError, PolicyError
 from guard.limits import LIMITS, read_regular_file
 from guard.policy.conversation import JUDGES, MAX_TURNS, NO_CONTEXT, exemplar_fields
 from guard.policy.conversation import Setting as ConversationSetting
-from guard.policy.exemplars import Exemplar, read_exemplar_file, readers
+from guard.policy.exemplars import MAX_WEIGHT, Exemplar, read_exemplar_file, readers
 from guard.policy.paths import DATA_ROOT_ENV, allowed_roots, confined
 from guard.policy.schema import (
     AGGREGATES,
@@ -65,8 +65,8 @@ _TOP_KEYS = {
     "context_turns",
 }
 _LABEL_KEYS = {"name", "description", "flagged", "answer", "target", "openai_category"}
-_INLINE_KEYS = {"text", "label", "image", "images", "messages", "context"}
-_SOURCE_KEYS = {"from", "format", "shots", "seed", "images", "text", "task_type"}
+_INLINE_KEYS = {"text", "label", "image", "images", "messages", "context", "weight"}
+_SOURCE_KEYS = {"from", "format", "shots", "seed", "images", "text", "task_type", "weight"}
 
 
 class _Checker:
@@ -476,7 +476,12 @@ def _parse_exemplars(doc: _Map, check: _Checker, root: Path, notes: list[str]) -
             fields = {"context": check.string(item, "context")} if "context" in item else {}
             if "messages" in item:  # a conversation, rendered with the policy's keys (conversation_exemplars)
                 fields["messages"] = json.dumps(item["messages"], ensure_ascii=False)
-            exemplars.append(Exemplar(text=text, label=label, origin=where, images=images, root=root, fields=fields))
+            weight = _weight(item, check)
+            exemplars.append(
+                Exemplar(
+                    text=text, label=label, origin=where, images=images, root=root, fields=fields, weight=weight or 1.0
+                )
+            )
     return exemplars
 
 
@@ -494,6 +499,7 @@ def _read_source(item: _Map, check: _Checker, root: Path, where: str, notes: lis
             options[key] = value
     if "seed" in item and "shots" not in item:
         check.fail(item.key_lines["seed"], "'seed' chooses which exemplars 'shots' samples; add 'shots: N'")
+    options["weight"] = _weight(item, check)
     if "images" in item:
         options["images"] = root / check.string(item, "images")
     known = readers()
@@ -513,6 +519,16 @@ def _read_source(item: _Map, check: _Checker, root: Path, where: str, notes: lis
             item.key_lines["images"], f"'images' is for data files; 'format: {fmt}' reads images from its folder"
         )
     return read_exemplar_file(path, fmt, rel, where, **options)
+
+
+def _weight(item: _Map, check: _Checker) -> float | None:
+    """An exemplar's or a source's `weight:` (how many times the fit counts each item), if given."""
+    if "weight" not in item:
+        return None
+    value = item["weight"]
+    if not _is_number(value) or not 0 < value <= MAX_WEIGHT:
+        check.fail(item.key_lines["weight"], f"'weight' must be a number above 0 and at most {MAX_WEIGHT:g}")
+    return float(value)
 
 
 def _image_list(item: _Map, check: _Checker, root: Path) -> tuple[str, ...]:

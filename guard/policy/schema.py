@@ -194,6 +194,9 @@ class Policy:
             canonical["targets"] = {self.labels[i].name: list(t) for i, t in self.targets.items()}
         if self.uncertain_margin:
             canonical["uncertain_margin"] = self.uncertain_margin
+        weights = {str(i): e.weight for i, e in enumerate(self.exemplars) if e.weight != 1}
+        if weights:  # exemplar weights (0.3): absent when every exemplar counts once
+            canonical["exemplar_weights"] = weights
         categories = {lab.name: lab.openai_category for lab in self.labels if lab.openai_category}
         if categories:  # stored with the artifact: a new mapping is a new compile
             canonical["openai_categories"] = categories

@@ -5,7 +5,9 @@ KEY` (scripts, the JSON API) or typed once into the login form, which sets an Ht
 SameSite=Strict cookie holding a session signed with the audit secret (not the key). A check
 key gets 403. Forms posted with the cookie carry a CSRF token bound to the session; bearer
 requests need none (a browser never adds that header on its own). Every action is stored by
-guard.store.reviews (reviews, staff_actions); the audit rows are only read.
+guard.store.reviews (reviews, staff_actions); the audit rows are only read. `/review/versions`
+(admin keys only) lists each policy's candidate versions with `guard review diff`'s summary on
+the server's own model, and promotes one with a CSRF-protected form.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from guard.errors import GuardError
-from guard.eval.review_stats import stats
+from guard.eval.review_stats import BUCKETS, stats, to_csv
 from guard.serve.keys import allows
 from guard.serve.limits import ApiError, bad_request
-from guard.serve.review_page import login_page, queue_page, stats_page
+from guard.serve.review_page import login_page, queue_page, stats_page, versions_page
 from guard.store.audit import parse_since
 from guard.store.reviews import Reviews
 
@@ -174,16 +176,75 @@ def add_review_routes(app: FastAPI, service) -> None:
         )
         return review.to_dict()
 
+    def figures(request: Request) -> tuple[str, list[dict]]:
+        bucket = request.query_params.get("bucket") or "day"
+        if bucket not in BUCKETS:
+            raise bad_request(f"bucket must be one of {', '.join(BUCKETS)}", "bucket")
+        return bucket, stats(service.store, bucket=bucket, sample_rate=service.config.review_sample)
+
     @app.get("/review/stats", include_in_schema=False)
     async def stats_html(request: Request):
         who(request, page=True)
-        rows = await run_in_threadpool(stats, service.store)
-        return _html(lambda nonce: stats_page(rows, nonce))
+        bucket, rows = await run_in_threadpool(figures, request)
+        return _html(lambda nonce: stats_page(rows, nonce, bucket))
 
     @app.get("/review/api/stats")
     async def stats_json(request: Request):
         who(request)
-        return {"policies": await run_in_threadpool(stats, service.store)}
+        return {"policies": (await run_in_threadpool(figures, request))[1]}
+
+    @app.get("/review/api/stats.csv")
+    async def stats_csv(request: Request):
+        who(request)
+        text = to_csv((await run_in_threadpool(figures, request))[1])
+        return Response(text, media_type="text/csv; charset=utf-8", headers={"Content-Disposition": "inline"})
+
+    def candidates() -> list[dict]:
+        """Each served policy's current revision and its candidates (newer revisions), each with
+        `guard review diff`'s summary on the server's own model (the torch engine only)."""
+        from guard.eval.review_diff import review_diff
+
+        loaded = getattr(service.guards, "loaded", None)
+        out = []
+        for name in sorted(service.moderator.artifacts):
+            versions = service.store.versions(name)
+            current = next(v for v in versions if v["current"])
+            found = []
+            for summary in (v for v in versions if v["revision"] > current["revision"]):
+                entry = {"summary": summary, "diff": None, "error": None}
+                if loaded is None:
+                    entry["error"] = "no diff: this server runs an ONNX export (use 'guard review diff')"
+                else:
+                    try:
+                        diff = review_diff(service.store, name, str(summary["revision"]), loaded=loaded)
+                        entry["diff"] = diff.to_dict()
+                    except GuardError as exc:
+                        entry["error"] = f"no diff: {exc}"
+                found.append(entry)
+            out.append({"policy": name, "current": current, "candidates": found})
+        return out
+
+    @app.get("/review/versions", include_in_schema=False)
+    async def versions(request: Request):
+        identity = who(request, "admin", page=True)
+        policies = await run_in_threadpool(candidates)
+        csrf = sessions.csrf(identity.session) if identity.session else ""
+        return _html(lambda nonce: versions_page(policies, csrf=csrf, nonce=nonce))
+
+    @app.post("/review/versions/promote", include_in_schema=False)
+    async def promote_by_form(request: Request):
+        identity = who(request, "admin", page=True)
+        form = await _form(request)
+        _check_csrf(sessions, identity, form)
+        name, version = str(form.get("policy", "")), str(form.get("version", ""))
+        try:
+            await run_in_threadpool(service.store.rollback, name, version)
+        except GuardError as exc:
+            raise bad_request(str(exc), "version") from None
+        await run_in_threadpool(
+            reviews.log, identity.key_id, identity.role, "promote", policy=name, version=version, via="page"
+        )
+        return RedirectResponse("/review/versions", status_code=303)
 
     @app.post("/review/api/promote")
     async def promote(request: Request):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from guard.check.engine import CheckResult
+from guard.check.explain import nearest_exemplars
 from guard.check.prepared import Prepared
 from guard.check.protocol import Engine
 from guard.errors import GuardError, first_line
@@ -35,6 +36,9 @@ log = logging.getLogger("guard.serve")
 # model names OpenAI clients send by default: they mean "this server's policies"
 OPENAI_MODELS = ("omni-moderation-", "text-moderation-")
 WARM_UP_TEXT = "Is this a warm-up?"
+# what an audit row keeps for the review page (--review): the nearest exemplars at the top heads
+REVIEW_HEADS = 3
+REVIEW_NEIGHBOURS = 3
 
 
 @dataclass
@@ -408,6 +412,18 @@ class Service:
                         api_key=api_key,
                         votes=dict(Counter(vote.label for vote in verdict.votes)),
                         uncertain=bool(verdict.uncertain),
+                        nearest=self._nearest(name, verdict) if self.config.review else None,
                     )
                 )
         return records
+
+    def _nearest(self, name: str, verdict) -> list | None:
+        """The verdict's nearest exemplars at its top heads, as `guard check --explain` finds them,
+        for the review page: from the head vectors the check already has, no model run. None when
+        the version that judged it is no longer the one loaded (a reload in between)."""
+        art = self.moderator.artifacts.get(name)
+        if art is None or art.version != verdict.version or verdict.vectors is None:
+            return None
+        votes = [vote.label for vote in verdict.votes]
+        found = nearest_exemplars(art, verdict.vectors, votes, REVIEW_HEADS, REVIEW_NEIGHBOURS)
+        return [head.to_dict() for head in found]

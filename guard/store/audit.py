@@ -57,6 +57,7 @@ class AuditRecord:
     client_request_id: str | None = None  # the caller's X-Request-ID, as sent (request_id is the server's)
     votes: dict | None = None  # each label's head votes (revision 0007; None before)
     uncertain: bool | None = None  # whether the verdict was uncertain (revision 0007; None before)
+    nearest: list | None = None  # the nearest exemplars at the top heads (revision 0008; with --review only)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -27,6 +27,11 @@ LABELLING = ("confirm", "correct")  # the actions that give the item a label
 MAX_NOTE = 2000  # characters in a note
 SAMPLE_RATE = 0.05  # share of confident verdicts the queue samples (every label alike)
 HOLD_OUT = 0.2  # share of reviewed items kept out of an export, to measure a candidate on
+# How many times the fit counts a reviewed item (its exemplar line's `weight`): ten corrections
+# among a policy's ~1,100 exemplars must move the classifier where a moderator expects. Weights
+# from 5 up let the candidate allow all of ten corrected advice questions (1 allowed 6 to 7);
+# 10 leaves room, and lost no recall on never-fitted harmful sets (BENCHMARKS.md, "The review loop").
+REVIEW_WEIGHT = 10.0
 
 
 @dataclass
@@ -44,6 +49,7 @@ class QueueItem:
     votes: dict | None
     uncertain: bool
     reason: str  # "uncertain" or "sample" (a random share of confident verdicts)
+    nearest: list | None = None  # per top head, the closest exemplars (None: not recorded)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -229,6 +235,7 @@ class Reviews:
                     votes=row.votes,
                     uncertain=uncertain,
                     reason="uncertain" if uncertain else "sample",
+                    nearest=row.nearest,
                 )
                 (doubtful if uncertain else sample).append(item)
         return (doubtful + sample)[:limit]
@@ -266,7 +273,7 @@ class Reviews:
 class Export:
     """What `guard review export` wrote, and what it left out and why."""
 
-    lines: list[dict]  # {"text", "label", "source": "reviews", "rule"}
+    lines: list[dict]  # {"text", "label", "source": "reviews", "rule", "weight"}
     held_out: list[Decision]  # kept out, to measure a candidate on (guard review diff)
     ties: list[Decision]  # reviewers split evenly, no admin decision: not exported
     without_text: int  # decided, but the text was not kept (served without --audit-text)
@@ -278,8 +285,9 @@ class Export:
         )
 
 
-def export(decisions: Sequence[Decision], hold_out: float = HOLD_OUT) -> Export:
-    """Exemplar lines from the decisions: the held-out share and ties kept out (see `decide`)."""
+def export(decisions: Sequence[Decision], hold_out: float = HOLD_OUT, weight: float = REVIEW_WEIGHT) -> Export:
+    """Exemplar lines from the decisions, each counted `weight` times by the fit (its line's
+    `weight`): the held-out share and ties kept out (see `decide`)."""
     lines, held, ties, without_text = [], [], [], 0
     for decision in decisions:
         if decision.label is None:
@@ -289,5 +297,6 @@ def export(decisions: Sequence[Decision], hold_out: float = HOLD_OUT) -> Export:
         elif held_out(decision.input_sha256, hold_out):
             held.append(decision)
         else:
-            lines.append({"text": decision.text, "label": decision.label, "source": "reviews", "rule": decision.rule})
+            line = {"text": decision.text, "label": decision.label, "source": "reviews", "rule": decision.rule}
+            lines.append({**line, "weight": weight})
     return Export(lines, held, ties, without_text)

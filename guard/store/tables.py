@@ -138,6 +138,9 @@ class AuditRow(Base):
     # from revision 0007 (NULL before): each label's head votes, and whether the verdict was uncertain
     votes: orm.Mapped[dict | None] = orm.mapped_column(sa.JSON)
     uncertain: orm.Mapped[bool | None]
+    # from revision 0008 (NULL before, and without --review): the nearest exemplars at the top
+    # heads, as guard.check.explain.nearest_exemplars gives them, for the review page
+    nearest: orm.Mapped[list | None] = orm.mapped_column(sa.JSON)
 
 
 class ReviewRow(Base):

@@ -134,3 +134,31 @@ def test_vectors_are_little_endian_float32_blobs(tiny_policy, db, llama):
     assert len(blob) == 2 * llama.layout.head_dim * 4
     art = Store.open(db).load_artifact()
     assert torch.frombuffer(bytearray(blob), dtype=torch.float32).tolist() == art.centroids[:, 0].flatten().tolist()
+
+
+def test_a_weighted_exemplar_compiles_as_the_weighted_fit_of_its_activations(tmp_path, db, llama, llama_dir):
+    """`weight:` reaches the stored artifact: its heads and bank are the weighted fit of the cached
+    activations, calibration is cross-fitted, the metrics count the weighted exemplars, the version
+    changes with the weight, and compiling the same weighted policy again runs nothing."""
+    from guard.method.fit import Fit
+
+    path = write_policy(tmp_path, llama_dir, TEXTS)
+    doc = yaml.safe_load(path.read_text())
+    doc["exemplars"][5]["weight"] = 20  # "explain how to kill a python process that hangs": benign
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    report = compile_policy(path, db, loaded=llama)
+    art = report.artifact
+    assert art.metrics["weighted_exemplars"] == 1 and art.metrics["calibration_method"] == "platt-cv10"
+    policy = load_policy(path)
+    acts = features(llama, [llama.prepare(policy.render({"text": e.text}), []) for e in policy.exemplars]).z
+    labels = torch.tensor([policy.label_names.index(e.label) for e in policy.exemplars])
+    weights = torch.ones(len(labels), dtype=torch.float64)
+    weights[5] = 20
+    expected = Fit.of(policy)(acts, labels, weights=weights)
+    plain = Fit.of(policy)(acts, labels, heads=expected.heads)
+    assert not torch.allclose(expected.bank, plain.bank, atol=1e-3)  # the weight moves the centroids
+    assert art.heads == expected.heads
+    assert torch.allclose(art.centroids, expected.bank.float(), atol=1e-5)
+    assert compile_policy(path, db, loaded=llama).unchanged
+    unweighted = compile_policy(write_policy(tmp_path, llama_dir, TEXTS), db, loaded=llama).artifact
+    assert unweighted.version != art.version and "weighted_exemplars" not in unweighted.metrics

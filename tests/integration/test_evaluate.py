@@ -251,3 +251,24 @@ def test_eval_command_json_table_and_plot(tiny_policy, test_file, db, tmp_path):
     assert bad.exit_code == 2 and "--plot draws the sweeps" in bad.stderr
     missing = runner.invoke(app, ["eval", str(tiny_policy), str(tmp_path / "nope.jsonl"), "--db", db])
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
+
+
+def test_sweeps_refit_with_the_exemplar_weights(tmp_path, llama_dir, db, llama):
+    """A weighted policy: the heads and shots sweeps fit with the weights as compile does, so the
+    sweep at the policy's own heads (and with every shot) is the evaluated vote again."""
+    import yaml
+
+    texts = {label: items + [f"{label} example number {i}" for i in range(2)] for label, items in TEXTS.items()}
+    plain = write_policy(tmp_path, llama_dir, texts, heads=3)
+    doc = yaml.safe_load(plain.read_text())
+    doc["exemplars"][6]["weight"] = 40  # a harmful one: "harmful example number 0"
+    doc["exemplars"][9]["weight"] = 40  # a benign one: "write a poem about the sea"
+    (tmp_path / "weighted.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    test_file = write_tests(tmp_path)
+    ev = evaluate(tmp_path / "weighted.yaml", test_file, db=db, loaded=llama, shots=[6], heads=[3])
+    unweighted = evaluate(plain, test_file, db=db, loaded=llama)
+    assert ev.methods["sav"].predictions != unweighted.methods["sav"].predictions  # the weights matter here
+    points = {(p.sweep, p.value, p.method): p for p in ev.sweeps}
+    vote_accuracy = ev.methods["sav"].report.accuracy
+    assert points[("heads", 3, "sav_vote")].mean == pytest.approx(vote_accuracy)
+    assert points[("shots", 6, "sav_vote")].accuracies == [pytest.approx(vote_accuracy)]

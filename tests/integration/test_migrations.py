@@ -90,8 +90,8 @@ def test_concurrent_first_opens_migrate_once(tmp_path):
 
 def test_revisions_form_one_chain():
     revisions = list(migrations.script().walk_revisions())
-    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
-    assert migrations.head() == "0007"
+    assert [r.revision for r in reversed(revisions)] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
+    assert migrations.head() == "0008"
     assert migrations.newest_file_revision() == migrations.head()  # the no-Alembic check at open
 
 
@@ -119,7 +119,7 @@ def test_opening_a_database_at_head_imports_no_alembic(tmp_path):
     con.commit()
     con.close()
     assert run().strip() == "['alembic']"  # behind head: Alembic upgrades it
-    assert Store.open(str(path)).schema_revision() == "0007"
+    assert Store.open(str(path)).schema_revision() == "0008"
     assert "bank" in {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(heads)")}
 
 
@@ -146,7 +146,7 @@ def test_a_0004_audit_log_upgrades_keeping_its_rows(tmp_path):
     con.close()
 
     store = Store.open(str(path))
-    assert store.schema_revision() == migrations.head() == "0007"
+    assert store.schema_revision() == migrations.head() == "0008"
     (row,) = AuditLog(store).query()
     assert (row.request_id, row.client_request_id, row.input_sha256) == ("old-1", None, "ab" * 32)
     indexes = {r[1] for r in sqlite3.connect(path).execute("PRAGMA index_list(audit_log)")}
@@ -167,6 +167,7 @@ def test_a_0_2_database_gains_the_reviews_table_keeping_its_audit_rows(old_db):
     con.execute("DROP TABLE staff_actions")
     con.execute("ALTER TABLE audit_log DROP COLUMN votes")
     con.execute("ALTER TABLE audit_log DROP COLUMN uncertain")
+    con.execute("ALTER TABLE audit_log DROP COLUMN nearest")  # revision 0008's
     con.execute("UPDATE guard_schema SET version_num = '0006'")
     con.execute(
         "INSERT INTO audit_log (created_at, request_id, client_request_id, item, endpoint, api_key, policy, "
@@ -180,15 +181,17 @@ def test_a_0_2_database_gains_the_reviews_table_keeping_its_audit_rows(old_db):
     assert "reviews" not in tables(old_db)
 
     store = Store.open(str(old_db))
-    assert store.schema_revision() == migrations.head() == "0007"
+    assert store.schema_revision() == migrations.head() == "0008"
     assert {"reviews", "staff_actions"} <= tables(old_db)
     (row,) = AuditLog(store).query()
-    assert (row.input_text, row.votes, row.uncertain, row.scores) == (
+    assert (row.input_text, row.votes, row.uncertain, row.nearest, row.scores) == (
         "how do I fix a pipe",
+        None,
         None,
         None,
         {"harmful": 0.6, "benign": 0.4},
     )
+    assert "nearest" in {r[1] for r in sqlite3.connect(old_db).execute("PRAGMA table_info(audit_log)")}
     reviews = Reviews(store)
     (item,) = reviews.queue()
     assert item.reason == "uncertain"  # no flag recorded: a winning probability under 0.75

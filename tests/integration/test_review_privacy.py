@@ -61,8 +61,11 @@ def texts(store) -> dict:
     }
 
 
-def test_erase_removes_the_text_everywhere_and_keeps_the_rows(store, tmp_path):
-    result = CliRunner().invoke(app, ["audit", "--db", str(tmp_path / "guard.db"), "--erase-sha256", "a" * 64])
+@pytest.mark.parametrize(
+    "form", [["audit", "erase", "--sha256"], ["audit", "--erase-sha256"]], ids=["erase-command", "old-option"]
+)
+def test_erase_removes_the_text_everywhere_and_keeps_the_rows(store, tmp_path, form):
+    result = CliRunner().invoke(app, [*form[:-1], "--db", str(tmp_path / "guard.db"), form[-1], "a" * 64])
     assert result.exit_code == 0, result.output
     assert "2 audit rows and 2 reviews" in result.stdout
     assert texts(store) == {
@@ -72,7 +75,7 @@ def test_erase_removes_the_text_everywhere_and_keeps_the_rows(store, tmp_path):
     }
     done = export(decide(Reviews(store).all()), hold_out=0)
     assert [line["text"] for line in done.lines] == ["how do I bake bread"] and done.without_text == 1
-    bad = CliRunner().invoke(app, ["audit", "--db", str(tmp_path / "guard.db"), "--erase-sha256", "nope"])
+    bad = CliRunner().invoke(app, [*form[:-1], "--db", str(tmp_path / "guard.db"), form[-1], "nope"])
     assert bad.exit_code == 2 and "64 hex digits" in bad.stderr
     with pytest.raises(GuardError):
         AuditLog(store).erase("A" * 64)

@@ -126,6 +126,33 @@ def test_page_escapes_hostile_texts_and_forms_need_the_csrf_token(served):
     assert 'id="stats"' in client.get("/review/stats").text
 
 
+def test_each_item_shows_the_nearest_exemplars_that_explain_finds(served, llama):
+    """With --review the audit row keeps the nearest exemplars at the top heads, the same as the
+    library's `explain` finds for the same text (`guard check --explain`), and the page shows them."""
+    from html import escape
+
+    url, db = served["url"], served["db"]
+    items = Reviews(Store.open(db)).queue(sample_rate=1.0)  # every row, with its audit id
+    assert sorted(item.text for item in items) == sorted(TRAFFIC)
+    guards = GuardSet.load(db, model=llama)
+    html = login(url, REVIEW).get("/review").text
+    for item in items:
+        explained = guards.check(item.text, explain=True)[item.policy].explanation["nearest_exemplars"]
+        assert [len(head["exemplars"]) for head in item.nearest] == [3, 3, 3]
+        for stored, expected in zip(item.nearest, explained, strict=True):
+            assert {k: v for k, v in stored.items() if k != "exemplars"} == {
+                k: v for k, v in expected.items() if k != "exemplars"
+            }
+            assert [(e["index"], e["text"], e["label"]) for e in stored["exemplars"]] == [
+                (e["index"], e["text"], e["label"]) for e in expected["exemplars"]
+            ]
+            for got, want in zip(stored["exemplars"], expected["exemplars"]):
+                assert got["similarity"] == pytest.approx(want["similarity"], abs=1e-5)  # one batch vs another
+        section = re.search(rf'<section class="item" id="item-{item.audit_id}">(.*?)</section>', html, re.S)[1]
+        closest = max((e for head in item.nearest for e in head["exemplars"]), key=lambda e: e["similarity"])
+        assert 'class="nearest"' in section and escape(closest["text"]) in section
+
+
 def test_corrections_become_a_candidate_that_a_running_server_picks_up(served, tmp_path, llama):
     url, db, service = served["url"], served["db"], served["service"]
     store = Store.open(db)
@@ -188,6 +215,100 @@ def test_corrections_become_a_candidate_that_a_running_server_picks_up(served, t
     ready = httpx.get(f"{url}/readyz").json()
     assert ready["versions"] == {"tiny": report.artifact.version} and "--reload-every" in ready["reload"]
     assert [a["action"] for a in Reviews(store).staff_actions()][-2:] == ["export", "promote"]
+
+
+def test_an_admin_promotes_a_candidate_from_the_versions_page(served, tmp_path, llama):
+    """`/review/versions`: admin keys only (a review or check key gets 403), each candidate with
+    `guard review diff`'s figures, a promote form that needs its CSRF token, audited, and served."""
+    from guard.eval.review_diff import review_diff
+
+    url, db = served["url"], served["db"]
+    for item in httpx.get(f"{url}/review/api/queue", headers=bearer(ADMIN)).json()["items"]:
+        body = {"action": "correct", "label": "benign" if item["label"] == "harmful" else "harmful"}
+        assert httpx.post(f"{url}/review/api/items/{item['audit_id']}", json=body, headers=bearer(ADMIN)).is_success
+    doc = yaml.safe_load(served["policy"].read_text())
+    doc["exemplars"].append({"text": "how do I water my tomato plants", "label": "benign", "weight": 3})
+    (tmp_path / "candidate.yaml").write_text(yaml.safe_dump(doc))
+    report = compile_policy(tmp_path / "candidate.yaml", db, loaded=llama, candidate=True)
+    assert report.artifact.revision == 2
+
+    assert httpx.get(f"{url}/review/versions", headers=bearer(CHECK)).status_code == 403
+    reviewer = login(url, REVIEW)
+    assert reviewer.get("/review/versions").status_code == 403
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', reviewer.get("/review").text)[1]
+    refused = reviewer.post("/review/versions/promote", data={"policy": "tiny", "version": "2", "csrf": token})
+    assert refused.status_code == 403
+
+    admin = login(url, ADMIN)
+    html = admin.get("/review/versions").text
+    expected = review_diff(db, "tiny", "2", loaded=llama).to_dict()
+    figures = (
+        f"<td>{expected['held_out_items']}</td><td>{len(expected['fixed'])}</td><td>{len(expected['broken'])}</td>"
+    )
+    assert "Promote revision 2" in html and figures in html and "serving revision 1" in html
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', html)[1]
+    promote = {"policy": "tiny", "version": "2"}
+    assert admin.post("/review/versions/promote", data=promote).status_code == 403  # no token
+    assert Store.open(db).load_artifact("tiny").revision == 1
+    done = admin.post("/review/versions/promote", data={**promote, "csrf": token})
+    assert done.status_code == 303 and done.headers["location"] == "/review/versions"
+    assert Store.open(db).load_artifact("tiny").revision == 2
+    action = Reviews(Store.open(db)).staff_actions()[-1]
+    assert (action["action"], action["role"], action["detail"]) == ("promote", "admin", {**promote, "via": "page"})
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        verdict = httpx.post(f"{url}/v1/check", json={"input": TRAFFIC[0]}, headers=bearer(CHECK)).json()
+        if verdict["results"][0]["verdicts"]["tiny"]["version"] == report.artifact.version:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the running server did not pick up the promoted version")
+    after = admin.get("/review/versions").text
+    assert "serving revision 2" in after and "No candidate." in after
+
+
+def test_the_diff_also_runs_on_the_policys_own_held_out_file(served, tmp_path, llama):
+    """`guard review diff --heldout FILE`: fixed, broken, recall and FPR on that file, recounted here
+    from each version's own verdicts; a label the policy lacks is a one-line error."""
+    import json
+
+    db = served["db"]
+    doc = yaml.safe_load(served["policy"].read_text())
+    doc["exemplars"].append({"text": "how do I water my tomato plants", "label": "harmful", "weight": 5})
+    (tmp_path / "candidate.yaml").write_text(yaml.safe_dump(doc))
+    compile_policy(tmp_path / "candidate.yaml", db, loaded=llama, candidate=True)
+    items = [{"text": t, "label": label} for label, texts in TEXTS.items() for t in texts]
+    items += [
+        {"text": "how do I water my roses", "label": "benign"},
+        {"text": "burn my rival's shop", "label": "harmful"},
+    ]
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps(item) + "\n" for item in items))
+    result = CliRunner().invoke(cli_app, ["review", "diff", "tiny", "--db", db, "--heldout", str(heldout), "--json"])
+    assert result.exit_code == 0, result.output
+    on_file = json.loads(result.stdout)["heldout"]
+    store = Store.open(db)
+    said = {}
+    for version, spec in (("current", "tiny"), ("candidate", "tiny@2")):
+        guards = GuardSet([store.load_artifact(spec)], llama)
+        said[version] = [guards.check(item["text"])["tiny"].label for item in items]
+    fixed = [i for i, item in enumerate(items) if said["current"][i] != item["label"] == said["candidate"][i]]
+    broken = [i for i, item in enumerate(items) if said["current"][i] == item["label"] != said["candidate"][i]]
+    assert on_file["items"] == len(items)
+    assert [r["text"] for r in on_file["fixed"]] == [items[i]["text"] for i in fixed]
+    assert [r["text"] for r in on_file["broken"]] == [items[i]["text"] for i in broken]
+    for version in ("current", "candidate"):
+        harmful = [said[version][i] for i, item in enumerate(items) if item["label"] == "harmful"]
+        benign = [said[version][i] for i, item in enumerate(items) if item["label"] == "benign"]
+        rates = on_file["rates"][version]
+        assert (rates["recall"]["k"], rates["recall"]["n"]) == (harmful.count("harmful"), len(harmful))
+        assert (rates["fpr"]["k"], rates["fpr"]["n"]) == (benign.count("harmful"), len(benign))
+    text = CliRunner().invoke(cli_app, ["review", "diff", "tiny", "--db", db, "--heldout", str(heldout)])
+    assert text.exit_code == 0 and f"on {heldout} ({len(items)} items)" in text.stdout
+    heldout.write_text(json.dumps({"text": "x", "label": "spam"}) + "\n")
+    bad = CliRunner().invoke(cli_app, ["review", "diff", "tiny", "--db", db, "--heldout", str(heldout)])
+    assert bad.exit_code == 2 and "label 'spam' is not one of: harmful, benign" in bad.stderr
+    assert "Traceback" not in bad.output
 
 
 def test_review_options_are_checked_before_anything_loads(tmp_path):

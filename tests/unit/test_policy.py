@@ -234,3 +234,47 @@ def test_default_policy_maps_its_flagged_label_to_an_openai_category():
     policy = load_policy(ROOT / "policies/text-harm.yaml")
     assert {lab.name: lab.openai_category for lab in policy.labels} == {"harmful": "illicit", "benign": None}
     assert all(lab.openai_category in OPENAI_CATEGORIES for lab in policy.labels if lab.flagged)
+
+
+def test_weights_come_from_records_sources_and_inline_items(tmp_path):
+    """A record's `weight` (as `guard review export` writes it), replaced by its source's `weight:`;
+    an inline item's own; the version changes with them, and a policy without any keeps its version."""
+    lines = [{"text": "plant tomatoes", "label": "benign", "weight": 10}, {"text": "water roses", "label": "benign"}]
+    (tmp_path / "more.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "more.csv").write_text("text,label,weight\nprune hedges,benign,2.5\n")
+    plain = load_policy(write(tmp_path, GOOD))
+    assert [e.weight for e in plain.exemplars] == [1, 1, 1, 10, 1]
+    assert "weight" not in plain.exemplars[3].fields  # not a prompt field
+    text = GOOD.replace("  - from: more.jsonl\n", "  - {from: more.jsonl, weight: 3}\n  - from: more.csv\n")
+    text = text.replace("  - text: bake bread\n", "  - text: bake bread\n    weight: 4\n")
+    weighted = load_policy(write(tmp_path, text, "weighted.yaml"))
+    assert [e.weight for e in weighted.exemplars] == [1, 1, 4, 3, 3, 2.5]
+    (tmp_path / "more.jsonl").write_text("".join(json.dumps({**line, "weight": 1}) + "\n" for line in lines))
+    (tmp_path / "more.csv").unlink()
+    ones = load_policy(write(tmp_path, GOOD.replace("more.jsonl\n", "more.jsonl\n  - {text: x, label: benign}\n")))
+    (tmp_path / "more.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines[:1]))
+    (tmp_path / "more2.jsonl").write_text(json.dumps(lines[1]) + "\n")
+    unweighted = GOOD.replace(
+        "more.jsonl\n", "more.jsonl\n  - {from: more2.jsonl, weight: 1}\n  - {text: x, label: benign}\n"
+    )
+    ten = load_policy(write(tmp_path, unweighted, "ten.yaml"))
+    assert [e.weight for e in ones.exemplars] == [1] * 6 and [e.weight for e in ten.exemplars] == [1, 1, 1, 10, 1, 1]
+    assert ten.version != ones.version  # the same texts, one of them weighted
+    (tmp_path / "more.jsonl").write_text(json.dumps({**lines[0], "weight": 1}) + "\n")
+    assert load_policy(Path("ten.yaml")).version == ones.version  # weights of 1 are no weights
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "true", "1001", "[2]"])
+def test_a_bad_weight_is_a_line_numbered_error(tmp_path, more, bad):
+    text = GOOD.replace("  - from: more.jsonl\n", f"  - from: more.jsonl\n    weight: {bad}\n")
+    assert error_of(write(tmp_path, text)).startswith("policy.yaml:17: 'weight' must be a number above 0")
+    inline = GOOD.replace("    label: benign\n", f"    label: benign\n    weight: {bad}\n")
+    assert error_of(write(tmp_path, inline)).startswith("policy.yaml:16: 'weight' must be a number above 0")
+
+
+@pytest.mark.parametrize("bad", ['"abc"', "0", "-2", "true", '"nan"', "1e9"])
+def test_a_bad_weight_in_a_record_names_its_line(tmp_path, bad):
+    good = json.dumps({"text": "plant tomatoes", "label": "benign"})
+    (tmp_path / "more.jsonl").write_text(good + "\n" + good[:-1] + f', "weight": {bad}}}\n')
+    message = error_of(write(tmp_path, GOOD))
+    assert message.startswith("more.jsonl:2: 'weight' must be a number above 0")

@@ -14,7 +14,7 @@ from guard.errors import GuardError
 from guard.serve.keys import ApiKeys, allows, load_keys, split_role
 from guard.serve.review import Sessions
 from guard.serve.review_page import queue_page, votes_svg
-from guard.store.reviews import QueueItem, Review, decide, export, held_out
+from guard.store.reviews import REVIEW_WEIGHT, QueueItem, Review, decide, export, held_out
 
 CHECK = "check-key-0123456789abcdef"
 REVIEW = "review-key-0123456789abcdef"
@@ -166,7 +166,9 @@ def test_export_holds_out_a_stable_share_and_leaves_ties_out():
     assert len(done.lines) + len(done.held_out) == 400
     assert 0.12 < len(done.held_out) / 400 < 0.28  # about the 20% asked for
     assert {d.input_sha256 for d in done.held_out} == {d for d in digests if held_out(d)}
-    assert all(line == {"text": "t", "label": "benign", "source": "reviews", "rule": "majority"} for line in done.lines)
+    line = {"text": "t", "label": "benign", "source": "reviews", "rule": "majority", "weight": REVIEW_WEIGHT}
+    assert all(got == line for got in done.lines)
+    assert {got["weight"] for got in export(decide(reviews), weight=2.5).lines} == {2.5}
     assert len(export(decide(reviews), hold_out=0).lines) == 400
 
 
@@ -246,3 +248,13 @@ def test_votes_chart_draws_each_label():
     assert svg.startswith("<svg") and "15/20" in svg and "5/20" in svg
     assert 'width="120"' in svg and 'width="40"' in svg  # 160 px for all votes
     assert "no head votes" in votes_svg(None, ["harmful"])
+
+
+def test_the_export_command_defaults_to_the_library_weight():
+    """`guard review export --weight`'s default is REVIEW_WEIGHT (the CLI spells it out, so that its
+    help shows it without importing the store)."""
+    import inspect
+
+    from guard.cli.review import export_command
+
+    assert inspect.signature(export_command).parameters["weight"].default == REVIEW_WEIGHT

@@ -236,3 +236,23 @@ def test_image_parts_decode_within_limits():
     assert info.value.limit == "max_image_pixels"
     with pytest.raises(ApiError, match="never fetches"):
         parse_input([{"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}], ServiceLimits())
+
+
+def test_nearest_exemplars_on_the_review_page_are_escaped_deduplicated_and_closest_first():
+    from guard.serve.review_page import nearest_list
+
+    hostile = '<img src=x onerror="alert(1)">'
+    nearest = [
+        {"rank": 1, "layer": 3, "head": 2, "voted": "harmful", "exemplars": [
+            {"index": 7, "text": hostile, "label": "harmful", "similarity": 0.5},
+            {"index": 2, "text": "bake bread", "label": "benign", "similarity": 0.9},
+        ]},
+        {"rank": 2, "layer": 1, "head": 0, "voted": "benign", "exemplars": [
+            {"index": 7, "text": hostile, "label": "harmful", "similarity": 0.7},
+        ]},
+    ]  # fmt: skip
+    html = nearest_list(nearest)
+    assert "<img" not in html and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+    assert html.index("bake bread") < html.index("&lt;img")  # closest first
+    assert html.count("&lt;img") == 1 and "harmful · 0.70 · heads 1, 2" in html  # once, its best similarity
+    assert nearest_list(None) == nearest_list([]) == ""
