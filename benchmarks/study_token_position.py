@@ -1,18 +1,23 @@
-"""Which token positions should a head's vector come from? A study for the default text-harm
-policy (issue 11): guard reads each head at the last token of the prompt (the paper's choice);
-this compares the mean over the last few tokens and the mean over the user's request span.
+"""Which token positions should a head's vector come from? guard reads each head at the last token
+of the prompt (the paper's choice). Issue 11 compared other readings on the team-written data of
+guard 0.2; this runs the comparison on the shipped public data (issue 20): the last token against
+the mean over the user's request span, whose frame-independent reading is what the sentence-
+embedding baseline does well on role-play frames.
 
 Each text is rendered exactly as guard renders it (the policy's prompt, `escape: xml`, the chat
 template) and run once, alone (no padding), up to layer 16 with hooks on the attention output
-projections, which see every head's output at every position. The classifier is the shipped one
-(20 heads no deeper than layer 16 scored leave-one-out, 16 prototypes per label, margin vote),
-fitted on policies/text-harm/exemplars.jsonl and measured on policies/text-harm/heldout.jsonl.
+projections, which see every head's output at every position. The classifier is the shipped fit
+(`Fit.of(policy)`: 20 heads no deeper than layer 16, the probe, the margin vote) on each reading.
+Selection is on the fitted side (leave-one-source-out over the shipped exemplars); the eval files
+given are measured once, grouped by their `source` field.
 
-Run:  .venv/bin/python -m benchmarks.study_token_position
+Run:  .venv/bin/python -m benchmarks.study_token_position [EVAL.jsonl ...] [--per-source N]
+      [--json OUT]
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 from pathlib import Path
@@ -20,20 +25,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from guard.method import sav
+from guard.eval.sources import exemplar_groups, loso_folds
 from guard.method.fit import Fit
 from guard.models import load_model
 from guard.policy import escape_value, fill_prompt, load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "policies" / "text-harm"
 MAX_LAYER = 16
-POSITIONS = ("last token", "mean of last 4 tokens", "mean of last 8 tokens", "mean over the request span")
-
-
-def read(path: Path) -> tuple[list[str], torch.Tensor]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r["text"] for r in rows], torch.tensor([0 if r["label"] == "harmful" else 1 for r in rows])
+POSITIONS = ("last token", "mean over the request span")
 
 
 class _Stop(Exception):
@@ -67,43 +66,63 @@ def head_vectors(loaded, prompt: str, escape: str, texts: list[str], what: str) 
                 loaded.model(input_ids=ids, use_cache=False)
             per_layer = torch.stack([taken[layer] for layer in range(MAX_LAYER + 1)], dim=1)  # [T, L, H*D]
             per_layer = per_layer.reshape(per_layer.shape[0], MAX_LAYER + 1, layout.num_heads, layout.head_dim)
-            out.append(
-                torch.stack(
-                    [per_layer[-1], per_layer[-4:].mean(0), per_layer[-8:].mean(0), per_layer[span].mean(0)]
-                ).float()
-            )
+            out.append(torch.stack([per_layer[-1], per_layer[span].mean(0)]).float())
     finally:
         for handle in handles:
             handle.remove()
     return torch.stack(out)
 
 
-def margins(train: torch.Tensor, y: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
-    fitted = Fit(2, 20, prototypes=16)(train, y)
-    heads, bank, bank_labels = fitted.heads, fitted.bank, fitted.bank_labels
-    sims = sav.bank_similarities(sav.at_heads(test, heads), bank, bank_labels, 2)
-    return sims[..., 0].mean(1) - sims[..., 1].mean(1)
+def loso_flags(acts: torch.Tensor, labels: torch.Tensor, groups: list[str], fit: Fit) -> torch.Tensor:
+    """Each source held out of a fit on the others: its items flagged or not."""
+    flagged = torch.zeros(len(labels), dtype=torch.bool)
+    for _, fitted, held in loso_folds(groups):
+        flagged[held] = fit(acts[fitted], labels[fitted]).predict(acts[held]) == 0
+    return flagged
 
 
-def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
-    pos, neg = scores[positive], scores[~positive]
-    return float((pos[:, None] > neg[None]).float().mean() + 0.5 * (pos[:, None] == neg[None]).float().mean())
+def by_source(flagged: torch.Tensor, labels: torch.Tensor, groups: list[str]) -> dict[str, str]:
+    """source -> "caught/harmful" or "flagged/benign" (recall or FPR), plus the pooled pair."""
+    out = {}
+    for name in [*dict.fromkeys(groups), "pooled"]:
+        mask = torch.tensor([name in ("pooled", g) for g in groups])
+        for label, what in ((0, "recall"), (1, "FPR")):
+            pick = mask & (labels == label)
+            if pick.any():
+                out[f"{name} {what}"] = f"{int(flagged[pick].sum())}/{int(pick.sum())}"
+    return out
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("eval", nargs="*", type=Path, help="never-fitted JSONL files (text, label, source)")
+    parser.add_argument("--per-source", type=int, default=0, help="only the first N items of each eval source")
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    args = parser.parse_args()
     policy = load_policy(ROOT / "policies" / "text-harm.yaml")
-    loaded = load_model("smollm2-135m", device="cpu")
-    train_texts, y = read(DATA / "exemplars.jsonl")
-    test_texts, t = read(DATA / "heldout.jsonl")
-    train = head_vectors(loaded, policy.prompt, policy.escape, train_texts, "exemplars")
-    test = head_vectors(loaded, policy.prompt, policy.escape, test_texts, "held-out")
-    harmful = t == 0
-    print("\n| heads read at | held-out R | FPR | AUC |\n|---|---|---|---|")
+    loaded = load_model(policy.model, policy.base_dir, device="cpu")
+    fit = Fit.of(policy)
+    y = torch.tensor([policy.label_names.index(ex.label) for ex in policy.exemplars])
+    groups = exemplar_groups(policy, "source")
+    train = head_vectors(loaded, policy.prompt, policy.escape, [ex.text for ex in policy.exemplars], "exemplars")
+    rows, taken = [], {}
+    for path in args.eval:
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            taken[row["source"]] = taken.get(row["source"], 0) + 1
+            if not args.per_source or taken[row["source"]] <= args.per_source:
+                rows.append(row)
+    results = {}
+    test = head_vectors(loaded, policy.prompt, policy.escape, [r["text"] for r in rows], "eval") if rows else None
+    t = torch.tensor([policy.label_names.index(r["label"]) for r in rows])
     for p, name in enumerate(POSITIONS):
-        m = margins(train[:, p], y, test[:, p])
-        flagged = m > 0
-        r, f = flagged[harmful].float().mean(), flagged[~harmful].float().mean()
-        print(f"| {name} | {r:.1%} | {f:.1%} | {auc(m, harmful):.3f} |")
+        results[name] = {"loso": by_source(loso_flags(train[:, p], y, groups, fit), y, groups)}
+        if rows:
+            flagged = fit(train[:, p], y).predict(test[:, p]) == 0
+            results[name]["eval"] = by_source(flagged, t, [r["source"] for r in rows])
+        print(name, json.dumps(results[name]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

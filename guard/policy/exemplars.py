@@ -152,7 +152,8 @@ def _exemplar_from_record(record: dict, origin: str, source: Source | None = Non
     images = _images_of(record, origin)
     # a record without "text" may fill other prompt fields (a request and its answer: {prompt},
     # {response}); validate_items then refuses it for a prompt that needs {text}
-    others = [k for k in record if k not in RESERVED]
+    # (a conversation's "messages" counts as such a field: it renders into the prompt)
+    others = [k for k in record if k not in RESERVED or k == "messages"]
     required = ("label",) if images or ("text" not in record and others) else ("text", "label")
     missing = [k for k in required if k not in record or record[k] in (None, "")]
     if missing:
