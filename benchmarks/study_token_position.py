@@ -98,13 +98,13 @@ def main() -> None:
     parser.add_argument("eval", nargs="*", type=Path, help="never-fitted JSONL files (text, label, source)")
     parser.add_argument("--per-source", type=int, default=0, help="only the first N items of each eval source")
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--vectors", type=Path, help="keep the head vectors in this torch file (reused if it exists)")
     args = parser.parse_args()
     policy = load_policy(ROOT / "policies" / "text-harm.yaml")
     loaded = load_model(policy.model, policy.base_dir, device="cpu")
     fit = Fit.of(policy)
     y = torch.tensor([policy.label_names.index(ex.label) for ex in policy.exemplars])
     groups = exemplar_groups(policy, "source")
-    train = head_vectors(loaded, policy.prompt, policy.escape, [ex.text for ex in policy.exemplars], "exemplars")
     rows, taken = [], {}
     for path in args.eval:
         for line in path.read_text().splitlines():
@@ -112,13 +112,22 @@ def main() -> None:
             taken[row["source"]] = taken.get(row["source"], 0) + 1
             if not args.per_source or taken[row["source"]] <= args.per_source:
                 rows.append(row)
-    results = {}
-    test = head_vectors(loaded, policy.prompt, policy.escape, [r["text"] for r in rows], "eval") if rows else None
+    if args.vectors and args.vectors.exists():
+        train, test = torch.load(args.vectors)
+    else:
+        train = head_vectors(loaded, policy.prompt, policy.escape, [ex.text for ex in policy.exemplars], "exemplars")
+        test = head_vectors(loaded, policy.prompt, policy.escape, [r["text"] for r in rows], "eval") if rows else None
+        if args.vectors:
+            torch.save((train, test), args.vectors)
     t = torch.tensor([policy.label_names.index(r["label"]) for r in rows])
-    for p, name in enumerate(POSITIONS):
-        results[name] = {"loso": by_source(loso_flags(train[:, p], y, groups, fit), y, groups)}
+    results = {}
+    # each reading alone, and both side by side (each head's vector is the two readings concatenated)
+    readings = {name: (lambda x, p=p: x[:, p]) for p, name in enumerate(POSITIONS)}
+    readings["both, concatenated"] = lambda x: torch.cat([x[:, 0], x[:, 1]], dim=-1)
+    for name, read in readings.items():
+        results[name] = {"loso": by_source(loso_flags(read(train), y, groups, fit), y, groups)}
         if rows:
-            flagged = fit(train[:, p], y).predict(test[:, p]) == 0
+            flagged = fit(read(train), y).predict(read(test)) == 0
             results[name]["eval"] = by_source(flagged, t, [r["source"] for r in rows])
         print(name, json.dumps(results[name]), flush=True)
     if args.json:

@@ -53,8 +53,10 @@ def test_check_an_older_version_by_revision_or_hash(three_versions):
         result = run("check", "--text", "bake bread", "--db", db, "-p", spec, "--json")
         assert result.exit_code in (0, 1), result.output
         assert json.loads(result.stdout)["verdicts"]["tiny"]["version"] == want
-    missing = run("check", "--text", "bake bread", "--db", db, "-p", "tiny@9")
-    assert missing.exit_code == 2 and "has no version '9'" in missing.stderr
+    # no revision 4..9 exists; the digit must not start a hash either (a hash prefix is a version too)
+    absent = next(d for d in "987654" if not any(h.startswith(d) for h in hashes))
+    missing = run("check", "--text", "bake bread", "--db", db, "-p", f"tiny@{absent}")
+    assert missing.exit_code == 2 and f"has no version '{absent}'" in missing.stderr
 
 
 def test_rollback_and_roll_forward(three_versions):
