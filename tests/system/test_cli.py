@@ -111,7 +111,7 @@ def test_bad_policy_error_names_file_and_line(tmp_path, db):
     assert result.exit_code == 2
     assert (
         result.stderr.strip()
-        == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: aggregate, classifier, context_turns, data_root, description, escape, exemplars, heads, judge, labels, max_layer, model, name, prompt, prototypes, scoring, stride, uncertain_margin, vote, window)"
+        == f"guard: error: {tmp_path / 'p.yaml'}:4: unknown key 'colour' in the policy (allowed: aggregate, classifier, context_turns, data_root, description, escape, exemplars, heads, judge, labels, max_layer, model, name, prompt, prototypes, scoring, stride, uncertain_margin, vote, window, window_unit)"
     )
 
 
