@@ -16,9 +16,10 @@ from guard.cli.commands import app
 from guard.eval.metrics import wilson
 from guard.eval.review_stats import bucket_of, stats, to_csv
 from guard.serve.review_page import stats_page
-from guard.store.audit import AuditLog, AuditRecord
+from guard.store.audit import AuditLog
 from guard.store.database import Store
 from guard.store.reviews import Reviews, sampled
+from tests.support.audit_rows import audit_record
 
 LABELS = ["harmful", "benign"]
 RATE = 0.5  # the queue's random sample of confident verdicts (--review-sample)
@@ -38,17 +39,11 @@ def figures_db(tmp_path_factory):
         policy = "other" if i >= 400 else "harm"
         flagged = rng.random() < 0.2 + 0.04 * ((when - start).days)
         records.append(
-            AuditRecord(
-                created_at=when.isoformat(timespec="microseconds"),
-                request_id=f"r{i}",
-                item=0,
-                endpoint="check",
-                policy=policy,
-                policy_version="v1",
-                model_fingerprint="fp",
-                input_sha256=f"{i:064x}",
-                label="harmful" if flagged else "benign",
-                flagged=flagged,
+            audit_record(
+                i,
+                when,
+                policy,
+                flagged,
                 scores={"harmful": 0.9 if flagged else 0.1, "benign": 0.1 if flagged else 0.9},
                 latency_ms=1.0,
                 input_text=f"text {i}",

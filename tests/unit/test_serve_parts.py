@@ -16,6 +16,7 @@ from guard.serve.keys import ApiKeys, load_keys
 from guard.serve.limits import ApiError, LimitError, ServiceLimits
 from guard.store.audit import AuditKey, AuditLog, AuditRecord, input_digest, load_or_create_secret, parse_since
 from guard.store.database import Store
+from tests.support.audit_rows import audit_record
 
 # --- keys ----------------------------------------------------------------------------------------
 
@@ -60,20 +61,7 @@ def test_keys_from_options_environment_and_file(tmp_path):
 
 
 def record(i: int, when: datetime, policy="p", flagged=False) -> AuditRecord:
-    return AuditRecord(
-        created_at=when.isoformat(timespec="microseconds"),
-        request_id=f"r{i}",
-        item=0,
-        endpoint="check",
-        policy=policy,
-        policy_version="v1",
-        model_fingerprint="fp",
-        input_sha256=input_digest(f"text {i}", key=b"k" * 32),
-        label="harmful" if flagged else "benign",
-        flagged=flagged,
-        scores={"harmful": 0.25},
-        latency_ms=1.5,
-    )
+    return audit_record(i, when, policy, flagged, input_sha256=input_digest(f"text {i}", key=b"k" * 32))
 
 
 @pytest.fixture
