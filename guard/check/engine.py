@@ -213,6 +213,34 @@ def dtype_warnings(artifacts: Sequence[Artifact], loaded: LoadedModel) -> list[s
     ]
 
 
+def window_rows(prepared: Sequence[Prepared], group: Group, settings, token_spans, missing) -> dict:
+    """The window model inputs of `settings` (one prompt group's window settings) by (input index,
+    span), in input order, for either engine: taken from the prepared inputs, or made by
+    `missing(fields)` when another engine prepared an input without them."""
+    out = {}
+    for i, p in enumerate(prepared):
+        found = p.windows.get(group, {})
+        spans = extra_spans(str(p.fields.get("text") or ""), settings, token_spans)
+        if any(span not in found for span in spans):
+            found = missing(p.fields)
+        out.update(((i, span), found[span]) for span in spans)
+    return out
+
+
+def windowed_verdicts(artifact, prepared: Sequence[Prepared], whole: list, parts: dict, token_spans, explain: bool):
+    """A windowed policy's verdict of each input, for either engine: from its whole text's verdict
+    (`whole`, in input order) and its windows' (`parts`, by (input index, span)), as
+    guard.check.windows.choose decides; with its explanation when asked for."""
+    out = []
+    for i, p in enumerate(prepared):
+        text = str(p.fields.get("text") or "")
+        spans = setting_spans(text, artifact.window, token_spans)
+        options = [whole[i], *(parts[(i, span)] for span in spans[1:])]
+        verdict = choose(text, spans, options, artifact.aggregate, artifact.flagged_labels)
+        out.append(replace(verdict, explanation=explain_verdict(artifact, verdict)) if explain else verdict)
+    return out
+
+
 class GuardSet:
     """Several compiled policies on one model, checked together.
 
@@ -384,14 +412,8 @@ class GuardSet:
         settings = self.windows.get(group)
         if not settings:
             return {}
-        out = {}
-        for i, p in enumerate(prepared):
-            found = p.windows.get(group, {})
-            spans = extra_spans(str(p.fields.get("text") or ""), settings, self.loaded.token_spans)
-            if any(span not in found for span in spans):
-                found = prepare_windows(self.loaded, group, p.fields, settings, self.position_limit)
-            out.update(((i, span), found[span]) for span in spans)
-        return out
+        missing = lambda fields: prepare_windows(self.loaded, group, fields, settings, self.position_limit)  # noqa: E731
+        return window_rows(prepared, group, settings, self.loaded.token_spans, missing)
 
     def _windowed(
         self, policy: PolicyHeads, prepared: Sequence[Prepared], selected: torch.Tensor, keys: list, explain: bool
@@ -399,18 +421,10 @@ class GuardSet:
         """A windowed policy's verdicts: `selected` holds its heads' outputs for the whole texts
         (one per prepared input) and then for the windows at `keys` ((input index, span))."""
         n = len(prepared)
-        whole = policy.verdicts(selected[:n])
         parts = dict(zip(keys, policy.verdicts(selected[n:]))) if keys else {}
-        out = []
-        for i, p in enumerate(prepared):
-            text = str(p.fields.get("text") or "")
-            spans = setting_spans(text, policy.artifact.window, self.loaded.token_spans)
-            options = [whole[i], *(parts[(i, span)] for span in spans[1:])]
-            verdict = choose(text, spans, options, policy.artifact.aggregate, policy.artifact.flagged_labels)
-            if explain:
-                verdict = replace(verdict, explanation=explain_verdict(policy.artifact, verdict))
-            out.append(verdict)
-        return out
+        return windowed_verdicts(
+            policy.artifact, prepared, policy.verdicts(selected[:n]), parts, self.loaded.token_spans, explain
+        )
 
     # --- checking ------------------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +32,8 @@ from guard.check.conversation import (
     with_context,
 )
 from guard.check.documents import check_with_documents
-from guard.check.engine import CheckResult, PolicyHeads, Verdict, check_inputs
-from guard.check.explain import explain as explain_verdict
+from guard.check.engine import CheckResult, PolicyHeads, Verdict, check_inputs, window_rows, windowed_verdicts
 from guard.check.prepared import Prepared, prepare_input, prepare_windows, render_prompt
-from guard.check.windows import choose, extra_spans, setting_spans
 from guard.errors import GuardError, first_line
 from guard.limits import check_document_fields, is_document
 from guard.method import calibration
@@ -204,32 +201,19 @@ class OnnxGuard:
         return results
 
     def _window_rows(self, prepared: Sequence[Prepared]) -> dict:
-        """A windowed policy's window model inputs by (input index, span), in input order, as the
-        torch engine's (guard.check.engine.GuardSet._window_rows)."""
+        """A windowed policy's window model inputs by (input index, span), as the torch engine's."""
         if self.artifact.window is None:
             return {}
-        out = {}
-        for i, p in enumerate(prepared):
-            found = p.windows.get(self._group, {})
-            spans = extra_spans(str(p.fields.get("text") or ""), [self.artifact.window], self.token_spans)
-            if any(span not in found for span in spans):
-                found = prepare_windows(self._inputs, self._group, p.fields, [self.artifact.window])
-            out.update(((i, span), found[span]) for span in spans)
-        return out
+        settings = [self.artifact.window]
+        missing = lambda fields: prepare_windows(self._inputs, self._group, fields, settings)  # noqa: E731
+        return window_rows(prepared, self._group, settings, self.token_spans, missing)
 
     def _windowed(self, prepared: Sequence[Prepared], verdicts: list, keys: list, explain: bool) -> list:
         """Each input's verdict from its whole text's (the first len(prepared) of `verdicts`) and its
-        windows' (at `keys`), as the torch engine chooses (guard.check.windows.choose)."""
-        n, art = len(prepared), self.artifact
+        windows' (at `keys`), as the torch engine chooses."""
+        n = len(prepared)
         parts = dict(zip(keys, verdicts[n:]))
-        out = []
-        for i, p in enumerate(prepared):
-            text = str(p.fields.get("text") or "")
-            spans = setting_spans(text, art.window, self.token_spans)
-            options = [verdicts[i], *(parts[(i, span)] for span in spans[1:])]
-            verdict = choose(text, spans, options, art.aggregate, art.flagged_labels)
-            out.append(replace(verdict, explanation=explain_verdict(art, verdict)) if explain else verdict)
-        return out
+        return windowed_verdicts(self.artifact, prepared, verdicts[:n], parts, self.token_spans, explain)
 
     # --- checking -------------------------------------------------------------------------------
 
