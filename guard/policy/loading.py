@@ -194,6 +194,17 @@ def _prompt_fields(doc: _Map, check: _Checker, prompt: str) -> set[str]:
     return fields
 
 
+def _choice(doc: _Map, check: _Checker, key: str, default: str, choices, why: str = ""):
+    """The value of `key` (`default` when absent), refused with its line unless one of `choices`."""
+    value = doc.get(key, default)
+    if value not in choices:
+        check.fail(
+            doc.key_lines.get(key, doc.line),
+            f"'{key}' must be one of: {', '.join(choices)}" + (f" ({why})" if why else ""),
+        )
+    return value
+
+
 def _whole(value, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
@@ -205,9 +216,7 @@ def _parse_settings(doc: _Map, check: _Checker, labels: list[Label]) -> dict:
     heads = doc.get("heads", DEFAULT_HEADS)
     if not _whole(heads, 1):
         check.fail(line("heads", doc.line), "'heads' must be a positive integer (the number of heads that vote)")
-    scoring = doc.get("scoring", "loo")
-    if scoring not in SCORINGS:
-        check.fail(line("scoring", doc.line), f"'scoring' must be one of: {', '.join(SCORINGS)}")
+    scoring = _choice(doc, check, "scoring", "loo", SCORINGS)
     max_layer = doc.get("max_layer")
     if max_layer is not None and not _whole(max_layer, 0):
         check.fail(
@@ -219,29 +228,16 @@ def _parse_settings(doc: _Map, check: _Checker, labels: list[Label]) -> dict:
         check.fail(
             line("prototypes"), "'prototypes' must be a whole number >= 1 (per label and head; 1 is the centroid)"
         )
-    vote = doc.get("vote", "count")
-    if vote not in VOTES:
-        check.fail(
-            line("vote"),
-            f"'vote' must be one of: {', '.join(VOTES)} (count: majority of heads; margin: mean similarity margin)",
-        )
-    classifier = doc.get("classifier", "centroid")
-    if classifier not in CLASSIFIERS:
-        check.fail(
-            line("classifier"),
-            f"'classifier' must be one of: {', '.join(CLASSIFIERS)} (probe: a logistic regression over the heads)",
-        )
+    vote = _choice(doc, check, "vote", "count", VOTES, "count: majority of heads; margin: mean similarity margin")
+    why = "probe: a logistic regression over the heads"
+    classifier = _choice(doc, check, "classifier", "centroid", CLASSIFIERS, why)
     if classifier == "probe" and (len(labels) != 2 or prototypes != 1 or vote != "margin"):
         check.fail(
             line("classifier"),
             "'classifier: probe' needs two labels, 'vote: margin' and no 'prototypes' (it is one pair per head)",
         )
-    escape = doc.get("escape", "none")
-    if escape not in ESCAPES:
-        check.fail(
-            line("escape", doc.line),
-            f"'escape' must be one of: {', '.join(ESCAPES)} (xml: user text cannot close the prompt's <tag> block)",
-        )
+    why = "xml: user text cannot close the prompt's <tag> block"
+    escape = _choice(doc, check, "escape", "none", ESCAPES, why)
     uncertain_margin = doc.get("uncertain_margin", 0.0)
     if not _is_number(uncertain_margin) or not 0 <= uncertain_margin <= 1:
         check.fail(
@@ -263,12 +259,7 @@ def _parse_settings(doc: _Map, check: _Checker, labels: list[Label]) -> dict:
 def _parse_windows(doc: _Map, check: _Checker, fields: set[str]) -> dict:
     """The window keys (window, window_unit, stride, aggregate; guard.check.windows), checked, as
     Policy's keyword arguments."""
-    unit = doc.get("window_unit", "sentences")
-    if unit not in WINDOW_UNITS:
-        check.fail(
-            doc.key_lines["window_unit"],
-            f"'window_unit' must be one of: {', '.join(WINDOW_UNITS)} (what 'window' and 'stride' count)",
-        )
+    unit = _choice(doc, check, "window_unit", "sentences", WINDOW_UNITS, "what 'window' and 'stride' count")
     window = doc.get("window")
     if window is not None and not _whole(window, 1):
         check.fail(doc.key_lines["window"], f"'window' must be a whole number >= 1 ({unit} per window)")
@@ -288,13 +279,8 @@ def _parse_windows(doc: _Map, check: _Checker, fields: set[str]) -> dict:
             doc.key_lines["stride"],
             f"'stride' must be at most 'window' ({window}): tokens between windows would go unchecked",
         )
-    aggregate = doc.get("aggregate", "any")
-    if aggregate not in AGGREGATES:
-        check.fail(
-            doc.key_lines["aggregate"],
-            f"'aggregate' must be one of: {', '.join(AGGREGATES)} (any: flagged when the whole text or any window is;"
-            " mean, max: of the windows' calibrated probabilities)",
-        )
+    why = "any: flagged when the whole text or any window is; mean, max: of the windows' calibrated probabilities"
+    aggregate = _choice(doc, check, "aggregate", "any", AGGREGATES, why)
     if window is not None and "text" not in fields:
         check.fail(doc.key_lines["window"], "'window' splits {text}, and the prompt has no {text}")
     return {"window": window, "stride": stride, "window_unit": unit, "aggregate": aggregate}
@@ -303,12 +289,7 @@ def _parse_windows(doc: _Map, check: _Checker, fields: set[str]) -> dict:
 def _parse_conversation(doc: _Map, check: _Checker, fields: set[str]) -> dict:
     """The conversation keys (judge, context_turns; guard.policy.conversation), checked, as
     Policy's keyword arguments."""
-    judge = doc.get("judge", "last_user")
-    if judge not in JUDGES:
-        check.fail(
-            doc.key_lines["judge"],
-            f"'judge' must be one of: {', '.join(JUDGES)} (which turns of a conversation get a verdict)",
-        )
+    judge = _choice(doc, check, "judge", "last_user", JUDGES, "which turns of a conversation get a verdict")
     context_turns = doc.get("context_turns", 0)
     if not _whole(context_turns, 0) or context_turns > MAX_TURNS:
         check.fail(
