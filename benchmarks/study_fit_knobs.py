@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from guard.compiler import render_exemplars
+from guard.eval import baselines
 from guard.eval.sources import exemplar_groups, loso_folds
 from guard.method import sav
 from guard.method.fit import Classifier, Fit
@@ -113,6 +114,16 @@ def rates(margin: torch.Tensor, labels: torch.Tensor, threshold: float = 0.0) ->
     }
 
 
+def embedding_row(policy: Policy, labels: torch.Tensor, groups: list[str]) -> dict:
+    """The embedding baseline (all-MiniLM-L6-v2 + logistic regression, `guard eval --baseline
+    embed`) on the same leave-one-source-out folds, for comparison with every variant."""
+    embedded = baselines.embed_texts(baselines.embed_model_dir("embed"), [ex.text for ex in policy.exemplars])
+    flagged = torch.zeros(len(labels), dtype=torch.bool)
+    for _, fitted, held in loso_folds(groups):
+        flagged[held] = baselines.logistic_regression(embedded[fitted], labels[fitted], embedded[held])[0] == 0
+    return {"variant": "embedding + LR baseline, same folds", **rates(flagged.float() * 2 - 1, labels)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", required=True, help="database whose activation cache holds the exemplars")
@@ -129,7 +140,8 @@ def main() -> None:
     variants |= {f"layers <= {m}, {k} heads": fitter(base, k=k, max_layer=m) for m in (12, 29) for k in (20, 40)}
     variants |= {"heads scored on held-out sources": fitter(base, by_source=True)}
     variants |= {f"probe L2 {d:g}": fitter(base, decay=d) for d in (1e-5, 1e-3, 1e-2)}
-    rows = []
+    rows = [embedding_row(policy, labels, groups)]
+    print(rows[-1], flush=True)
     for name, run in variants.items():
         rows.append({"variant": name, **rates(margins(run, acts, labels, groups), labels)})
         print(rows[-1], flush=True)

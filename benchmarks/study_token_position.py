@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from guard.eval import baselines
 from guard.eval.sources import exemplar_groups, loso_folds
 from guard.method.fit import Fit
 from guard.models import load_model
@@ -93,6 +94,21 @@ def by_source(flagged: torch.Tensor, labels: torch.Tensor, groups: list[str]) ->
     return out
 
 
+def embedding_results(policy, y, groups, rows) -> dict:
+    """The embedding baseline (all-MiniLM-L6-v2 + logistic regression) on the same folds and items."""
+    model_dir = baselines.embed_model_dir("embed")
+    train = baselines.embed_texts(model_dir, [ex.text for ex in policy.exemplars])
+    flagged = torch.zeros(len(y), dtype=torch.bool)
+    for _, fitted, held in loso_folds(groups):
+        flagged[held] = baselines.logistic_regression(train[fitted], y[fitted], train[held])[0] == 0
+    out = {"loso": by_source(flagged, y, groups)}
+    if rows:
+        test = baselines.embed_texts(model_dir, [r["text"] for r in rows])
+        t = torch.tensor([policy.label_names.index(r["label"]) for r in rows])
+        out["eval"] = by_source(baselines.logistic_regression(train, y, test)[0] == 0, t, [r["source"] for r in rows])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("eval", nargs="*", type=Path, help="never-fitted JSONL files (text, label, source)")
@@ -130,6 +146,8 @@ def main() -> None:
             flagged = fit(read(train), y).predict(read(test)) == 0
             results[name]["eval"] = by_source(flagged, t, [r["source"] for r in rows])
         print(name, json.dumps(results[name]), flush=True)
+    results["embedding + LR baseline"] = embedding_results(policy, y, groups, rows)
+    print("embedding + LR baseline", json.dumps(results["embedding + LR baseline"]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 
